@@ -1,0 +1,101 @@
+//! The work the core hands to its caller, and the contract for doing it.
+
+use crate::message::Message;
+use crate::types::{ConfState, Entry, HardState, Index, NodeId, ReadContext, SnapshotMeta, Term};
+
+/// A batch of work produced by [`crate::Replica::ready`], numbered so that persistence can be
+/// reported back asynchronously with [`crate::Replica::on_persisted`].
+///
+/// The caller does, in this order:
+///
+/// 1. Send `messages` at once (they depend on nothing unpersisted; the leader's appends to
+///    followers go here, so replication runs in parallel with the leader's own disk write).
+/// 2. Persist, in this order, `snapshot` (if any), then `entries` (truncating first any existing
+///    entries at or after `entries[0].index`: a conflicting suffix), then `hard_state`.
+///    These writes may be grouped with those of later readies under one fsync (group commit),
+///    but readies must be persisted in the order of their numbers.
+/// 3. Only AFTER all of that is durable: send `persisted_messages` and call
+///    `on_persisted(number)`. Votes and append acknowledgements live there: sending one before
+///    the disk has what it promises can lose committed entries.
+///
+/// `commit_index`, `read_states` and the notifications may be acted on at once.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Readies are numbered 1, 2, 3, ... on each replica; the numbering restarts with the process.
+    pub number: u64,
+    /// Term and vote (with a commit hint) to persist durably, when they changed.
+    pub hard_state: Option<HardState>,
+    /// A chunk of a snapshot received from the leader, to be stored (see [`SnapshotChunk`]).
+    pub snapshot: Option<SnapshotChunk>,
+    /// Entries to append durably. Their indexes are consecutive.
+    pub entries: Vec<Entry>,
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// Messages to send only after this ready is durable.
+    pub persisted_messages: Vec<Message>,
+    /// Entries up to here are committed AND durable on this replica: they may be applied.
+    /// Never goes backwards.
+    pub commit_index: Index,
+    /// Linearizable reads that became safe: serve each once the state machine has applied at
+    /// least `index`.
+    pub read_states: Vec<ReadState>,
+    /// Set when this replica's role, term or known leader changed.
+    pub role: Option<RoleState>,
+    /// Set when the membership in force changed (the runtime connects to new peers here).
+    pub conf: Option<ConfState>,
+}
+
+impl Ready {
+    /// True when the ready carries nothing to persist (so `on_persisted` may be called at once).
+    pub fn is_persist_empty(&self) -> bool {
+        self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
+    }
+
+    /// True when there is nothing at all to do.
+    pub fn is_empty(&self) -> bool {
+        self.is_persist_empty()
+            && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
+            && self.read_states.is_empty()
+            && self.role.is_none()
+            && self.conf.is_none()
+    }
+}
+
+/// A chunk of a snapshot streamed by the leader.
+///
+/// The caller appends `data` at `offset` of a pending snapshot for `meta`. When `last` is set
+/// the snapshot is complete, and BEFORE reporting the ready persisted the caller must install it:
+/// restore the state machine from it, make it the durable base of the log, and discard every log
+/// entry (the core's view of the log already starts after `meta.index`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub meta: SnapshotMeta,
+    pub offset: u64,
+    pub data: bytes::Bytes,
+    pub last: bool,
+}
+
+/// A read that is safe to serve once `index` has been applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub context: ReadContext,
+    pub index: Index,
+}
+
+/// A replica's role in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Role, term and the leader as this replica knows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleState {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
