@@ -103,10 +103,7 @@ impl Config {
         if self.lease_reads && (self.lease_ticks == 0 || self.lease_ticks >= self.election_ticks) {
             return fail(
                 "lease_ticks",
-                format!(
-                    "must be in 1..election_ticks ({}), got {}",
-                    self.election_ticks, self.lease_ticks
-                ),
+                format!("must be in 1..election_ticks ({}), got {}", self.election_ticks, self.lease_ticks),
             );
         }
         if self.inflight_appends_max == 0 {

@@ -103,11 +103,7 @@ impl ConfState {
         let mut voters: Vec<NodeId> = voters.into_iter().collect();
         voters.sort_unstable();
         voters.dedup();
-        ConfState {
-            voters,
-            voters_outgoing: Vec::new(),
-            learners: Vec::new(),
-        }
+        ConfState { voters, voters_outgoing: Vec::new(), learners: Vec::new() }
     }
 
     pub fn is_joint(&self) -> bool {
@@ -128,13 +124,8 @@ impl ConfState {
 
     /// Every member, voters and learners, sorted, without duplicates.
     pub fn members(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self
-            .voters
-            .iter()
-            .chain(&self.voters_outgoing)
-            .chain(&self.learners)
-            .copied()
-            .collect();
+        let mut all: Vec<NodeId> =
+            self.voters.iter().chain(&self.voters_outgoing).chain(&self.learners).copied().collect();
         all.sort_unstable();
         all.dedup();
         all
