@@ -61,7 +61,16 @@ impl Replica {
         }
         if !self.conf.is_voter(self.config.id) {
             // The leader was removed: the configuration without it is committed (thesis §4.2.2),
-            // so it steps down and lets the remaining voters elect a leader.
+            // so it steps down and lets the remaining voters elect a leader. It first tells the
+            // followers the commit index, so they leave the joint configuration too instead of
+            // waiting for a new leader to commit it again.
+            let commit = self.log.commit_index();
+            let me = self.config.id;
+            let targets: Vec<(u64, Index)> =
+                self.progress.iter().filter(|p| p.id != me).map(|p| (p.id, p.match_index.min(commit))).collect();
+            for (to, commit_index) in targets {
+                self.send(to, crate::message::MessageBody::Heartbeat { commit_index, read_round: 0 });
+            }
             let term = self.term;
             self.become_follower(term, None);
         }

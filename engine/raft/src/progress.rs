@@ -46,6 +46,13 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message in flight, whatever its fate.
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.queue.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.queue.clear();
         self.bytes = 0;
@@ -76,6 +83,9 @@ pub(crate) struct Progress {
     /// The commit index last sent in an append, so an idle follower is told of a new commit
     /// index once, not on every ready.
     pub(crate) commit_sent: Index,
+    /// `match_index` when the previous heartbeat answer came: a pipeline that has not moved
+    /// between two answers is stalled.
+    pub(crate) match_at_last_heartbeat: Index,
     /// Heard from since the last CheckQuorum round.
     pub(crate) recent_active: bool,
     /// The highest heartbeat round this peer acknowledged (ReadIndex and lease).
@@ -101,6 +111,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::default(),
             commit_sent: 0,
+            match_at_last_heartbeat: 0,
             recent_active: false,
             acked_round: 0,
             snapshot_index: 0,

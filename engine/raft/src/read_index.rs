@@ -158,10 +158,10 @@ impl Replica {
         if quorum_round == 0 || quorum_round == u64::MAX {
             return;
         }
-        if self.config.lease_reads {
-            if let Some(&(_, sent)) = self.reads.sent.iter().find(|&&(r, _)| r == quorum_round) {
-                self.lease_until = self.lease_until.max(sent + u64::from(self.config.lease_ticks));
-            }
+        if self.config.lease_reads
+            && let Some(&(_, sent)) = self.reads.sent.iter().find(|&&(r, _)| r == quorum_round)
+        {
+            self.lease_until = self.lease_until.max(sent + u64::from(self.config.lease_ticks));
         }
         while let Some(read) = self.reads.pending.front().copied() {
             if read.round > quorum_round {

@@ -176,10 +176,10 @@ impl Replica {
             Some((meta, data)) => (meta, data),
             None => (SnapshotMeta::default(), None),
         };
-        if let Some(first) = entries.first() {
-            if first.index != meta.index + 1 {
-                return Err(Error::BadRestore("entries do not start right after the snapshot"));
-            }
+        if let Some(first) = entries.first()
+            && first.index != meta.index + 1
+        {
+            return Err(Error::BadRestore("entries do not start right after the snapshot"));
         }
         if entries.windows(2).any(|w| w[1].index != w[0].index + 1 || w[1].term < w[0].term) {
             return Err(Error::BadRestore("entries are not consecutive with non-decreasing terms"));

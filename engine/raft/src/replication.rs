@@ -213,10 +213,30 @@ impl Replica {
     }
 
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let inflight_appends_max = self.config.inflight_appends_max as usize;
+        let last_index = self.log.last_index();
         let Some(pr) = self.progress_mut(from) else { return };
         pr.recent_active = true;
         // Let a probe that went unanswered go again.
         pr.probe_sent = false;
+        // A full pipeline whose appends were all lost would never drain: the follower answers
+        // heartbeats but no acknowledgement comes. Free one slot per heartbeat answer, as etcd
+        // does; the append that goes out then is rejected if earlier ones were lost, and the
+        // rejection moves the follower back to probing from where its log really ends.
+        if pr.state == ProgressState::Replicate && pr.inflights.count() >= inflight_appends_max {
+            pr.inflights.free_first();
+        }
+        // A pipeline that made no progress over a whole heartbeat interval while there is more
+        // to send lost an append whose successors were lost too (or never sent): nothing else
+        // would ever resend it. Start probing again from where the follower's log is known to
+        // end.
+        if pr.state == ProgressState::Replicate
+            && pr.match_index < last_index
+            && pr.match_index == pr.match_at_last_heartbeat
+        {
+            pr.become_probe();
+        }
+        pr.match_at_last_heartbeat = pr.match_index;
         if read_round > pr.acked_round {
             pr.acked_round = read_round;
             self.on_round_acked();
