@@ -104,18 +104,18 @@ const HEAD: usize = 0;
 /// (the problem is NP-complete).
 pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchOutcome {
     let mut list = EntryList::new(ops);
-    let words = ops.len().div_ceil(64);
-    let mut linearized = vec![0u64; words];
-    let zobrist: Vec<u64> = (0..ops.len() as u64).map(|i| splitmix64(i + 1)).collect();
-    let mut linearized_hash = 0u64;
-    let mut cache = Cache::new(words);
+    let mut configuration = Configuration::new(ops);
+    let mut cache = Cache::new(configuration.words());
 
     // Operations with a known outcome still to linearize. Unknown ones never complete, so once
     // this reaches zero they can all take effect after everything else (or never): success.
     let mut definite_remaining = ops.iter().filter(|op| op.complete_time.is_some()).count();
-    // (call entry, register value before the operation took effect)
-    let mut stack: Vec<(usize, ValueId)> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    // The deepest stack seen, and how many of its first entries the current stack still shares:
+    // copying only the part that differs keeps the bookkeeping amortised O(1) per step instead of
+    // O(depth), which for a 10,000-operation key was most of the search time.
     let mut longest_prefix: Vec<usize> = Vec::new();
+    let mut prefix_shared = 0usize;
     let mut state_after_prefix = initial;
     let (mut blocked, mut candidates) = list.frontier();
 
@@ -132,34 +132,62 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
         steps += 1;
 
         if let Some(op) = list.call_op(entry) {
-            if let Some(new_state) = ops[op].effect.step(state) {
-                linearized[op / 64] |= 1 << (op % 64);
-                linearized_hash ^= zobrist[op];
-                if cache.insert(linearized_hash, &linearized, new_state) {
-                    stack.push((entry, state));
+            // Which operation to linearize now, if any: `op` itself, or, when `op` is a failed
+            // cas that the current value would make succeed, an unread unknown write that takes
+            // effect just before it (see `Configuration`).
+            let choice = if configuration.is_unobserved_write(op)
+                || !configuration.is_first_unused_writer(op)
+            {
+                None
+            } else if let Some(new_state) = ops[op].effect.step(state) {
+                Some((op, entry, new_state))
+            } else if configuration.failed_cas[op] {
+                configuration
+                    .first_unobserved_write(&list)
+                    .and_then(|(write, write_entry)| {
+                        ops[write]
+                            .effect
+                            .step(state)
+                            .map(|new_state| (write, write_entry, new_state))
+                    })
+            } else {
+                None
+            };
+            if let Some((chosen, chosen_entry, new_state)) = choice {
+                configuration.apply(chosen);
+                if cache.insert(configuration.hash, &configuration.key, new_state) {
+                    stack.push(Frame {
+                        call: chosen_entry,
+                        resume_after: entry,
+                        state_before: state,
+                    });
                     state = new_state;
-                    list.lift(op);
-                    if ops[op].complete_time.is_some() {
+                    list.lift(chosen);
+                    if ops[chosen].complete_time.is_some() {
                         definite_remaining -= 1;
                     }
                     if stack.len() > longest_prefix.len() {
-                        longest_prefix.clear();
-                        longest_prefix.extend(stack.iter().map(|&(call, _)| list.op[call]));
+                        longest_prefix.truncate(prefix_shared);
+                        longest_prefix.extend(
+                            stack[prefix_shared..]
+                                .iter()
+                                .map(|frame| list.op[frame.call]),
+                        );
+                        prefix_shared = stack.len();
                         state_after_prefix = state;
                         (blocked, candidates) = list.frontier();
                     }
                     entry = list.next[HEAD];
                     continue;
                 }
-                linearized[op / 64] &= !(1 << (op % 64));
-                linearized_hash ^= zobrist[op];
+                configuration.revert(chosen);
             }
             entry = list.next[entry];
         } else {
             // A return entry (or, defensively, the tail): the operation it ends had to take
             // effect before anything after it, and no choice so far allows that. Undo the most
             // recent choice and try the next candidate after it.
-            let Some((call, previous_state)) = stack.pop() else {
+            let Some(frame) = stack.pop() else {
                 return SearchOutcome::Violation {
                     steps,
                     longest_prefix,
@@ -168,16 +196,252 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
                     candidates,
                 };
             };
-            let op = list.op[call];
-            state = previous_state;
-            linearized[op / 64] &= !(1 << (op % 64));
-            linearized_hash ^= zobrist[op];
+            prefix_shared = prefix_shared.min(stack.len());
+            let op = list.op[frame.call];
+            state = frame.state_before;
+            configuration.revert(op);
             list.unlift(op);
             if ops[op].complete_time.is_some() {
                 definite_remaining += 1;
             }
-            entry = list.next[call];
+            entry = list.next[frame.resume_after];
         }
+    }
+}
+
+/// One choice of the depth-first search.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    /// The call entry of the operation linearized.
+    call: usize,
+    /// The entry at which the choice was made; after undoing it the search resumes with the
+    /// entry after this one. The same as `call`, except when an unread unknown write was
+    /// linearized on behalf of the failed cas at `resume_after`.
+    resume_after: usize,
+    /// The register's value before the operation took effect.
+    state_before: ValueId,
+}
+
+/// The set of linearized operations, and the key under which the cache knows it.
+///
+/// An unknown put or delete never completes, so it stays a candidate for the rest of the
+/// history; tried everywhere, every subset of the unknown writes seen so far would be a distinct
+/// configuration: 2^u for u unknown writes, which made a 200-operation key with 20 timeouts
+/// undecidable. Two facts cut this down, both about a write of a value `v` that no operation still
+/// to be linearized observes (no read of `v`, no cas expecting `v`, completed or not):
+///
+/// - Had it taken effect now, the register would hold `v`, which every remaining operation
+///   overwrites, ignores (an unknown cas expecting another value does not swap, and moved after
+///   everything else it changes nothing observable) or accepts only as "not the value I
+///   expected" (a failed cas). So it matters only to make a failed cas fail, and then only taking
+///   effect immediately before it: a linearization that has it elsewhere can move it there, or
+///   after everything (never taking effect). All such writes are interchangeable (their values
+///   are equally unobserved), and the earliest invoked is available whenever a later one is, so
+///   the search uses exactly that one, on demand, when a failed cas's expected value is the
+///   current one.
+/// - With no failed cas left either, it is *dead*: whether it took effect is irrelevant. Its bit
+///   leaves the cache key, so configurations that differ only in dead writes share one entry.
+///
+/// Observers are never unknown writes, so the key still determines which writes are dead.
+#[derive(Debug)]
+struct Configuration {
+    linearized: Vec<u64>,
+    /// `linearized` without the dead unknown writes.
+    key: Vec<u64>,
+    /// Zobrist hash of `key`, updated in O(1) per change.
+    hash: u64,
+    zobrist: Vec<u64>,
+    /// For each operation: the value it writes if it is a write with unknown outcome.
+    unknown_write: Vec<Option<ValueId>>,
+    /// For each operation: the value it could observe (a completed read, any cas's expected).
+    observes: Vec<Option<ValueId>>,
+    failed_cas: Vec<bool>,
+    /// Per value: operations not yet linearized that observe it.
+    observers_remaining: Vec<u32>,
+    failed_cas_remaining: u32,
+    /// Per value: the unknown writes of it, in invocation order.
+    unknown_writers: Vec<Vec<usize>>,
+    /// For each unknown write: its position in `unknown_writers` of its value.
+    writer_rank: Vec<u32>,
+    /// Per value: how many of its unknown writes are linearized; always the first ones.
+    writers_used: Vec<u32>,
+    /// Values with at least one unknown writer.
+    unknown_written_values: Vec<ValueId>,
+}
+
+impl Configuration {
+    fn new(ops: &[KeyOp]) -> Self {
+        let words = ops.len().div_ceil(64);
+        let value_count = ops
+            .iter()
+            .map(|op| match op.effect {
+                Effect::Write(value) | Effect::Read(value) => value,
+                Effect::Cas { expected, new, .. } => expected.max(new),
+            })
+            .max()
+            .map_or(1, |value| value as usize + 1);
+        let mut configuration = Configuration {
+            linearized: vec![0; words],
+            key: vec![0; words],
+            hash: 0,
+            zobrist: (0..ops.len() as u64).map(|i| splitmix64(i + 1)).collect(),
+            unknown_write: Vec::with_capacity(ops.len()),
+            observes: Vec::with_capacity(ops.len()),
+            failed_cas: Vec::with_capacity(ops.len()),
+            observers_remaining: vec![0; value_count],
+            failed_cas_remaining: 0,
+            unknown_writers: vec![Vec::new(); value_count],
+            writer_rank: vec![0; ops.len()],
+            writers_used: vec![0; value_count],
+            unknown_written_values: Vec::new(),
+        };
+        for (index, op) in ops.iter().enumerate() {
+            let unknown_write = match (op.effect, op.complete_time) {
+                (Effect::Write(value), None) => Some(value),
+                _ => None,
+            };
+            let observes = match (op.effect, op.complete_time) {
+                (Effect::Read(value), Some(_)) => Some(value),
+                (Effect::Cas { expected, .. }, _) => Some(expected),
+                _ => None,
+            };
+            let failed_cas = matches!(
+                op.effect,
+                Effect::Cas {
+                    swapped: Some(false),
+                    ..
+                }
+            );
+            if let Some(value) = unknown_write {
+                let writers = &mut configuration.unknown_writers[value as usize];
+                if writers.is_empty() {
+                    configuration.unknown_written_values.push(value);
+                }
+                writers.push(index);
+            }
+            if let Some(value) = observes {
+                configuration.observers_remaining[value as usize] += 1;
+            }
+            configuration.failed_cas_remaining += u32::from(failed_cas);
+            configuration.unknown_write.push(unknown_write);
+            configuration.observes.push(observes);
+            configuration.failed_cas.push(failed_cas);
+        }
+        for writers in &mut configuration.unknown_writers {
+            // The order of their call entries in the list (see `EntryList::new`).
+            writers.sort_by_key(|&op| (ops[op].invoke_time, op));
+            for (rank, &op) in writers.iter().enumerate() {
+                configuration.writer_rank[op] = u32::try_from(rank).unwrap_or(u32::MAX);
+            }
+        }
+        configuration
+    }
+
+    /// Unknown writes of one value are interchangeable, and the earlier invoked is available
+    /// whenever the later is; so a linearization using some of them can use the earliest ones
+    /// instead, and the search only ever offers the earliest unused one. For 4 unknown deletes
+    /// that is 5 configurations (0 to 4 used) instead of 16 subsets.
+    fn is_first_unused_writer(&self, op: usize) -> bool {
+        match self.unknown_write[op] {
+            Some(value) => self.writer_rank[op] == self.writers_used[value as usize],
+            None => true,
+        }
+    }
+
+    fn words(&self) -> usize {
+        self.linearized.len()
+    }
+
+    fn value_is_dead(&self, value: ValueId) -> bool {
+        self.failed_cas_remaining == 0 && self.observers_remaining[value as usize] == 0
+    }
+
+    /// Whether `op` is an unknown write whose value no remaining read or cas can observe. The
+    /// search never offers it as a candidate of its own: it is either dead, or useful only to
+    /// make a failed cas fail, where [`Configuration::first_unobserved_write`] supplies it.
+    fn is_unobserved_write(&self, op: usize) -> bool {
+        self.unknown_write[op].is_some_and(|value| self.observers_remaining[value as usize] == 0)
+    }
+
+    /// The earliest-invoked unobserved unknown write that may take effect now (its call is
+    /// before the first pending return), with its call entry.
+    fn first_unobserved_write(&self, list: &EntryList) -> Option<(usize, usize)> {
+        let mut entry = list.next[HEAD];
+        while list.is_call[entry] {
+            let op = list.op[entry];
+            if self.is_unobserved_write(op) {
+                return Some((op, entry));
+            }
+            entry = list.next[entry];
+        }
+        None
+    }
+
+    fn flip_key(&mut self, op: usize) {
+        self.key[op / 64] ^= 1 << (op % 64);
+        self.hash ^= self.zobrist[op];
+    }
+
+    /// Adds or removes (the operation is its own inverse) the linearized writers of `value` from
+    /// the key, when `value` dies or comes back to life.
+    fn flip_linearized_writers(&mut self, value: ValueId) {
+        for index in 0..self.unknown_writers[value as usize].len() {
+            let writer = self.unknown_writers[value as usize][index];
+            if self.linearized[writer / 64] & (1 << (writer % 64)) != 0 {
+                self.flip_key(writer);
+            }
+        }
+    }
+
+    fn flip_all_dead_values(&mut self) {
+        for index in 0..self.unknown_written_values.len() {
+            let value = self.unknown_written_values[index];
+            if self.observers_remaining[value as usize] == 0 {
+                self.flip_linearized_writers(value);
+            }
+        }
+    }
+
+    /// Marks `op` (not dead) linearized. [`Configuration::revert`] is its exact inverse, applied
+    /// in last-in first-out order.
+    fn apply(&mut self, op: usize) {
+        self.linearized[op / 64] |= 1 << (op % 64);
+        if let Some(value) = self.unknown_write[op] {
+            self.writers_used[value as usize] += 1;
+        }
+        self.flip_key(op);
+        if let Some(value) = self.observes[op] {
+            self.observers_remaining[value as usize] -= 1;
+            if self.value_is_dead(value) {
+                self.flip_linearized_writers(value);
+            }
+        }
+        if self.failed_cas[op] {
+            self.failed_cas_remaining -= 1;
+            if self.failed_cas_remaining == 0 {
+                self.flip_all_dead_values();
+            }
+        }
+    }
+
+    fn revert(&mut self, op: usize) {
+        if self.failed_cas[op] {
+            if self.failed_cas_remaining == 0 {
+                self.flip_all_dead_values();
+            }
+            self.failed_cas_remaining += 1;
+        }
+        if let Some(value) = self.observes[op] {
+            if self.value_is_dead(value) {
+                self.flip_linearized_writers(value);
+            }
+            self.observers_remaining[value as usize] += 1;
+        }
+        self.flip_key(op);
+        if let Some(value) = self.unknown_write[op] {
+            self.writers_used[value as usize] -= 1;
+        }
+        self.linearized[op / 64] &= !(1 << (op % 64));
     }
 }
 

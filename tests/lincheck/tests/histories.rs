@@ -487,3 +487,46 @@ fn operation_id_from_another_history_is_refused() {
         Err(HistoryError::UnknownOperation(foreign))
     );
 }
+
+#[test]
+fn one_unknown_write_cannot_make_two_failed_cas_fail() {
+    // Each failed cas needs the register to hold something other than 1; between them the value
+    // 1 is written again, so one unknown write taking effect once explains only one of them.
+    let mut h = Builder::default();
+    h.put("x", 1, 0, 10);
+    h.lost(5, "x", Op::Put(2), 20);
+    h.cas("x", Some(1), Some(3), false, 50, 60);
+    h.put("x", 1, 70, 80);
+    h.cas("x", Some(1), Some(3), false, 90, 100);
+    assert_violation(&h, "x");
+
+    h.lost(6, "x", Op::Put(4), 30);
+    assert_linearizable(&h);
+}
+
+#[test]
+fn unknown_delete_read_as_absent_then_undone_is_a_violation() {
+    let mut h = Builder::default();
+    h.put("x", 1, 0, 10);
+    h.lost(5, "x", Op::Delete, 20);
+    h.lost(6, "x", Op::Delete, 25);
+    h.get("x", None, 100, 110);
+    h.get("x", Some(1), 120, 130);
+    assert_violation(&h, "x");
+}
+
+#[test]
+fn two_unknown_deletes_each_take_effect_at_most_once() {
+    let mut h = Builder::default();
+    h.put("x", 1, 0, 10);
+    h.lost(5, "x", Op::Delete, 20);
+    h.lost(6, "x", Op::Delete, 25);
+    h.get("x", None, 100, 110);
+    h.put("x", 2, 120, 130);
+    h.get("x", None, 140, 150);
+    assert_linearizable(&h);
+
+    h.put("x", 3, 160, 170);
+    h.get("x", None, 180, 190);
+    assert_violation(&h, "x");
+}
