@@ -4,7 +4,8 @@
 //!
 //! The main case is 10,000 operations over 100 keys from 8 concurrent clients, 1 % of them with
 //! unknown outcome: the size of a long simulator seed. It must stay far below a second so the
-//! simulator can check thousands of seeds per CI run.
+//! simulator can check thousands of seeds per CI run. Measured on one core of a shared 2-core
+//! machine: about 3 ms (3 M operations/s); 10,000 operations on a single key: about 0.2 s.
 
 use std::hint::black_box;
 

@@ -14,7 +14,7 @@ use crate::search::{self, ABSENT, Effect, KeyOp, Limits, SearchOutcome, ValueId}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckOptions {
     /// Search steps allowed per key before its verdict is [`Verdict::Unknown`]. A step is one
-    /// candidate tried or one backtrack; a million take roughly 50-100 ms.
+    /// candidate tried or one backtrack; a million take roughly 0.1-0.2 s.
     pub search_steps_max: u64,
     /// Memory the search's cache of visited configurations may hold per key before its verdict
     /// is [`Verdict::Unknown`]. An entry costs about `ops_of_key / 8 + 24` bytes.
@@ -22,7 +22,7 @@ pub struct CheckOptions {
 }
 
 impl Default for CheckOptions {
-    /// 10 million steps and 256 MiB per key: about a second of search, far beyond what any
+    /// 10 million steps and 256 MiB per key: one to two seconds of search, far beyond what any
     /// history of a correct system with bounded concurrency needs.
     fn default() -> Self {
         Self {

@@ -30,10 +30,20 @@
 //! revisit, and backtracking undoes list changes in O(1). With `n` operations on a key, at most
 //! `c` of them pending at any instant and `d` distinct values, the reachable configurations
 //! number at most `n * 2^c * (d + 1)`; a history of a correct system typically needs O(n) steps.
-//! Unknown operations never complete, so they add to `c` for the rest of the history; unknown
-//! gets and unknown writes of values nobody could observe are therefore dropped before the
-//! search (see `check.rs` for why that is exact). The search is bounded by
+//! Unknown operations never complete, so they add to `c` for the rest of the history. Three
+//! exact reductions keep that in check (see `search.rs`, `Configuration`, for why each is exact):
+//! unknown gets are dropped; an unknown write of a value no remaining read or cas observes is
+//! never tried on its own (only, on demand, just before a failed cas it would explain) and, once
+//! no failed cas remains either, leaves the cache key; unknown writes of one value are used in
+//! invocation order only. Unknown cas get no such treatment, and a key with hundreds of
+//! operations, concurrency 8 and more than ~5 % unknown outcomes may exhaust the default budget
+//! when it is *not* linearizable (the search must then rule out every order): the verdict is
+//! then [`Verdict::Unknown`], never a guess. The search is bounded by
 //! [`CheckOptions::search_steps_max`] and [`CheckOptions::cache_bytes_max`] per key.
+//!
+//! Measured (`cargo bench -p smr-lincheck --bench check`, one core of a shared 2-core machine):
+//! 10,000 operations over 100 keys from 8 clients with 1 % unknown outcomes check in about 3 ms;
+//! the same 10,000 operations on a single key in about 0.2 s.
 //!
 //! # What it must never do
 //!
