@@ -163,6 +163,18 @@ impl Replica {
             );
             return;
         }
+        if self.log.matches(meta.index, meta.term) {
+            // Our log already holds the snapshot's last entry, so it holds everything before it
+            // too (log matching). Installing would throw away the entries after it, which this
+            // replica may already have acknowledged (§7: "retain log entries following it").
+            self.incoming_snapshot = None;
+            self.advance_commit(meta.index);
+            self.send_after_persist(
+                from,
+                MessageBody::AppendResponse { success: true, index: meta.index, hint_index: 0, hint_term: 0 },
+            );
+            return;
+        }
         let expected = match &self.incoming_snapshot {
             Some((current, next)) if current.index == meta.index && current.term == meta.term => *next,
             _ if offset == 0 => {

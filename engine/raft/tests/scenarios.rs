@@ -216,3 +216,31 @@ fn a_bad_config_is_refused_by_field_name() {
     let err = smr_raft::Replica::bootstrap(cfg, &[1]).unwrap_err();
     assert!(err.to_string().contains("election_ticks"), "{err}");
 }
+
+#[test]
+fn a_snapshot_the_follower_already_holds_does_not_truncate_its_newer_entries() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for _ in 0..5 {
+        c.propose(1, b"e");
+    }
+    c.deliver_all();
+    let last = c.node(2).last_index();
+    let meta = smr_raft::SnapshotMeta {
+        index: last - 2,
+        term: c.node(1).entry(last - 2).unwrap().term,
+        conf: c.node(1).conf().clone(),
+    };
+    // A late, duplicated snapshot chunk from the leader covering only a prefix of node 2's log.
+    let term = c.node(1).term();
+    let m = smr_raft::Message {
+        group: 1,
+        from: 1,
+        to: 2,
+        term,
+        body: smr_raft::MessageBody::Snapshot { meta, offset: 0, data: Bytes::from_static(b"s"), last: true },
+    };
+    c.deliver(m);
+    assert_eq!(c.node(2).last_index(), last, "entries after the snapshot were kept");
+    assert_eq!(c.snapshots_installed.get(&2), None, "nothing to install");
+}
