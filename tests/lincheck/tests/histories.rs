@@ -530,3 +530,25 @@ fn two_unknown_deletes_each_take_effect_at_most_once() {
     h.get("x", None, 180, 190);
     assert_violation(&h, "x");
 }
+
+#[test]
+fn each_retry_of_an_unknown_cas_takes_effect_at_most_once() {
+    // A client retried cas(1 -> 2) after a timeout; both attempts may have taken effect, at any
+    // later time, but no more than twice in all.
+    let mut h = Builder::default();
+    h.put("x", 1, 0, 10);
+    let cas = Op::Cas {
+        expected: Some(1),
+        new: Some(2),
+    };
+    h.lost(5, "x", cas.clone(), 20);
+    h.lost(5, "x", cas, 25);
+    h.get("x", Some(2), 100, 110);
+    h.put("x", 1, 120, 130);
+    h.get("x", Some(2), 140, 150);
+    assert_linearizable(&h);
+
+    h.put("x", 1, 160, 170);
+    h.get("x", Some(2), 180, 190);
+    assert_violation(&h, "x");
+}
