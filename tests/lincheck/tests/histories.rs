@@ -552,3 +552,21 @@ fn each_retry_of_an_unknown_cas_takes_effect_at_most_once() {
     h.get("x", Some(2), 180, 190);
     assert_violation(&h, "x");
 }
+
+#[test]
+fn report_of_a_long_history_shows_the_last_operations_before_the_violation() {
+    let mut h = Builder::default();
+    for i in 0..50 {
+        h.put("x", i, i * 10, i * 10 + 5);
+    }
+    h.get("x", Some(3), 1000, 1010);
+    let result = verdict(&h);
+    let violation = result.violations().next().unwrap();
+    assert_eq!(violation.operations.len(), 51);
+    assert_eq!(violation.longest_linearizable_prefix.len(), 50);
+    let text = violation.to_string();
+    assert!(text.contains("  ... 40 earlier operations\n"), "{text}");
+    assert!(text.contains("put(49)"), "{text}");
+    assert!(!text.contains("put(39)"), "{text}");
+    assert!(!text.contains("all operations on the key"), "{text}");
+}
