@@ -65,7 +65,13 @@ pub struct Violation<K, V> {
     pub candidates: Vec<OpId>,
 }
 
+/// How much of a long violation the text report shows; [`Violation`] itself keeps everything.
+const PREFIX_TAIL_SHOWN_MAX: usize = 10;
+const OPERATIONS_SHOWN_MAX: usize = 40;
+
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Violation<K, V> {
+    /// A report a person can read at a glance: where the search got stuck, what it got stuck on,
+    /// and the last few operations before that point. Long histories are abridged.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -74,17 +80,26 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Violation<K, V> {
             self.initial_value,
             self.operations.len()
         )?;
-        let find = |id: OpId| self.operations.iter().find(|operation| operation.id == id);
+        // `operations` is in invocation order, which is OpId order.
+        let find = |id: OpId| {
+            self.operations
+                .binary_search_by_key(&id, |operation| operation.id)
+                .ok()
+                .map(|index| &self.operations[index])
+        };
+        let prefix = &self.longest_linearizable_prefix;
         writeln!(
             f,
             "longest linearizable prefix ({} operations), leaving value {:?}:",
-            self.longest_linearizable_prefix.len(),
+            prefix.len(),
             self.value_after_prefix
         )?;
-        for &id in &self.longest_linearizable_prefix {
-            if let Some(operation) = find(id) {
-                writeln!(f, "  {operation}")?;
-            }
+        let shown_from = prefix.len().saturating_sub(PREFIX_TAIL_SHOWN_MAX);
+        if shown_from > 0 {
+            writeln!(f, "  ... {shown_from} earlier operations")?;
+        }
+        for operation in prefix[shown_from..].iter().filter_map(|&id| find(id)) {
+            writeln!(f, "  {operation}")?;
         }
         if let Some(operation) = self.blocked.and_then(find) {
             writeln!(
@@ -97,15 +112,15 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Violation<K, V> {
                 f,
                 "whatever order of these concurrent operations precedes it:"
             )?;
-            for &id in &self.candidates {
-                if let Some(operation) = find(id) {
-                    writeln!(f, "  {operation}")?;
-                }
+            for operation in self.candidates.iter().filter_map(|&id| find(id)) {
+                writeln!(f, "  {operation}")?;
             }
         }
-        writeln!(f, "all operations on the key:")?;
-        for operation in &self.operations {
-            writeln!(f, "  {operation}")?;
+        if self.operations.len() <= OPERATIONS_SHOWN_MAX {
+            writeln!(f, "all operations on the key:")?;
+            for operation in &self.operations {
+                writeln!(f, "  {operation}")?;
+            }
         }
         Ok(())
     }

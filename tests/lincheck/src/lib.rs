@@ -30,16 +30,18 @@
 //! revisit, and backtracking undoes list changes in O(1). With `n` operations on a key, at most
 //! `c` of them pending at any instant and `d` distinct values, the reachable configurations
 //! number at most `n * 2^c * (d + 1)`; a history of a correct system typically needs O(n) steps.
-//! Unknown operations never complete, so they add to `c` for the rest of the history. Three
-//! exact reductions keep that in check (see `search.rs`, `Configuration`, for why each is exact):
-//! unknown gets are dropped; an unknown write of a value no remaining read or cas observes is
-//! never tried on its own (only, on demand, just before a failed cas it would explain) and, once
-//! no failed cas remains either, leaves the cache key; unknown writes of one value are used in
-//! invocation order only. Unknown cas get no such treatment, and a key with hundreds of
-//! operations, concurrency 8 and more than ~5 % unknown outcomes may exhaust the default budget
-//! when it is *not* linearizable (the search must then rule out every order): the verdict is
-//! then [`Verdict::Unknown`], never a guess. The search is bounded by
-//! [`CheckOptions::search_steps_max`] and [`CheckOptions::cache_bytes_max`] per key.
+//! Unknown operations never complete, so they add to `c` for the rest of the history. Exact
+//! reductions keep that in check (see `search.rs` for why each is exact): unknown gets are
+//! dropped; an unknown operation is never linearized where it would not change the value (that
+//! only uses it up); unknown operations with the same effect (retries) are used in invocation
+//! order only; an unknown write of a value no remaining read or cas observes is tried only just
+//! before a failed cas it would explain and, once no failed cas remains, leaves the cache key.
+//! What remains exponential is many unknown outcomes on one busy key: with about 200 operations
+//! on one key from 8 clients, up to ~5 % unknown outcomes are decided within the default budget
+//! even when the history is *not* linearizable (the hard case: every order must be ruled out);
+//! at 10-20 % some such histories exhaust it. The verdict is then [`Verdict::Unknown`], never a
+//! guess. The search is bounded by [`CheckOptions::search_steps_max`] and
+//! [`CheckOptions::cache_bytes_max`] per key.
 //!
 //! Measured (`cargo bench -p smr-lincheck --bench check`, one core of a shared 2-core machine):
 //! 10,000 operations over 100 keys from 8 clients with 1 % unknown outcomes check in about 3 ms;

@@ -19,7 +19,7 @@ pub(crate) type ValueId = u32;
 pub(crate) const ABSENT: ValueId = 0;
 
 /// What one operation does to the register, with values interned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Effect {
     /// Put or delete (a delete writes [`ABSENT`]). Acknowledged or not, a write's answer says
     /// nothing about the value it overwrote, so both cases are the same transition.
@@ -136,11 +136,17 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
             // cas that the current value would make succeed, an unread unknown write that takes
             // effect just before it (see `Configuration`).
             let choice = if configuration.is_unobserved_write(op)
-                || !configuration.is_first_unused_writer(op)
+                || !configuration.is_first_unused_twin(op)
             {
                 None
             } else if let Some(new_state) = ops[op].effect.step(state) {
-                Some((op, entry, new_state))
+                // An operation with unknown outcome that would not change the value (a cas whose
+                // expected value is not the current one, a write of the current value) is never
+                // linearized: doing so changes nothing but uses it up, so "it never took effect"
+                // (it stays pending) leaves every option open that taking effect here would.
+                // Without this, each pending unknown cas doubled the configurations.
+                let no_op = ops[op].complete_time.is_none() && new_state == state;
+                (!no_op).then_some((op, entry, new_state))
             } else if configuration.failed_cas[op] {
                 configuration
                     .first_unobserved_write(&list)
@@ -261,10 +267,11 @@ struct Configuration {
     failed_cas_remaining: u32,
     /// Per value: the unknown writes of it, in invocation order.
     unknown_writers: Vec<Vec<usize>>,
-    /// For each unknown write: its position in `unknown_writers` of its value.
-    writer_rank: Vec<u32>,
-    /// Per value: how many of its unknown writes are linearized; always the first ones.
-    writers_used: Vec<u32>,
+    /// For each operation with unknown outcome: its group of twins (unknown operations with the
+    /// same effect, such as a client's retries) and its rank in the group by invocation.
+    twin_group: Vec<Option<(usize, u32)>>,
+    /// Per group of twins: how many are linearized; always the first ones.
+    twins_used: Vec<u32>,
     /// Values with at least one unknown writer.
     unknown_written_values: Vec<ValueId>,
 }
@@ -291,8 +298,8 @@ impl Configuration {
             observers_remaining: vec![0; value_count],
             failed_cas_remaining: 0,
             unknown_writers: vec![Vec::new(); value_count],
-            writer_rank: vec![0; ops.len()],
-            writers_used: vec![0; value_count],
+            twin_group: vec![None; ops.len()],
+            twins_used: Vec::new(),
             unknown_written_values: Vec::new(),
         };
         for (index, op) in ops.iter().enumerate() {
@@ -327,23 +334,35 @@ impl Configuration {
             configuration.observes.push(observes);
             configuration.failed_cas.push(failed_cas);
         }
-        for writers in &mut configuration.unknown_writers {
-            // The order of their call entries in the list (see `EntryList::new`).
-            writers.sort_by_key(|&op| (ops[op].invoke_time, op));
-            for (rank, &op) in writers.iter().enumerate() {
-                configuration.writer_rank[op] = u32::try_from(rank).unwrap_or(u32::MAX);
+        // Ranks follow the order of call entries in the list (see `EntryList::new`).
+        let mut unknown: Vec<usize> = (0..ops.len())
+            .filter(|&op| ops[op].complete_time.is_none())
+            .collect();
+        unknown.sort_by_key(|&op| (ops[op].invoke_time, op));
+        let mut groups: HashMap<Effect, usize> = HashMap::new();
+        for op in unknown {
+            let next_group = groups.len();
+            let group = *groups.entry(ops[op].effect).or_insert(next_group);
+            if group == configuration.twins_used.len() {
+                configuration.twins_used.push(0);
             }
+            // Counts the twins seen so far, in `twins_used` until the search starts.
+            let rank = configuration.twins_used[group];
+            configuration.twin_group[op] = Some((group, rank));
+            configuration.twins_used[group] += 1;
         }
+        configuration.twins_used.fill(0);
         configuration
     }
 
-    /// Unknown writes of one value are interchangeable, and the earlier invoked is available
-    /// whenever the later is; so a linearization using some of them can use the earliest ones
-    /// instead, and the search only ever offers the earliest unused one. For 4 unknown deletes
-    /// that is 5 configurations (0 to 4 used) instead of 16 subsets.
-    fn is_first_unused_writer(&self, op: usize) -> bool {
-        match self.unknown_write[op] {
-            Some(value) => self.writer_rank[op] == self.writers_used[value as usize],
+    /// Unknown operations with the same effect (a client's retries, or several deletes) are
+    /// interchangeable, and the earlier invoked is available whenever the later is; so a
+    /// linearization using some of them can use the earliest ones instead, and the search only
+    /// ever offers the earliest unused one. For 4 unknown deletes that is 5 configurations (0 to
+    /// 4 used) instead of 16 subsets.
+    fn is_first_unused_twin(&self, op: usize) -> bool {
+        match self.twin_group[op] {
+            Some((group, rank)) => rank == self.twins_used[group],
             None => true,
         }
     }
@@ -406,8 +425,8 @@ impl Configuration {
     /// in last-in first-out order.
     fn apply(&mut self, op: usize) {
         self.linearized[op / 64] |= 1 << (op % 64);
-        if let Some(value) = self.unknown_write[op] {
-            self.writers_used[value as usize] += 1;
+        if let Some((group, _)) = self.twin_group[op] {
+            self.twins_used[group] += 1;
         }
         self.flip_key(op);
         if let Some(value) = self.observes[op] {
@@ -438,8 +457,8 @@ impl Configuration {
             self.observers_remaining[value as usize] += 1;
         }
         self.flip_key(op);
-        if let Some(value) = self.unknown_write[op] {
-            self.writers_used[value as usize] -= 1;
+        if let Some((group, _)) = self.twin_group[op] {
+            self.twins_used[group] -= 1;
         }
         self.linearized[op / 64] &= !(1 << (op % 64));
     }

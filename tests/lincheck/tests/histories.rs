@@ -530,3 +530,43 @@ fn two_unknown_deletes_each_take_effect_at_most_once() {
     h.get("x", None, 180, 190);
     assert_violation(&h, "x");
 }
+
+#[test]
+fn each_retry_of_an_unknown_cas_takes_effect_at_most_once() {
+    // A client retried cas(1 -> 2) after a timeout; both attempts may have taken effect, at any
+    // later time, but no more than twice in all.
+    let mut h = Builder::default();
+    h.put("x", 1, 0, 10);
+    let cas = Op::Cas {
+        expected: Some(1),
+        new: Some(2),
+    };
+    h.lost(5, "x", cas.clone(), 20);
+    h.lost(5, "x", cas, 25);
+    h.get("x", Some(2), 100, 110);
+    h.put("x", 1, 120, 130);
+    h.get("x", Some(2), 140, 150);
+    assert_linearizable(&h);
+
+    h.put("x", 1, 160, 170);
+    h.get("x", Some(2), 180, 190);
+    assert_violation(&h, "x");
+}
+
+#[test]
+fn report_of_a_long_history_shows_the_last_operations_before_the_violation() {
+    let mut h = Builder::default();
+    for i in 0..50 {
+        h.put("x", i, i * 10, i * 10 + 5);
+    }
+    h.get("x", Some(3), 1000, 1010);
+    let result = verdict(&h);
+    let violation = result.violations().next().unwrap();
+    assert_eq!(violation.operations.len(), 51);
+    assert_eq!(violation.longest_linearizable_prefix.len(), 50);
+    let text = violation.to_string();
+    assert!(text.contains("  ... 40 earlier operations\n"), "{text}");
+    assert!(text.contains("put(49)"), "{text}");
+    assert!(!text.contains("put(39)"), "{text}");
+    assert!(!text.contains("all operations on the key"), "{text}");
+}
