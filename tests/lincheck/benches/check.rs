@@ -28,12 +28,7 @@ fn bench_check(c: &mut Criterion) {
         (10_000, 1, 8, 10),
     ];
     for (operations, keys, clients, unknown_per_mille) in cases {
-        let shape = Shape {
-            operations,
-            keys,
-            clients,
-            unknown_per_mille,
-        };
+        let shape = Shape { operations, keys, clients, unknown_per_mille };
         let generated = generate(42, shape, None);
         let options = CheckOptions::default();
         assert!(
@@ -41,10 +36,7 @@ fn bench_check(c: &mut Criterion) {
             "the benchmark history must be linearizable, or it measures the wrong path"
         );
         group.throughput(Throughput::Elements(operations as u64));
-        let name = format!(
-            "ops{operations}_keys{keys}_clients{clients}_unknown{}permille",
-            unknown_per_mille
-        );
+        let name = format!("ops{operations}_keys{keys}_clients{clients}_unknown{}permille", unknown_per_mille);
         group.bench_with_input(BenchmarkId::from_parameter(name), &generated, |b, g| {
             b.iter(|| check(black_box(&g.history), &options));
         });

@@ -25,10 +25,7 @@ impl Default for CheckOptions {
     /// 10 million steps and 256 MiB per key: one to two seconds of search, far beyond what any
     /// history of a correct system with bounded concurrency needs.
     fn default() -> Self {
-        Self {
-            search_steps_max: 10_000_000,
-            cache_bytes_max: 256 << 20,
-        }
+        Self { search_steps_max: 10_000_000, cache_bytes_max: 256 << 20 }
     }
 }
 
@@ -102,16 +99,10 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Violation<K, V> {
             writeln!(f, "  {operation}")?;
         }
         if let Some(operation) = self.blocked.and_then(find) {
-            writeln!(
-                f,
-                "then this operation, the first to complete, cannot take effect:\n  {operation}"
-            )?;
+            writeln!(f, "then this operation, the first to complete, cannot take effect:\n  {operation}")?;
         }
         if !self.candidates.is_empty() {
-            writeln!(
-                f,
-                "whatever order of these concurrent operations precedes it:"
-            )?;
+            writeln!(f, "whatever order of these concurrent operations precedes it:")?;
             for operation in self.candidates.iter().filter_map(|&id| find(id)) {
                 writeln!(f, "  {operation}")?;
             }
@@ -190,10 +181,7 @@ impl<K, V> CheckResult<K, V> {
 
     /// The keys whose search ran out of budget.
     pub fn unknown_keys(&self) -> impl Iterator<Item = &K> {
-        self.keys
-            .iter()
-            .filter(|report| matches!(report.verdict, Verdict::Unknown))
-            .map(|report| &report.key)
+        self.keys.iter().filter(|report| matches!(report.verdict, Verdict::Unknown)).map(|report| &report.key)
     }
 
     /// Search steps spent over all keys.
@@ -215,10 +203,7 @@ where
     for operation in history.operations() {
         by_key.entry(&operation.key).or_default().push(operation);
     }
-    let limits = Limits {
-        steps_max: options.search_steps_max,
-        cache_bytes_max: options.cache_bytes_max,
-    };
+    let limits = Limits { steps_max: options.search_steps_max, cache_bytes_max: options.cache_bytes_max };
     let keys = by_key
         .into_iter()
         .map(|(key, operations)| {
@@ -229,12 +214,7 @@ where
     CheckResult { keys }
 }
 
-fn check_key<K, V>(
-    key: &K,
-    initial: Option<V>,
-    operations: &[&Operation<K, V>],
-    limits: Limits,
-) -> KeyReport<K, V>
+fn check_key<K, V>(key: &K, initial: Option<V>, operations: &[&Operation<K, V>], limits: Limits) -> KeyReport<K, V>
 where
     K: Clone,
     V: Eq + Hash + Clone,
@@ -246,39 +226,21 @@ where
     let (verdict, search_steps) = match outcome {
         SearchOutcome::Linearizable { steps } => (Verdict::Linearizable, steps),
         SearchOutcome::BudgetExhausted { steps } => (Verdict::Unknown, steps),
-        SearchOutcome::Violation {
-            steps,
-            longest_prefix,
-            state_after_prefix,
-            blocked,
-            candidates,
-        } => {
+        SearchOutcome::Violation { steps, longest_prefix, state_after_prefix, blocked, candidates } => {
             let id = |index: usize| operations[origin[index]].id;
             let violation = Violation {
                 key: key.clone(),
                 initial_value: initial,
-                operations: operations
-                    .iter()
-                    .map(|&operation| operation.clone())
-                    .collect(),
+                operations: operations.iter().map(|&operation| operation.clone()).collect(),
                 longest_linearizable_prefix: longest_prefix.into_iter().map(id).collect(),
                 value_after_prefix: values.value(state_after_prefix).cloned(),
                 blocked: blocked.map(id),
-                candidates: candidates
-                    .into_iter()
-                    .filter(|&candidate| Some(candidate) != blocked)
-                    .map(id)
-                    .collect(),
+                candidates: candidates.into_iter().filter(|&candidate| Some(candidate) != blocked).map(id).collect(),
             };
             (Verdict::Violation(Box::new(violation)), steps)
         }
     };
-    KeyReport {
-        key: key.clone(),
-        verdict,
-        operations: operations.len(),
-        search_steps,
-    }
+    KeyReport { key: key.clone(), verdict, operations: operations.len(), search_steps }
 }
 
 /// Turns a key's operations into search operations, returning also, for each search operation,
@@ -294,20 +256,14 @@ where
 ///   swap; moving those and the write itself after everything else gives a linearization in
 ///   which the write never took effect. Conversely a linearization without it extends to one
 ///   with it appended last. So dropping it changes no verdict.
-fn translate<K, V>(
-    operations: &[&Operation<K, V>],
-    values: &mut Interner<V>,
-) -> (Vec<KeyOp>, Vec<usize>)
+fn translate<K, V>(operations: &[&Operation<K, V>], values: &mut Interner<V>) -> (Vec<KeyOp>, Vec<usize>)
 where
     V: Eq + Hash + Clone,
 {
     let mut translated: Vec<(usize, KeyOp)> = Vec::with_capacity(operations.len());
     for (index, operation) in operations.iter().enumerate() {
         let (output, complete_time) = match &operation.outcome {
-            Outcome::Ok {
-                output,
-                complete_time,
-            } => (Some(output), Some(*complete_time)),
+            Outcome::Ok { output, complete_time } => (Some(output), Some(*complete_time)),
             Outcome::Unknown => (None, None),
         };
         let effect = match (&operation.op, output) {
@@ -325,25 +281,10 @@ where
                 },
             },
         };
-        translated.push((
-            index,
-            KeyOp {
-                effect,
-                invoke_time: operation.invoke_time,
-                complete_time,
-            },
-        ));
+        translated.push((index, KeyOp { effect, invoke_time: operation.invoke_time, complete_time }));
     }
 
-    let has_failed_cas = translated.iter().any(|(_, op)| {
-        matches!(
-            op.effect,
-            Effect::Cas {
-                swapped: Some(false),
-                ..
-            }
-        )
-    });
+    let has_failed_cas = translated.iter().any(|(_, op)| matches!(op.effect, Effect::Cas { swapped: Some(false), .. }));
     if !has_failed_cas {
         let observable: HashSet<ValueId> = translated
             .iter()
@@ -361,10 +302,7 @@ where
             op.complete_time.is_some() || observable.contains(&written)
         });
     }
-    translated
-        .into_iter()
-        .map(|(index, op)| (op, index))
-        .unzip()
+    translated.into_iter().map(|(index, op)| (op, index)).unzip()
 }
 
 /// Maps a key's values to small integers so configurations are cheap to hash and compare.
@@ -377,10 +315,7 @@ struct Interner<V> {
 
 impl<V> Default for Interner<V> {
     fn default() -> Self {
-        Self {
-            ids: HashMap::new(),
-            values: Vec::new(),
-        }
+        Self { ids: HashMap::new(), values: Vec::new() }
     }
 }
 
@@ -401,8 +336,6 @@ impl<V: Eq + Hash + Clone> Interner<V> {
     }
 
     fn value(&self, id: ValueId) -> Option<&V> {
-        (id as usize)
-            .checked_sub(1)
-            .and_then(|index| self.values.get(index))
+        (id as usize).checked_sub(1).and_then(|index| self.values.get(index))
     }
 }

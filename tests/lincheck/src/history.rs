@@ -96,10 +96,7 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Operation<K, V> {
             Op::Cas { expected, new } => write!(f, "cas({expected:?} -> {new:?})")?,
         }
         match &self.outcome {
-            Outcome::Ok {
-                output,
-                complete_time,
-            } => {
+            Outcome::Ok { output, complete_time } => {
                 match output {
                     Output::Put | Output::Delete => write!(f, " = ok")?,
                     Output::Get(value) => write!(f, " = {value:?}")?,
@@ -151,11 +148,7 @@ pub struct History<K, V> {
 
 impl<K, V> Default for History<K, V> {
     fn default() -> Self {
-        Self {
-            operations: Vec::new(),
-            completed: Vec::new(),
-            initial_values: BTreeMap::new(),
-        }
+        Self { operations: Vec::new(), completed: Vec::new(), initial_values: BTreeMap::new() }
     }
 }
 
@@ -179,14 +172,7 @@ impl<K: Ord + Clone, V: Clone> History<K, V> {
     /// the outcome is unknown.
     pub fn invoke(&mut self, client: u64, key: K, op: Op<V>, time: u64) -> OpId {
         let id = OpId(self.operations.len());
-        self.operations.push(Operation {
-            id,
-            client,
-            key,
-            op,
-            invoke_time: time,
-            outcome: Outcome::Unknown,
-        });
+        self.operations.push(Operation { id, client, key, op, invoke_time: time, outcome: Outcome::Unknown });
         self.completed.push(false);
         id
     }
@@ -215,10 +201,7 @@ impl<K: Ord + Clone, V: Clone> History<K, V> {
         if !kind_matches {
             return Err(HistoryError::OutputMismatch(id));
         }
-        operation.outcome = Outcome::Ok {
-            output,
-            complete_time: time,
-        };
+        operation.outcome = Outcome::Ok { output, complete_time: time };
         self.completed[id.0] = true;
         Ok(())
     }

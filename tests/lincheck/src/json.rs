@@ -53,10 +53,7 @@ pub fn parse(reader: impl BufRead) -> Result<History<String, String>, ParseError
             continue;
         }
         let number = index + 1;
-        let error = |message: String| ParseError::Line {
-            line: number,
-            message,
-        };
+        let error = |message: String| ParseError::Line { line: number, message };
         let line: Line = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
         add_line(&mut history, line).map_err(error)?;
     }
@@ -77,14 +74,9 @@ fn add_line(history: &mut History<String, String>, line: Line) -> Result<(), Str
         "put" => Op::Put(scalar(&line.value, "value")?.ok_or("a put needs a \"value\"")?),
         "get" => Op::Get,
         "del" | "delete" => Op::Delete,
-        "cas" => Op::Cas {
-            expected: scalar(&line.expected, "expected")?,
-            new: scalar(&line.value, "value")?,
-        },
+        "cas" => Op::Cas { expected: scalar(&line.expected, "expected")?, new: scalar(&line.value, "value")? },
         other => {
-            return Err(format!(
-                "unknown op {other:?}; expected \"put\", \"get\", \"del\" or \"cas\""
-            ));
+            return Err(format!("unknown op {other:?}; expected \"put\", \"get\", \"del\" or \"cas\""));
         }
     };
     let Some(complete_ns) = line.complete_ns else {
@@ -101,9 +93,7 @@ fn add_line(history: &mut History<String, String>, line: Line) -> Result<(), Str
         },
     };
     let id = history.invoke(line.client, key, op, line.invoke_ns);
-    history
-        .complete(id, output, complete_ns)
-        .map_err(|e| e.to_string())
+    history.complete(id, output, complete_ns).map_err(|e| e.to_string())
 }
 
 /// A key or value: a string, or an integer taken as its decimal text; `null` is absent.
@@ -112,9 +102,7 @@ fn scalar(value: &Value, field: &str) -> Result<Option<String>, String> {
         Value::Null => Ok(None),
         Value::String(text) => Ok(Some(text.clone())),
         Value::Number(number) if number.is_i64() || number.is_u64() => Ok(Some(number.to_string())),
-        other => Err(format!(
-            "\"{field}\" must be a string, an integer or null, not {other}"
-        )),
+        other => Err(format!("\"{field}\" must be a string, an integer or null, not {other}")),
     }
 }
 
@@ -133,13 +121,7 @@ mod tests {
 "#;
         let history = parse_str(text).unwrap();
         assert_eq!(history.len(), 4);
-        assert_eq!(
-            history.operations()[2].op,
-            Op::Cas {
-                expected: Some("a".to_owned()),
-                new: None
-            }
-        );
+        assert_eq!(history.operations()[2].op, Op::Cas { expected: Some("a".to_owned()), new: None });
         assert_eq!(history.operations()[2].outcome, Outcome::Unknown);
         assert!(check(&history, &CheckOptions::default()).is_ok());
     }
@@ -155,27 +137,12 @@ mod tests {
     #[test]
     fn malformed_lines_are_reported_with_their_number() {
         let cases = [
-            (
-                r#"{"client":1,"key":"x","op":"put","invoke_ns":0}"#,
-                "needs a \"value\"",
-            ),
-            (
-                r#"{"client":1,"key":"x","op":"inc","invoke_ns":0}"#,
-                "unknown op",
-            ),
-            (
-                r#"{"client":1,"key":[1],"op":"get","invoke_ns":0}"#,
-                "\"key\" must be",
-            ),
+            (r#"{"client":1,"key":"x","op":"put","invoke_ns":0}"#, "needs a \"value\""),
+            (r#"{"client":1,"key":"x","op":"inc","invoke_ns":0}"#, "unknown op"),
+            (r#"{"client":1,"key":[1],"op":"get","invoke_ns":0}"#, "\"key\" must be"),
             (r#"{"client":1,"key":"x","op":"get"}"#, "invoke_ns"),
-            (
-                r#"{"client":1,"key":"x","op":"cas","invoke_ns":0,"complete_ns":1,"result":"yes"}"#,
-                "boolean",
-            ),
-            (
-                r#"{"client":1,"key":"x","op":"del","invoke_ns":5,"complete_ns":1}"#,
-                "before its invocation",
-            ),
+            (r#"{"client":1,"key":"x","op":"cas","invoke_ns":0,"complete_ns":1,"result":"yes"}"#, "boolean"),
+            (r#"{"client":1,"key":"x","op":"del","invoke_ns":5,"complete_ns":1}"#, "before its invocation"),
             ("not json", "expected"),
         ];
         for (line, expected) in cases {

@@ -27,11 +27,7 @@ pub(crate) enum Effect {
     /// A completed read that returned this value.
     Read(ValueId),
     /// A compare-and-swap; `swapped` is `None` when its answer is unknown.
-    Cas {
-        expected: ValueId,
-        new: ValueId,
-        swapped: Option<bool>,
-    },
+    Cas { expected: ValueId, new: ValueId, swapped: Option<bool> },
 }
 
 impl Effect {
@@ -41,11 +37,7 @@ impl Effect {
         match self {
             Effect::Write(value) => Some(value),
             Effect::Read(value) => (value == state).then_some(state),
-            Effect::Cas {
-                expected,
-                new,
-                swapped,
-            } => match swapped {
+            Effect::Cas { expected, new, swapped } => match swapped {
                 Some(true) => (state == expected).then_some(new),
                 Some(false) => (state != expected).then_some(state),
                 // An unknown answer is unconstrained, but the register is not: if it took effect
@@ -135,9 +127,7 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
             // Which operation to linearize now, if any: `op` itself, or, when `op` is a failed
             // cas that the current value would make succeed, an unread unknown write that takes
             // effect just before it (see `Configuration`).
-            let choice = if configuration.is_unobserved_write(op)
-                || !configuration.is_first_unused_twin(op)
-            {
+            let choice = if configuration.is_unobserved_write(op) || !configuration.is_first_unused_twin(op) {
                 None
             } else if let Some(new_state) = ops[op].effect.step(state) {
                 // An operation with unknown outcome that would not change the value (a cas whose
@@ -148,25 +138,16 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
                 let no_op = ops[op].complete_time.is_none() && new_state == state;
                 (!no_op).then_some((op, entry, new_state))
             } else if configuration.failed_cas[op] {
-                configuration
-                    .first_unobserved_write(&list)
-                    .and_then(|(write, write_entry)| {
-                        ops[write]
-                            .effect
-                            .step(state)
-                            .map(|new_state| (write, write_entry, new_state))
-                    })
+                configuration.first_unobserved_write(&list).and_then(|(write, write_entry)| {
+                    ops[write].effect.step(state).map(|new_state| (write, write_entry, new_state))
+                })
             } else {
                 None
             };
             if let Some((chosen, chosen_entry, new_state)) = choice {
                 configuration.apply(chosen);
                 if cache.insert(configuration.hash, &configuration.key, new_state) {
-                    stack.push(Frame {
-                        call: chosen_entry,
-                        resume_after: entry,
-                        state_before: state,
-                    });
+                    stack.push(Frame { call: chosen_entry, resume_after: entry, state_before: state });
                     state = new_state;
                     list.lift(chosen);
                     if ops[chosen].complete_time.is_some() {
@@ -174,11 +155,7 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
                     }
                     if stack.len() > longest_prefix.len() {
                         longest_prefix.truncate(prefix_shared);
-                        longest_prefix.extend(
-                            stack[prefix_shared..]
-                                .iter()
-                                .map(|frame| list.op[frame.call]),
-                        );
+                        longest_prefix.extend(stack[prefix_shared..].iter().map(|frame| list.op[frame.call]));
                         prefix_shared = stack.len();
                         state_after_prefix = state;
                         (blocked, candidates) = list.frontier();
@@ -194,13 +171,7 @@ pub(crate) fn search(ops: &[KeyOp], initial: ValueId, limits: Limits) -> SearchO
             // effect before anything after it, and no choice so far allows that. Undo the most
             // recent choice and try the next candidate after it.
             let Some(frame) = stack.pop() else {
-                return SearchOutcome::Violation {
-                    steps,
-                    longest_prefix,
-                    state_after_prefix,
-                    blocked,
-                    candidates,
-                };
+                return SearchOutcome::Violation { steps, longest_prefix, state_after_prefix, blocked, candidates };
             };
             prefix_shared = prefix_shared.min(stack.len());
             let op = list.op[frame.call];
@@ -312,13 +283,7 @@ impl Configuration {
                 (Effect::Cas { expected, .. }, _) => Some(expected),
                 _ => None,
             };
-            let failed_cas = matches!(
-                op.effect,
-                Effect::Cas {
-                    swapped: Some(false),
-                    ..
-                }
-            );
+            let failed_cas = matches!(op.effect, Effect::Cas { swapped: Some(false), .. });
             if let Some(value) = unknown_write {
                 let writers = &mut configuration.unknown_writers[value as usize];
                 if writers.is_empty() {
@@ -335,9 +300,7 @@ impl Configuration {
             configuration.failed_cas.push(failed_cas);
         }
         // Ranks follow the order of call entries in the list (see `EntryList::new`).
-        let mut unknown: Vec<usize> = (0..ops.len())
-            .filter(|&op| ops[op].complete_time.is_none())
-            .collect();
+        let mut unknown: Vec<usize> = (0..ops.len()).filter(|&op| ops[op].complete_time.is_none()).collect();
         unknown.sort_by_key(|&op| (ops[op].invoke_time, op));
         let mut groups: HashMap<Effect, usize> = HashMap::new();
         for op in unknown {
@@ -583,13 +546,7 @@ const CHAIN_END: u32 = u32::MAX;
 
 impl Cache {
     fn new(words: usize) -> Self {
-        Self {
-            words,
-            heads: HashMap::default(),
-            bits: Vec::new(),
-            states: Vec::new(),
-            chain: Vec::new(),
-        }
+        Self { words, heads: HashMap::default(), bits: Vec::new(), states: Vec::new(), chain: Vec::new() }
     }
 
     /// An estimate of the memory held, for the `cache_bytes_max` limit: per entry the bitset,
@@ -600,13 +557,7 @@ impl Cache {
 
     /// Inserts the configuration; `false` if it was already present.
     fn insert(&mut self, set_hash: u64, set: &[u64], state: ValueId) -> bool {
-        let Cache {
-            words,
-            heads,
-            bits,
-            states,
-            chain,
-        } = self;
+        let Cache { words, heads, bits, states, chain } = self;
         let words = *words;
         let key = set_hash ^ splitmix64(u64::from(state) ^ 0xa076_1d64_78bd_642f);
         // Entries beyond u32::MAX - 1 cannot be chained; the byte limit stops the search long
@@ -670,39 +621,21 @@ mod tests {
     use super::*;
 
     fn op(effect: Effect, invoke_time: u64, complete_time: Option<u64>) -> KeyOp {
-        KeyOp {
-            effect,
-            invoke_time,
-            complete_time,
-        }
+        KeyOp { effect, invoke_time, complete_time }
     }
 
-    const LIMITS: Limits = Limits {
-        steps_max: 1_000_000,
-        cache_bytes_max: 1 << 26,
-    };
+    const LIMITS: Limits = Limits { steps_max: 1_000_000, cache_bytes_max: 1 << 26 };
 
     #[test]
     fn empty_history_is_linearizable() {
-        assert!(matches!(
-            search(&[], ABSENT, LIMITS),
-            SearchOutcome::Linearizable { .. }
-        ));
+        assert!(matches!(search(&[], ABSENT, LIMITS), SearchOutcome::Linearizable { .. }));
     }
 
     #[test]
     fn read_of_unwritten_value_reports_the_blocked_read() {
-        let ops = [
-            op(Effect::Write(1), 0, Some(10)),
-            op(Effect::Read(2), 20, Some(30)),
-        ];
+        let ops = [op(Effect::Write(1), 0, Some(10)), op(Effect::Read(2), 20, Some(30))];
         match search(&ops, ABSENT, LIMITS) {
-            SearchOutcome::Violation {
-                longest_prefix,
-                state_after_prefix,
-                blocked,
-                ..
-            } => {
+            SearchOutcome::Violation { longest_prefix, state_after_prefix, blocked, .. } => {
                 assert_eq!(longest_prefix, vec![0]);
                 assert_eq!(state_after_prefix, 1);
                 assert_eq!(blocked, Some(1));
@@ -713,18 +646,9 @@ mod tests {
 
     #[test]
     fn exhausted_budget_is_reported_not_guessed() {
-        let ops = [
-            op(Effect::Write(1), 0, Some(10)),
-            op(Effect::Read(1), 20, Some(30)),
-        ];
-        let limits = Limits {
-            steps_max: 1,
-            ..LIMITS
-        };
-        assert!(matches!(
-            search(&ops, ABSENT, limits),
-            SearchOutcome::BudgetExhausted { steps: 1 }
-        ));
+        let ops = [op(Effect::Write(1), 0, Some(10)), op(Effect::Read(1), 20, Some(30))];
+        let limits = Limits { steps_max: 1, ..LIMITS };
+        assert!(matches!(search(&ops, ABSENT, limits), SearchOutcome::BudgetExhausted { steps: 1 }));
     }
 
     #[test]

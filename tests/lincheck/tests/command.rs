@@ -6,18 +6,11 @@ use std::process::Command;
 
 /// Writes `text` to a file unique to this test and runs the command on it.
 fn run(name: &str, text: &str) -> (Option<i32>, String) {
-    let path: PathBuf =
-        std::env::temp_dir().join(format!("smr-lincheck-{}-{name}.jsonl", std::process::id()));
+    let path: PathBuf = std::env::temp_dir().join(format!("smr-lincheck-{}-{name}.jsonl", std::process::id()));
     std::fs::write(&path, text).expect("temporary directory is writable");
-    let output = Command::new(env!("CARGO_BIN_EXE_smr-lincheck"))
-        .arg(&path)
-        .output()
-        .expect("the command runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_smr-lincheck")).arg(&path).output().expect("the command runs");
     let _ = std::fs::remove_file(&path);
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[test]
@@ -29,10 +22,7 @@ fn linearizable_history_exits_zero() {
 "#,
     );
     assert_eq!(code, Some(0), "{stdout}");
-    assert!(
-        stdout.starts_with("linearizable: 2 operations, 1 keys"),
-        "{stdout}"
-    );
+    assert!(stdout.starts_with("linearizable: 2 operations, 1 keys"), "{stdout}");
 }
 
 #[test]

@@ -2,10 +2,7 @@
 
 mod support;
 
-use smr_lincheck::{
-    CheckOptions, CheckOutcome, CheckResult, History, HistoryError, Op, OpId, Output, Verdict,
-    check,
-};
+use smr_lincheck::{CheckOptions, CheckOutcome, CheckResult, History, HistoryError, Op, OpId, Output, Verdict, check};
 use support::Builder;
 
 fn verdict(builder: &Builder) -> CheckResult<&'static str, u64> {
@@ -302,15 +299,7 @@ fn unknown_cas_may_or_may_not_have_swapped() {
     for seen in [Some(1), Some(2)] {
         let mut h = Builder::default();
         h.put("x", 1, 0, 10);
-        h.lost(
-            5,
-            "x",
-            Op::Cas {
-                expected: Some(1),
-                new: Some(2),
-            },
-            20,
-        );
+        h.lost(5, "x", Op::Cas { expected: Some(1), new: Some(2) }, 20);
         h.get("x", seen, 100, 110);
         assert_linearizable(&h);
     }
@@ -320,15 +309,7 @@ fn unknown_cas_may_or_may_not_have_swapped() {
 fn unknown_cas_cannot_swap_from_a_value_the_register_never_held() {
     let mut h = Builder::default();
     h.put("x", 1, 0, 10);
-    h.lost(
-        5,
-        "x",
-        Op::Cas {
-            expected: Some(3),
-            new: Some(2),
-        },
-        20,
-    );
+    h.lost(5, "x", Op::Cas { expected: Some(3), new: Some(2) }, 20);
     h.get("x", Some(2), 100, 110);
     assert_violation(&h, "x");
 }
@@ -374,11 +355,7 @@ fn only_the_violating_key_among_many_is_reported() {
 
     let result = verdict(&h);
     assert_eq!(result.keys().len(), KEYS.len());
-    let linearizable = result
-        .keys()
-        .iter()
-        .filter(|report| report.verdict == Verdict::Linearizable)
-        .count();
+    let linearizable = result.keys().iter().filter(|report| report.verdict == Verdict::Linearizable).count();
     assert_eq!(linearizable, KEYS.len() - 1);
 }
 
@@ -403,10 +380,7 @@ fn exhausted_budget_is_unknown_never_ok() {
     let mut h = Builder::default();
     h.put("x", 1, 0, 10);
     h.get("x", Some(1), 20, 30);
-    let options = CheckOptions {
-        search_steps_max: 1,
-        ..CheckOptions::default()
-    };
+    let options = CheckOptions { search_steps_max: 1, ..CheckOptions::default() };
     let result = check(&h.history, &options);
     assert_eq!(result.outcome(), CheckOutcome::Unknown);
     assert_eq!(result.unknown_keys().collect::<Vec<_>>(), vec![&"x"]);
@@ -420,14 +394,8 @@ fn violation_report_names_the_blocked_operation_and_the_prefix() {
     let result = verdict(&h);
     let text = result.violations().next().unwrap().to_string();
     assert!(text.contains("key \"x\" is not linearizable"), "{text}");
-    assert!(
-        text.contains("#0 client 0 \"x\" put(1) = ok [0, 10]"),
-        "{text}"
-    );
-    assert!(
-        text.contains("cannot take effect:\n  #1 client 1 \"x\" get() = Some(9) [20, 30]"),
-        "{text}"
-    );
+    assert!(text.contains("#0 client 0 \"x\" put(1) = ok [0, 10]"), "{text}");
+    assert!(text.contains("cannot take effect:\n  #1 client 1 \"x\" get() = Some(9) [20, 30]"), "{text}");
 }
 
 #[test]
@@ -444,11 +412,7 @@ fn completion_before_invocation_is_refused() {
     let id = history.invoke(0, "x", Op::Get, 100);
     assert_eq!(
         history.complete(id, Output::Get(None), 99),
-        Err(HistoryError::CompletedBeforeInvoked {
-            op: id,
-            invoke_time: 100,
-            complete_time: 99
-        })
+        Err(HistoryError::CompletedBeforeInvoked { op: id, invoke_time: 100, complete_time: 99 })
     );
     // Still pending, so a well-formed completion is accepted.
     assert_eq!(history.complete(id, Output::Get(None), 100), Ok(()));
@@ -458,10 +422,7 @@ fn completion_before_invocation_is_refused() {
 fn output_of_the_wrong_kind_is_refused() {
     let mut history: History<&str, u64> = History::new();
     let id = history.invoke(0, "x", Op::Get, 0);
-    assert_eq!(
-        history.complete(id, Output::Cas(true), 1),
-        Err(HistoryError::OutputMismatch(id))
-    );
+    assert_eq!(history.complete(id, Output::Cas(true), 1), Err(HistoryError::OutputMismatch(id)));
 }
 
 #[test]
@@ -469,10 +430,7 @@ fn second_outcome_for_one_operation_is_refused() {
     let mut history: History<&str, u64> = History::new();
     let id = history.invoke(0, "x", Op::Delete, 0);
     assert_eq!(history.complete(id, Output::Delete, 1), Ok(()));
-    assert_eq!(
-        history.complete(id, Output::Delete, 2),
-        Err(HistoryError::AlreadyCompleted(id))
-    );
+    assert_eq!(history.complete(id, Output::Delete, 2), Err(HistoryError::AlreadyCompleted(id)));
     assert_eq!(history.unknown(id), Err(HistoryError::AlreadyCompleted(id)));
 }
 
@@ -482,10 +440,7 @@ fn operation_id_from_another_history_is_refused() {
     other.invoke(0, "x", Op::Get, 0);
     let foreign = other.invoke(0, "x", Op::Get, 0);
     let mut history: History<&str, u64> = History::new();
-    assert_eq!(
-        history.unknown(foreign),
-        Err(HistoryError::UnknownOperation(foreign))
-    );
+    assert_eq!(history.unknown(foreign), Err(HistoryError::UnknownOperation(foreign)));
 }
 
 #[test]
@@ -537,10 +492,7 @@ fn each_retry_of_an_unknown_cas_takes_effect_at_most_once() {
     // later time, but no more than twice in all.
     let mut h = Builder::default();
     h.put("x", 1, 0, 10);
-    let cas = Op::Cas {
-        expected: Some(1),
-        new: Some(2),
-    };
+    let cas = Op::Cas { expected: Some(1), new: Some(2) };
     h.lost(5, "x", cas.clone(), 20);
     h.lost(5, "x", cas, 25);
     h.get("x", Some(2), 100, 110);

@@ -13,14 +13,12 @@ use support::{Shape, generate};
 /// budget when the history is not linearizable; that case is covered below by "never called
 /// linearizable" with a small budget.
 fn shape() -> impl Strategy<Value = Shape> {
-    (1usize..250, 1u32..8, 1u32..9, 0u32..40).prop_map(
-        |(operations, keys, clients, unknown_per_mille)| Shape {
-            operations,
-            keys,
-            clients,
-            unknown_per_mille,
-        },
-    )
+    (1usize..250, 1u32..8, 1u32..9, 0u32..40).prop_map(|(operations, keys, clients, unknown_per_mille)| Shape {
+        operations,
+        keys,
+        clients,
+        unknown_per_mille,
+    })
 }
 
 proptest! {
@@ -110,11 +108,7 @@ fn small(unknown_per_ten: u64) -> impl Strategy<Value = Small> {
                 Op::Delete => Output::Delete,
                 Op::Cas { .. } => Output::Cas(swapped),
             };
-            Small {
-                op,
-                invoke_time,
-                completion: (dice >= unknown_per_ten).then_some((invoke_time + duration, output)),
-            }
+            Small { op, invoke_time, completion: (dice >= unknown_per_ten).then_some((invoke_time + duration, output)) }
         },
     )
 }
@@ -137,10 +131,7 @@ fn apply(state: Option<u8>, op: &Op<u8>, output: Option<&Output<u8>>) -> Option<
 /// Tries every order: an operation may go next once every operation that completed before its
 /// invocation has gone; an operation with unknown outcome may also never go.
 fn brute_force(ops: &[Small], placed: &mut Vec<bool>, state: Option<u8>) -> bool {
-    let all_known_placed = ops
-        .iter()
-        .zip(placed.iter())
-        .all(|(op, &done)| done || op.completion.is_none());
+    let all_known_placed = ops.iter().zip(placed.iter()).all(|(op, &done)| done || op.completion.is_none());
     if all_known_placed {
         return true;
     }
@@ -196,20 +187,14 @@ fn agrees_with_brute_force(ops: &[Small], initial: Option<u8>) -> Result<(), Tes
         for op in ops {
             let id = history.invoke(0, 0, op.op.clone(), op.invoke_time);
             if let Some((complete_time, output)) = &op.completion {
-                history
-                    .complete(id, output.clone(), *complete_time)
-                    .unwrap();
+                history.complete(id, output.clone(), *complete_time).unwrap();
             }
         }
         let expected = brute_force(ops, &mut vec![false; ops.len()], initial);
         let result = check(&history, &CheckOptions::default());
         prop_assert_eq!(
             result.outcome(),
-            if expected {
-                CheckOutcome::Ok
-            } else {
-                CheckOutcome::Violation
-            },
+            if expected { CheckOutcome::Ok } else { CheckOutcome::Violation },
             "{:?}",
             ops
         );

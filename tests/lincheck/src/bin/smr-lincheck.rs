@@ -14,16 +14,14 @@ fn main() -> ExitCode {
         eprintln!("usage: smr-lincheck <history.jsonl>");
         return ExitCode::from(3);
     };
-    let history = match File::open(path)
-        .map_err(json::ParseError::from)
-        .and_then(|file| json::parse(BufReader::new(file)))
-    {
-        Ok(history) => history,
-        Err(error) => {
-            eprintln!("smr-lincheck: {path}: {error}");
-            return ExitCode::from(3);
-        }
-    };
+    let history =
+        match File::open(path).map_err(json::ParseError::from).and_then(|file| json::parse(BufReader::new(file))) {
+            Ok(history) => history,
+            Err(error) => {
+                eprintln!("smr-lincheck: {path}: {error}");
+                return ExitCode::from(3);
+            }
+        };
 
     let result = check(&history, &CheckOptions::default());
     let mut out = io::stdout().lock();

@@ -101,8 +101,7 @@ pub(crate) fn generate(seed: u64, shape: Shape, corrupt_read: Option<usize>) -> 
                     // Expect a value this key has had (or absent) so that some swaps succeed.
                     let expected = match values.len() {
                         0 => None,
-                        len => (rng.below(4) != 0)
-                            .then(|| values[len - 1 - rng.below(len.min(3) as u64) as usize]),
+                        len => (rng.below(4) != 0).then(|| values[len - 1 - rng.below(len.min(3) as u64) as usize]),
                     };
                     let new = if rng.below(10) == 0 {
                         None
@@ -125,24 +124,13 @@ pub(crate) fn generate(seed: u64, shape: Shape, corrupt_read: Option<usize>) -> 
             } else {
                 None
             };
-            planned.push(Planned {
-                client,
-                key,
-                op,
-                invoke_time,
-                complete_time,
-                effect_time,
-                known,
-                output: None,
-            });
+            planned.push(Planned { client, key, op, invoke_time, complete_time, effect_time, known, output: None });
             time = complete_time + rng.below(5);
         }
     }
 
     // Run the sequential register in effect order: this order is the linearization witness.
-    let mut order: Vec<usize> = (0..planned.len())
-        .filter(|&index| planned[index].effect_time.is_some())
-        .collect();
+    let mut order: Vec<usize> = (0..planned.len()).filter(|&index| planned[index].effect_time.is_some()).collect();
     order.sort_by_key(|&index| (planned[index].effect_time, index));
     let mut registers: BTreeMap<u32, Option<u64>> = BTreeMap::new();
     for index in order {
@@ -170,9 +158,8 @@ pub(crate) fn generate(seed: u64, shape: Shape, corrupt_read: Option<usize>) -> 
 
     let mut corrupted_key = None;
     if let Some(n) = corrupt_read {
-        let reads: Vec<usize> = (0..planned.len())
-            .filter(|&index| planned[index].known && planned[index].op == Op::Get)
-            .collect();
+        let reads: Vec<usize> =
+            (0..planned.len()).filter(|&index| planned[index].known && planned[index].op == Op::Get).collect();
         if !reads.is_empty() {
             let read = &mut planned[reads[n % reads.len()]];
             read.output = Some(Output::Get(Some(NEVER_WRITTEN)));
@@ -182,23 +169,15 @@ pub(crate) fn generate(seed: u64, shape: Shape, corrupt_read: Option<usize>) -> 
 
     let mut history = History::new();
     for operation in planned {
-        let id = history.invoke(
-            operation.client,
-            operation.key,
-            operation.op,
-            operation.invoke_time,
-        );
+        let id = history.invoke(operation.client, operation.key, operation.op, operation.invoke_time);
         match (operation.known, operation.output) {
-            (true, Some(output)) => history
-                .complete(id, output, operation.complete_time)
-                .expect("generated completions are well formed"),
+            (true, Some(output)) => {
+                history.complete(id, output, operation.complete_time).expect("generated completions are well formed")
+            }
             _ => history.unknown(id).expect("each operation ends once"),
         }
     }
-    Generated {
-        history,
-        corrupted_key,
-    }
+    Generated { history, corrupted_key }
 }
 
 /// Terse history building for hand-written tests: times are small integers.
@@ -219,42 +198,22 @@ impl Builder {
         complete: u64,
     ) -> OpId {
         let id = self.history.invoke(client, key, op, invoke);
-        self.history
-            .complete(id, output, complete)
-            .expect("hand-written completions are well formed");
+        self.history.complete(id, output, complete).expect("hand-written completions are well formed");
         id
     }
 
     /// An operation invoked at `invoke` whose outcome the client never learnt.
-    pub(crate) fn lost(
-        &mut self,
-        client: u64,
-        key: &'static str,
-        op: Op<u64>,
-        invoke: u64,
-    ) -> OpId {
+    pub(crate) fn lost(&mut self, client: u64, key: &'static str, op: Op<u64>, invoke: u64) -> OpId {
         let id = self.history.invoke(client, key, op, invoke);
         self.history.unknown(id).expect("a fresh operation can end");
         id
     }
 
-    pub(crate) fn put(
-        &mut self,
-        key: &'static str,
-        value: u64,
-        invoke: u64,
-        complete: u64,
-    ) -> OpId {
+    pub(crate) fn put(&mut self, key: &'static str, value: u64, invoke: u64, complete: u64) -> OpId {
         self.done(0, key, Op::Put(value), Output::Put, invoke, complete)
     }
 
-    pub(crate) fn get(
-        &mut self,
-        key: &'static str,
-        value: Option<u64>,
-        invoke: u64,
-        complete: u64,
-    ) -> OpId {
+    pub(crate) fn get(&mut self, key: &'static str, value: Option<u64>, invoke: u64, complete: u64) -> OpId {
         self.done(1, key, Op::Get, Output::Get(value), invoke, complete)
     }
 
@@ -271,13 +230,6 @@ impl Builder {
         invoke: u64,
         complete: u64,
     ) -> OpId {
-        self.done(
-            3,
-            key,
-            Op::Cas { expected, new },
-            Output::Cas(swapped),
-            invoke,
-            complete,
-        )
+        self.done(3, key, Op::Cas { expected, new }, Output::Cas(swapped), invoke, complete)
     }
 }
