@@ -53,6 +53,9 @@ pub struct SimNode {
     pub replica: Option<Replica>,
     pub disk: SimDisk,
     pub kv: Kv,
+    /// This node's tick period: clocks run at slightly different rates (see
+    /// `Options::clock_skew_permille`).
+    pub tick_us: u64,
     /// Increments on every crash, so events scheduled for an earlier life are ignored.
     pub life: u64,
     /// Writes accepted by the writes not yet proposed (the sequencer's queue).
@@ -87,6 +90,7 @@ impl SimNode {
             replica: Some(replica),
             disk: SimDisk::default(),
             kv: Kv::default(),
+            tick_us: 10_000,
             life: 0,
             queued: Vec::new(),
             waiting_writes: BTreeMap::new(),

@@ -8,6 +8,10 @@ use crate::rng::SimRng;
 pub struct Options {
     pub nodes: usize,
     pub tick_us: u64,
+    /// Each node's clock runs up to this many thousandths fast or slow. Lease reads are safe
+    /// only within the drift bound documented on `Config::lease_reads` (20 % with the ticks used
+    /// here), so this stays well inside it.
+    pub clock_skew_permille: u64,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
@@ -51,6 +55,7 @@ impl Options {
         Options {
             nodes,
             tick_us: 10_000,
+            clock_skew_permille: if rng.chance(0.5) { rng.range(0, 51) } else { 0 },
             election_ticks: 10,
             heartbeat_ticks: 2,
             pre_vote: rng.chance(0.8),

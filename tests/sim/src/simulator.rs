@@ -97,7 +97,19 @@ pub fn run(seed: u64) -> Report {
 /// Runs with explicit options (scenario tests pin them).
 pub fn run_with(seed: u64, options: Options, rng: SimRng) -> Report {
     let mut sim = Sim::new(options, rng);
-    let violation = sim.run().err();
+    // A panic inside the core (an assertion such as "two leaders in one term") is a finding
+    // like any other: report it with the seed instead of tearing down the whole run of seeds.
+    let violation = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run())) {
+        Ok(result) => result.err(),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            Some(Violation { property: "no panic", detail: message })
+        }
+    };
     let ops_completed = sim.history.iter().filter(|o| o.complete.is_some()).count();
     Report {
         seed,
@@ -236,7 +248,7 @@ impl Sim {
                     return Ok(());
                 }
                 n.replica.as_mut().expect("up").tick();
-                let tick = self.options.tick_us;
+                let tick = n.tick_us;
                 self.schedule(tick, Event::Tick { node, life });
                 self.drive(node)
             }
@@ -285,6 +297,10 @@ impl Sim {
 
     fn start_node(&mut self, id: NodeId) -> Result<(), Violation> {
         let life = self.nodes[&id].life;
+        let skew = self.options.clock_skew_permille;
+        let permille = 1000 + self.rng.range(0, 2 * skew + 1) - skew;
+        let n = self.nodes.get_mut(&id).expect("known node");
+        n.tick_us = self.options.tick_us * permille / 1000;
         let offset = self.rng.range(1, self.options.tick_us);
         self.schedule(offset, Event::Tick { node: id, life });
         self.drive(id)
