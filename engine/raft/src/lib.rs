@@ -43,6 +43,7 @@ mod replica;
 mod replication;
 mod rng;
 mod snapshot;
+mod status;
 mod transfer;
 mod types;
 
@@ -52,6 +53,7 @@ pub use error::Error;
 pub use message::{Message, MessageBody};
 pub use ready::{ReadState, Ready, Role, RoleState, SnapshotChunk};
 pub use replica::{EntryId, Replica, Restore};
+pub use status::{PeerState, PeerStatus, Status};
 pub use types::{
     ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId, ReadContext, SnapshotMeta,
     Term,

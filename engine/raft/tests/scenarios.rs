@@ -244,3 +244,18 @@ fn a_snapshot_the_follower_already_holds_does_not_truncate_its_newer_entries() {
     assert_eq!(c.node(2).last_index(), last, "entries after the snapshot were kept");
     assert_eq!(c.snapshots_installed.get(&2), None, "nothing to install");
 }
+
+#[test]
+fn status_shows_the_leaders_view_of_every_peer() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    c.propose(1, b"a");
+    c.deliver_all();
+    let status = c.node(1).status();
+    assert_eq!((status.role, status.leader), (Role::Leader, Some(1)));
+    let peer = |id: u64| status.peers.iter().find(|p| p.id == id).unwrap().clone();
+    assert_eq!(peer(2).match_index, status.last_index);
+    assert!(peer(3).match_index < status.last_index, "the isolated follower lags");
+    assert!(c.node(2).status().peers.is_empty(), "followers track no peers");
+}

@@ -632,7 +632,7 @@ impl Sim {
                 .collect();
             if std::env::var("SMR_SIM_DEBUG").is_ok() {
                 for n in self.nodes.values() {
-                    eprintln!("{:#?}", n.replica);
+                    eprintln!("{:#?}", n.replica.as_ref().map(Replica::status));
                 }
             }
             return Err(Violation {
