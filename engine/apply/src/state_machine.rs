@@ -1,0 +1,106 @@
+//! The contract between the engine and the service it replicates.
+
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use smr_raft::{Index, Term};
+
+use crate::batch::ArchivedBatch;
+
+/// One committed batch, as the state machine sees it: read in place from the log.
+#[derive(Debug)]
+pub struct ApplyBatch<'a> {
+    pub index: Index,
+    pub term: Term,
+    batch: &'a ArchivedBatch,
+    /// `fresh[i]` is false for a command the session table already applied (a retry).
+    fresh: &'a [bool],
+}
+
+impl<'a> ApplyBatch<'a> {
+    pub(crate) fn new(index: Index, term: Term, batch: &'a ArchivedBatch, fresh: &'a [bool]) -> ApplyBatch<'a> {
+        debug_assert_eq!(batch.commands.len(), fresh.len());
+        ApplyBatch { index, term, batch, fresh }
+    }
+
+    /// Every command in the batch, fresh or not.
+    pub fn len(&self) -> usize {
+        self.fresh.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fresh.is_empty()
+    }
+
+    /// The commands to apply, in log order, with their position in the batch. Retries of
+    /// commands already applied are left out: the engine answers them from the session table.
+    pub fn commands(&self) -> impl Iterator<Item = (usize, &'a [u8])> + '_ {
+        self.batch.commands.iter().enumerate().filter(|(i, _)| self.fresh[*i]).map(|(i, c)| (i, c.payload.as_slice()))
+    }
+}
+
+/// One result per command of a batch, filled by position.
+#[derive(Debug, Default)]
+pub struct Results {
+    slots: Vec<Option<Bytes>>,
+}
+
+impl Results {
+    pub(crate) fn reset(&mut self, len: usize) {
+        self.slots.clear();
+        self.slots.resize(len, None);
+    }
+
+    /// Records the result of the command at `position`.
+    ///
+    /// # Panics
+    /// If `position` is outside the batch: a bug in the state machine.
+    pub fn set(&mut self, position: usize, result: Bytes) {
+        self.slots[position] = Some(result);
+    }
+
+    pub(crate) fn take(&mut self, position: usize) -> Option<Bytes> {
+        self.slots[position].take()
+    }
+}
+
+/// A deterministic service replicated by smr.
+///
+/// Determinism is the whole contract: given the same sequence of batches, every replica must
+/// reach the same state and produce the same results. So `apply` must not read clocks, random
+/// numbers, the environment, or iterate hash maps in an order that depends on anything else.
+pub trait StateMachine {
+    /// Applies the fresh commands of one committed batch, in order, setting one result per
+    /// command with [`Results::set`]. A command that is malformed for this state machine is not an
+    /// error of the engine: answer it with an error result and change nothing.
+    fn apply(&mut self, batch: &ApplyBatch<'_>, results: &mut Results);
+
+    /// Answers a read-only query against the current state. The engine calls it only after a
+    /// read barrier (ReadIndex or lease) has made the state current enough.
+    fn query(&self, query: &[u8]) -> Bytes;
+
+    /// Writes the whole state. Called off the apply path on a consistent view.
+    ///
+    /// # Errors
+    /// Any I/O error of `out`.
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()>;
+
+    /// Replaces the whole state with one written by [`StateMachine::snapshot`].
+    ///
+    /// # Errors
+    /// A [`RestoreError`] when the input is unreadable or malformed; the state is then undefined
+    /// and the caller must not serve from it.
+    fn restore(&mut self, input: &mut dyn Read) -> Result<(), RestoreError>;
+
+    /// A hash of the whole state, equal on replicas in equal states (for checks and `smr ctl`).
+    fn state_hash(&self) -> u64;
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading the snapshot failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed snapshot: {0}")]
+    Malformed(String),
+}

@@ -1,0 +1,127 @@
+//! The applier end to end: batches in, one outcome per command out, exactly once per session
+//! command, and snapshots that restore the same replicated state.
+
+use bytes::Bytes;
+use smr_apply::batch::encode;
+use smr_apply::{
+    Applier, ApplyError, Batch, Command, CommandOutcome, KvCommand, KvConfig, KvResult, KvStore, SessionConfig,
+};
+use smr_raft::EntryKind;
+
+fn applier() -> Applier<KvStore> {
+    Applier::new(
+        KvStore::new(KvConfig::default()),
+        SessionConfig { sessions_max: 100, window_max: 8, expiry_entries: 1000 },
+        1024,
+    )
+}
+
+fn put(session: u64, seq: u64, key: &[u8], value: &[u8]) -> Command {
+    Command { session, seq, payload: KvCommand::Put { key, value }.encode().to_vec() }
+}
+
+fn cas(session: u64, seq: u64, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Command {
+    Command { session, seq, payload: KvCommand::Cas { key, expected, new: Some(new) }.encode().to_vec() }
+}
+
+fn apply(a: &mut Applier<KvStore>, commands: Vec<Command>) -> Vec<CommandOutcome> {
+    let index = a.applied_index() + 1;
+    let mut out = Vec::new();
+    a.apply(index, 1, EntryKind::Normal, &encode(&Batch { commands }), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_retried_command_is_applied_once_and_answered_with_its_first_result() {
+    let mut a = applier();
+    apply(&mut a, vec![put(1, 1, b"k", b"v1")]);
+    let first = apply(&mut a, vec![cas(1, 2, b"k", Some(b"v1"), b"v2")]);
+    assert_eq!(
+        first[0],
+        CommandOutcome::Applied(KvResult::Cas { swapped: true, current: Some(Bytes::from_static(b"v1")) }.encode())
+    );
+    // Another client changes the key; then the first client's retry of seq 2 arrives.
+    apply(&mut a, vec![put(2, 1, b"k", b"v1")]);
+    let retry = apply(&mut a, vec![cas(1, 2, b"k", Some(b"v1"), b"v2")]);
+    let CommandOutcome::Duplicate(result) = &retry[0] else { panic!("not answered as a duplicate: {retry:?}") };
+    assert!(
+        matches!(KvResult::decode(result).unwrap(), KvResult::Cas { swapped: true, .. }),
+        "the first result, not a new execution"
+    );
+    assert_eq!(a.state_machine().get(b"k").map(|v| v.as_ref()), Some(&b"v1"[..]), "not applied twice");
+}
+
+#[test]
+fn two_copies_of_a_command_in_one_batch_apply_once() {
+    let mut a = applier();
+    let out =
+        apply(&mut a, vec![put(1, 1, b"k", b"a"), put(1, 1, b"k", b"a"), put(0, 0, b"n", b"x"), put(0, 0, b"n", b"y")]);
+    assert!(matches!(out[0], CommandOutcome::Applied(_)));
+    assert!(matches!(out[1], CommandOutcome::Duplicate(_)));
+    assert!(matches!(out[2], CommandOutcome::Applied(_)), "session 0 is never deduplicated");
+    assert!(matches!(out[3], CommandOutcome::Applied(_)));
+    assert_eq!(a.state_machine().get(b"n").map(|v| v.as_ref()), Some(&b"y"[..]));
+}
+
+#[test]
+fn a_retry_older_than_the_window_is_refused_as_stale() {
+    let mut a = applier();
+    for seq in 1..=20 {
+        apply(&mut a, vec![put(1, seq, b"k", b"v")]);
+    }
+    let out = apply(&mut a, vec![put(1, 3, b"k", b"old")]);
+    assert_eq!(out[0], CommandOutcome::Stale { oldest_remembered: 13 });
+    assert_eq!(a.state_machine().get(b"k").map(|v| v.as_ref()), Some(&b"v"[..]));
+}
+
+#[test]
+fn entries_must_be_applied_in_order_and_bad_batches_change_nothing() {
+    let mut a = applier();
+    let mut out = Vec::new();
+    let batch = encode(&Batch { commands: vec![put(1, 1, b"k", b"v")] });
+    assert!(matches!(
+        a.apply(2, 1, EntryKind::Normal, &batch, &mut out),
+        Err(ApplyError::OutOfOrder { index: 2, expected: 1 })
+    ));
+    assert!(matches!(
+        a.apply(1, 1, EntryKind::Normal, b"not a batch at all", &mut out),
+        Err(ApplyError::BadBatch { index: 1, .. })
+    ));
+    assert_eq!(a.applied_index(), 0);
+    a.apply(1, 1, EntryKind::Noop, &[], &mut out).unwrap();
+    assert_eq!(a.applied_index(), 1, "entries without a batch still advance the applied index");
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_snapshot_restores_the_same_replicated_state() {
+    let mut a = applier();
+    for seq in 1..=30 {
+        apply(&mut a, vec![put(seq % 3 + 1, seq, format!("key{seq}").as_bytes(), b"value")]);
+    }
+    let mut snapshot = Vec::new();
+    a.snapshot(&mut snapshot).unwrap();
+    let mut b = applier();
+    b.restore(&mut snapshot.as_slice()).unwrap();
+    assert_eq!(b.applied_index(), a.applied_index());
+    assert_eq!(b.state_hash(), a.state_hash());
+    // Sessions came along: a retry after restore is still a duplicate.
+    let out = apply(&mut b, vec![put(1, 30, b"key30", b"other")]);
+    assert!(matches!(out[0], CommandOutcome::Duplicate(_)));
+}
+
+#[test]
+fn a_corrupted_snapshot_is_refused() {
+    let mut a = applier();
+    apply(&mut a, vec![put(1, 1, b"k", b"v")]);
+    let mut snapshot = Vec::new();
+    a.snapshot(&mut snapshot).unwrap();
+    for position in [0, 9, snapshot.len() / 2, snapshot.len() - 6, snapshot.len() - 1] {
+        let mut bad = snapshot.clone();
+        bad[position] ^= 0x40;
+        let mut b = applier();
+        assert!(b.restore(&mut bad.as_slice()).is_err(), "a flip at byte {position} went unnoticed");
+    }
+    let mut b = applier();
+    assert!(b.restore(&mut &snapshot[..snapshot.len() - 3]).is_err(), "a truncated snapshot is refused");
+}
