@@ -150,8 +150,8 @@ impl Checker {
             None => {
                 self.committed.insert(entry.index, (entry.term, hash));
                 if entry.kind == EntryKind::Normal {
-                    for c in kv::decode_batch(&entry.data) {
-                        self.committed_commands.insert((c.client, c.seq));
+                    for command in kv::batch_commands(&entry.data) {
+                        self.committed_commands.insert(command);
                     }
                 }
             }

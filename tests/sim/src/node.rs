@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use smr_raft::{Config, EntryKind, Index, Message, NodeId, Ready, Replica, Restore, Role};
+use smr_raft::{Config, Index, Message, NodeId, Ready, Replica, Restore, Role};
 
 use crate::disk::{SimDisk, Write};
-use crate::kv::{self, Command, Key, Kv, OpResult, Value};
+use smr_apply::{Applier, CommandOutcome, KvStore};
+
+use crate::kv::{self, Command, Key, OpResult, Value};
 
 /// A client's request as it reaches a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub struct SimNode {
     /// `None` while crashed.
     pub replica: Option<Replica>,
     pub disk: SimDisk,
-    pub kv: Kv,
+    pub kv: Applier<KvStore>,
     /// This node's tick period: clocks run at slightly different rates (see
     /// `Options::clock_skew_permille`).
     pub tick_us: u64,
@@ -89,7 +91,7 @@ impl SimNode {
             config,
             replica: Some(replica),
             disk: SimDisk::default(),
-            kv: Kv::default(),
+            kv: kv::new_state(),
             tick_us: 10_000,
             life: 0,
             queued: Vec::new(),
@@ -120,7 +122,7 @@ impl SimNode {
         self.ready_reads.clear();
         self.awaiting.clear();
         self.fsync_in_flight = None;
-        self.kv = Kv::default();
+        self.kv = kv::new_state();
         self.incoming_snapshot.clear();
     }
 
@@ -130,12 +132,13 @@ impl SimNode {
         let durable = self.disk.durable.clone();
         let (snapshot, kv) = match durable.snapshot {
             Some((meta, data)) => {
-                let kv = Kv::decode(&data);
+                let mut kv = kv::new_state();
+                kv.restore(&mut data.as_ref()).expect("the simulated disk keeps snapshots intact");
                 (Some((meta, Some(data))), kv)
             }
-            None => (None, Kv::default()),
+            None => (None, kv::new_state()),
         };
-        let applied = kv.applied;
+        let applied = kv.applied_index();
         self.kv = kv;
         let restore = Restore { hard_state: durable.hard_state, snapshot, entries: durable.entries, applied };
         let replica = Replica::restart(self.config.clone(), restore).expect("the simulated disk holds a valid state");
@@ -217,7 +220,10 @@ impl SimNode {
             self.incoming_snapshot.extend_from_slice(&chunk.data);
             if chunk.last {
                 // Install before reporting persisted: the state machine jumps to the snapshot.
-                self.kv = Kv::decode(&std::mem::take(&mut self.incoming_snapshot));
+                let data = std::mem::take(&mut self.incoming_snapshot);
+                let mut kv = kv::new_state();
+                kv.restore(&mut data.as_slice()).expect("the leader sent a whole snapshot");
+                self.kv = kv;
             }
             self.disk.write(Write::SnapshotChunk {
                 meta: chunk.meta,
@@ -308,36 +314,47 @@ impl SimNode {
 
     fn apply_through(&mut self, commit: Index, effects: &mut Effects) {
         let replica = self.replica.as_mut().expect("up");
-        if commit > self.kv.applied {
-            let entries = replica.entries(self.kv.applied + 1, commit);
+        let applied = self.kv.applied_index();
+        if commit > applied {
+            let entries = replica.entries(applied + 1, commit);
             assert_eq!(
                 entries.first().map(|e| e.index),
-                Some(self.kv.applied + 1),
+                Some(applied + 1),
                 "node {}: entries to apply after {} are not in the core's view (first {})",
                 self.id,
-                self.kv.applied,
+                applied,
                 replica.first_index()
             );
+            let mut outcomes = Vec::new();
             for entry in entries {
-                if entry.kind == EntryKind::Normal {
-                    for command in kv::decode_batch(&entry.data) {
-                        let result = self.kv.apply(&command);
-                        if self.waiting_writes.remove(&(command.client, command.seq)).is_some() {
-                            effects.replies.push(Reply::Written { client: command.client, seq: command.seq, result });
+                outcomes.clear();
+                self.kv
+                    .apply(entry.index, entry.term, entry.kind, &entry.data, &mut outcomes)
+                    .expect("committed entries apply");
+                if !outcomes.is_empty() {
+                    for ((client, seq), outcome) in kv::batch_commands(&entry.data).into_iter().zip(&outcomes) {
+                        let result = match outcome {
+                            CommandOutcome::Applied(r) | CommandOutcome::Duplicate(r) => kv::op_result(r),
+                            CommandOutcome::Stale { .. } => {
+                                panic!("client {client} seq {seq}: stale, but clients are sequential")
+                            }
+                        };
+                        if self.waiting_writes.remove(&(client, seq)).is_some() {
+                            effects.replies.push(Reply::Written { client, seq, result });
                         }
                     }
                 }
-                self.kv.applied = entry.index;
-                effects.applied.push((entry.index, self.kv.hash()));
+                effects.applied.push((entry.index, self.kv.state_hash()));
                 effects.committed.push(entry);
             }
-            replica.on_applied(self.kv.applied);
+            replica.on_applied(self.kv.applied_index());
         }
-        let applied = self.kv.applied;
-        let kv = &self.kv;
+        let applied = self.kv.applied_index();
+        let store = self.kv.state_machine();
         self.ready_reads.retain(|&(index, client, seq, key)| {
             if index <= applied {
-                effects.replies.push(Reply::Read { client, seq, value: kv.data.get(&key).copied() });
+                let value = store.get(&kv::key_bytes(key)).map(|v| kv::decode_value(v));
+                effects.replies.push(Reply::Read { client, seq, value });
                 false
             } else {
                 true
@@ -351,14 +368,16 @@ impl SimNode {
     /// Snapshots the state machine at its applied index, saves it, and compacts the log.
     fn take_snapshot(&mut self) {
         let Some(replica) = self.replica.as_mut() else { return };
-        let index = self.kv.applied;
+        let index = self.kv.applied_index();
         if index == 0
             || index < replica.snapshot_meta().index
             || replica.entry(index).is_none() && index != replica.snapshot_meta().index
         {
             return;
         }
-        let data = self.kv.encode();
+        let mut data = Vec::new();
+        self.kv.snapshot(&mut data).expect("writing to memory cannot fail");
+        let data = bytes::Bytes::from(data);
         if replica.on_snapshot(index, data.clone()).is_err() {
             return;
         }

@@ -623,7 +623,7 @@ impl Sim {
                         r.role(),
                         r.term(),
                         r.commit_index(),
-                        n.kv.applied,
+                        n.kv.applied_index(),
                         r.last_index(),
                         r.conf().voters
                     ),
@@ -652,11 +652,11 @@ impl Sim {
         if l.entry(commit).is_some_and(|e| e.term != l.term()) || l.conf().is_joint() {
             return Ok(());
         }
-        let hash = self.nodes[&leader].kv.hash();
+        let hash = self.nodes[&leader].kv.state_hash();
         let members = l.conf().members();
-        let all_applied = members
-            .iter()
-            .all(|id| self.nodes.get(id).is_some_and(|n| n.is_up() && n.kv.applied == commit && n.kv.hash() == hash));
+        let all_applied = members.iter().all(|id| {
+            self.nodes.get(id).is_some_and(|n| n.is_up() && n.kv.applied_index() == commit && n.kv.state_hash() == hash)
+        });
         let clients_idle = self.clients.iter().all(|c| c.in_flight.is_none());
         if all_applied && clients_idle {
             self.converged = true;
