@@ -187,9 +187,6 @@ impl Replica {
         if entries.first().is_some_and(|e| e.term < meta.term) {
             return Err(Error::BadRestore("an entry's term is below the snapshot's"));
         }
-        if entries.last().map_or(meta.term, |e| e.term) > hard_state.term {
-            return Err(Error::BadRestore("the log holds a term above the persisted term"));
-        }
         if hard_state.vote.is_some() && hard_state.term == 0 {
             return Err(Error::BadRestore("a vote without a term"));
         }
@@ -206,13 +203,23 @@ impl Replica {
         let log = RaftLog::restore(meta.index, meta.term, entries, meta.index);
         let commit = commit.min(log.last_index());
         let mut replica = Replica::empty(config, log, meta.conf.clone(), meta.index);
-        replica.term = hard_state.term;
-        replica.vote = hard_state.vote;
+        // The log and the hard state are written side by side and synced together, so a crash
+        // between two syncs may leave entries of a term whose hard state never landed. Such
+        // entries came from a leader of that term, so this node had seen the term: resume in it.
+        // Its vote in that term was not durable, hence never sent, so none is kept.
+        let log_term = replica.log.last_term();
+        if log_term > hard_state.term {
+            replica.term = log_term;
+            replica.vote = None;
+        } else {
+            replica.term = hard_state.term;
+            replica.vote = hard_state.vote;
+        }
         replica.applied = applied.max(meta.index);
         replica.snapshot_meta = meta.clone();
         replica.snapshot = data.map(|data| LocalSnapshot { meta, data });
         replica.advance_commit(commit);
-        replica.emitted_hard_state = HardState { term: replica.term, vote: replica.vote, commit: hard_state.commit };
+        replica.emitted_hard_state = hard_state;
         replica.emitted_commit = replica.applied.min(replica.log.commit_index());
         replica.become_follower(replica.term, None);
         replica.out.role_changed = true;

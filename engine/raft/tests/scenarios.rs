@@ -259,3 +259,21 @@ fn status_shows_the_leaders_view_of_every_peer() {
     assert!(peer(3).match_index < status.last_index, "the isolated follower lags");
     assert!(c.node(2).status().peers.is_empty(), "followers track no peers");
 }
+
+#[test]
+fn a_restart_with_entries_of_a_term_whose_hard_state_was_lost_resumes_in_that_term() {
+    use smr_raft::{Entry, EntryKind, HardState, Replica, Restore};
+    // The log kept entries of term 3 but the hard state file still says term 2 (crash between
+    // the two writes, neither synced with the other).
+    let entries: Vec<Entry> = (1..=3)
+        .map(|i| Entry { index: i, term: if i == 1 { 1 } else { 3 }, kind: EntryKind::Noop, data: Bytes::new() })
+        .collect();
+    let restore =
+        Restore { hard_state: HardState { term: 2, vote: Some(2), commit: 0 }, entries, ..Restore::default() };
+    let mut r = Replica::restart(harness::config(1), restore).unwrap();
+    assert_eq!(r.term(), 3);
+    assert_eq!(r.vote(), None, "the vote of the older term does not carry over");
+    let rd = r.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(3), "the resumed term is persisted");
+    assert!(rd.sync);
+}

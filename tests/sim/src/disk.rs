@@ -1,6 +1,6 @@
 //! The simulated disk: writes are volatile until an fsync covers them, and a crash keeps only
-//! a prefix of the volatile writes, possibly cutting the last batch of entries short (a torn
-//! tail at entry granularity).
+//! a prefix of the volatile log writes, possibly cutting the last batch of entries short (a torn
+//! tail at entry granularity), and any one unsynced version of the hard state, or none.
 //!
 //! This is the contract `smr-log` implements for real: nothing reported durable is lost;
 //! anything after it may survive in part, but only as a prefix of what was written, because
@@ -60,12 +60,17 @@ impl SimDisk {
         }
     }
 
-    /// A crash: some prefix of the volatile writes reached the platter, the last one of them
-    /// perhaps only in part; the rest is lost.
+    /// A crash. The log is a stream: some prefix of the volatile entry and snapshot writes
+    /// reached the platter, the last of them perhaps only in part (recovery truncates at the
+    /// first record that does not check out, so what survives is always a prefix). The hard
+    /// state lives apart (its own file, replaced atomically): any one of its unsynced versions
+    /// may have landed, or none.
     pub fn crash(&mut self, rng: &mut SimRng) {
         let volatile = std::mem::take(&mut self.volatile);
-        let keep = rng.range(0, volatile.len() as u64 + 1) as usize;
-        for (i, write) in volatile.into_iter().take(keep).enumerate() {
+        let (states, stream): (Vec<Write>, Vec<Write>) =
+            volatile.into_iter().partition(|w| matches!(w, Write::HardState(_)));
+        let keep = rng.range(0, stream.len() as u64 + 1) as usize;
+        for (i, write) in stream.into_iter().take(keep).enumerate() {
             let write = match write {
                 Write::Entries(entries) if i + 1 == keep && entries.len() > 1 && rng.chance(0.5) => {
                     let torn = rng.range(1, entries.len() as u64) as usize;
@@ -74,6 +79,11 @@ impl SimDisk {
                 other => other,
             };
             self.durable.apply(write);
+        }
+        let landed = rng.range(0, states.len() as u64 + 1) as usize;
+        if landed > 0 {
+            let state = states.into_iter().nth(landed - 1).expect("in range");
+            self.durable.apply(state);
         }
     }
 
