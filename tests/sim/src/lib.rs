@@ -20,10 +20,12 @@ pub mod client;
 pub mod disk;
 pub mod kv;
 pub mod linearizability;
+pub mod many;
 pub mod network;
 pub mod node;
 pub mod options;
 pub mod rng;
 pub mod simulator;
 
+pub use many::{Summary, replay_command, run_many};
 pub use simulator::{Report, run, run_with};

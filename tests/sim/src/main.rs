@@ -7,8 +7,6 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 fn usage() -> ExitCode {
     eprintln!("usage: smr-sim (--seed N | --seeds A..B) [--threads N] [--expect-violation]");
@@ -69,55 +67,23 @@ fn main() -> ExitCode {
         return if report.violation.is_some() != expect_violation { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
 
-    let started = Instant::now();
-    let next = AtomicU64::new(start);
-    let failures = std::sync::Mutex::new(Vec::new());
-    let simulated_us = AtomicU64::new(0);
-    let [ops, crashes, partitions, membership_changes, leaders] = [(); 5].map(|_| AtomicU64::new(0));
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end {
-                        break;
-                    }
-                    let report = smr_sim::run(seed);
-                    simulated_us.fetch_add(report.simulated_us, Ordering::Relaxed);
-                    ops.fetch_add(report.history.len() as u64, Ordering::Relaxed);
-                    crashes.fetch_add(report.crashes, Ordering::Relaxed);
-                    partitions.fetch_add(report.partitions, Ordering::Relaxed);
-                    membership_changes.fetch_add(report.membership_changes, Ordering::Relaxed);
-                    leaders.fetch_add(report.leaders_elected as u64, Ordering::Relaxed);
-                    if let Some(v) = &report.violation {
-                        println!("seed {seed}: {}: {}\n  replay: {}", v.property, v.detail, report.replay_command());
-                        failures.lock().expect("not poisoned").push(seed);
-                        if expect_violation {
-                            next.store(end, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    let failures = failures.into_inner().expect("not poisoned");
-    let simulated_s = simulated_us.load(Ordering::Relaxed) as f64 / 1e6;
+    let summary = smr_sim::run_many(start, end, threads, expect_violation);
+    for (seed, v) in &summary.failures {
+        println!("seed {seed}: {}: {}\n  replay: {}", v.property, v.detail, smr_sim::replay_command(*seed));
+    }
     println!(
-        "{} seeds in {elapsed:.1} s on {threads} threads; {simulated_s:.0} simulated s ({:.0}x real time); {} violations",
-        end - start,
-        simulated_s / elapsed.max(1e-9),
-        failures.len()
+        "{} seeds in {:.1} s on {threads} threads; {:.0} simulated s ({:.0}x real time); {} violations",
+        summary.seeds,
+        summary.elapsed.as_secs_f64(),
+        summary.simulated_us as f64 / 1e6,
+        summary.speedup(),
+        summary.failures.len()
     );
     println!(
         "checked {} client operations; injected {} crashes, {} partitions, {} membership changes; {} leaders elected",
-        ops.load(Ordering::Relaxed),
-        crashes.load(Ordering::Relaxed),
-        partitions.load(Ordering::Relaxed),
-        membership_changes.load(Ordering::Relaxed),
-        leaders.load(Ordering::Relaxed)
+        summary.operations, summary.crashes, summary.partitions, summary.membership_changes, summary.leaders_elected
     );
-    if failures.is_empty() == expect_violation { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if summary.failures.is_empty() == expect_violation { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// The report without the (long) history.

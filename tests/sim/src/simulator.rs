@@ -59,7 +59,7 @@ pub struct Report {
 impl Report {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p smr-sim -- --seed {}", self.seed)
+        crate::many::replay_command(self.seed)
     }
 }
 
