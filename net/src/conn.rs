@@ -1,0 +1,188 @@
+//! Reading frames from a blocking socket, with the idle and slowloris deadlines.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, decode_frame, decode_header};
+
+/// Why a connection stopped.
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("closed by the other side")]
+    Closed,
+    #[error("garbage frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("nothing received for {0:?}")]
+    Idle(Duration),
+    #[error("frame not complete within {0:?}")]
+    SlowFrame(Duration),
+    #[error("deadline passed")]
+    Deadline,
+}
+
+/// Frames received on one connection.
+///
+/// The buffer is a `BytesMut`: every complete frame is split off and frozen, so payloads handed
+/// on are slices of the bytes the kernel wrote, and the allocation is reused once every slice of
+/// it has been dropped. A consumer that keeps one small slice alive keeps its whole read buffer
+/// (up to `read_bytes_max`, or one frame) alive; the log writer drops entries once persisted.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    buffer: BytesMut,
+    read_bytes: usize,
+    frame_bytes_max: usize,
+    /// When the first byte of the frame now partly buffered arrived.
+    partial_since: Option<Instant>,
+    last_received: Instant,
+}
+
+impl FrameReader {
+    pub(crate) fn new(read_bytes: usize, frame_bytes_max: usize) -> FrameReader {
+        FrameReader {
+            buffer: BytesMut::with_capacity(read_bytes),
+            read_bytes,
+            frame_bytes_max,
+            partial_since: None,
+            last_received: Instant::now(),
+        }
+    }
+
+    /// The next complete frame already buffered: its header and its payload (padding cut off).
+    ///
+    /// # Errors
+    /// The buffered bytes are not a valid frame; the connection must be closed.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, FrameError> {
+        match decode_frame(&self.buffer, self.frame_bytes_max)? {
+            Some((header, total)) => {
+                let frame = self.buffer.split_to(total).freeze();
+                self.partial_since = if self.buffer.is_empty() {
+                    None
+                } else {
+                    Some(self.last_received)
+                };
+                let payload =
+                    frame.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
+                Ok(Some((header, payload)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Restarts the idle clock: the caller was busy (waiting on its consumer), not the peer.
+    pub(crate) fn note_alive(&mut self) {
+        self.last_received = Instant::now();
+    }
+
+    /// Reads once from `stream` (blocking up to the socket's read timeout).
+    ///
+    /// Returns the bytes read; `Err(Closed)` at end of stream (`Truncated` inside a frame).
+    /// A read timeout comes back as an `Io` error of kind `WouldBlock` or `TimedOut`.
+    fn fill(&mut self, stream: &TcpStream) -> Result<usize, ConnError> {
+        // Room for the rest of the current frame when its header is known (its length was
+        // checked against frame_bytes_max by decode_header), else for one ordinary read.
+        let wanted = match decode_header(&self.buffer, self.frame_bytes_max)? {
+            Some(header) => header
+                .frame_bytes()
+                .saturating_sub(self.buffer.len())
+                .max(self.read_bytes),
+            None => self.read_bytes,
+        };
+        if self.buffer.capacity() - self.buffer.len() < wanted {
+            self.buffer.reserve(wanted);
+        }
+        let spare = self.buffer.spare_capacity_mut();
+        let spare_len = spare.len();
+        // SAFETY: `spare` is writable memory owned by `self.buffer` of `spare_len` bytes; recv
+        // writes at most that many bytes into it and reports how many it wrote.
+        let received =
+            unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare_len, 0) };
+        if received < 0 {
+            return Err(ConnError::Io(io::Error::last_os_error()));
+        }
+        let received = received as usize;
+        if received == 0 {
+            return Err(if self.buffer.is_empty() {
+                ConnError::Closed
+            } else {
+                ConnError::Frame(FrameError::Truncated)
+            });
+        }
+        // SAFETY: recv initialised exactly `received` bytes at the start of the spare capacity.
+        unsafe { self.buffer.set_len(self.buffer.len() + received) };
+        self.last_received = Instant::now();
+        if self.partial_since.is_none() {
+            self.partial_since = Some(self.last_received);
+        }
+        Ok(received)
+    }
+
+    /// Blocks until at least one more byte arrives, enforcing the idle timeout, the slowloris
+    /// bound on a partly received frame and an optional absolute `deadline`.
+    ///
+    /// The socket's read timeout is set for each wait to the nearest of the three, so a dead or
+    /// slow connection wakes its thread exactly when it must be closed, never in a loop.
+    pub(crate) fn fill_with_deadlines(
+        &mut self,
+        stream: &TcpStream,
+        idle_timeout: Duration,
+        frame_receive_max: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<usize, ConnError> {
+        loop {
+            let now = Instant::now();
+            let idle_at = self.last_received + idle_timeout;
+            let mut wake_at = idle_at;
+            let slow_at = self.partial_since.map(|since| since + frame_receive_max);
+            if let Some(slow_at) = slow_at {
+                wake_at = wake_at.min(slow_at);
+            }
+            if let Some(deadline) = deadline {
+                wake_at = wake_at.min(deadline);
+            }
+            if now >= wake_at {
+                if deadline.is_some_and(|deadline| now >= deadline) {
+                    return Err(ConnError::Deadline);
+                }
+                if slow_at.is_some_and(|slow_at| now >= slow_at) {
+                    return Err(ConnError::SlowFrame(frame_receive_max));
+                }
+                return Err(ConnError::Idle(idle_timeout));
+            }
+            // A zero timeout would mean "block forever" to the kernel.
+            stream.set_read_timeout(Some((wake_at - now).max(Duration::from_millis(1))))?;
+            match self.fill(stream) {
+                Ok(received) => return Ok(received),
+                Err(ConnError::Io(error))
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads until one whole frame is buffered and returns it (the handshake's reads).
+    pub(crate) fn read_frame(
+        &mut self,
+        stream: &TcpStream,
+        frame_receive_max: Duration,
+        deadline: Instant,
+    ) -> Result<(FrameHeader, Bytes), ConnError> {
+        loop {
+            if let Some(frame) = self.next_frame()? {
+                return Ok(frame);
+            }
+            self.fill_with_deadlines(stream, frame_receive_max, frame_receive_max, Some(deadline))?;
+        }
+    }
+}
