@@ -81,7 +81,23 @@ impl SendBatch {
         payload: &[u8],
         frame_bytes_max: usize,
     ) -> Result<(), FrameError> {
-        let total = frame_bytes(payload.len());
+        self.push_frame_parts(kind, aux, group, &[payload], frame_bytes_max)
+    }
+
+    /// Appends one frame whose payload is the concatenation of `parts`, copied.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the frame exceeds `frame_bytes_max`; the batch is unchanged.
+    pub fn push_frame_parts(
+        &mut self,
+        kind: FrameKind,
+        aux: u32,
+        group: u64,
+        parts: &[&[u8]],
+        frame_bytes_max: usize,
+    ) -> Result<(), FrameError> {
+        let payload: usize = parts.iter().map(|part| part.len()).sum();
+        let total = frame_bytes(payload);
         if total > frame_bytes_max {
             return Err(FrameError::TooLarge {
                 bytes: total,
@@ -89,10 +105,12 @@ impl SendBatch {
             });
         }
         let mut header = [0u8; FRAME_HEADER_BYTES];
-        write_header(&mut header, kind, aux, group, [payload]);
+        write_header(&mut header, kind, aux, group, parts.iter().copied());
         self.align_frame_start();
         self.buffer.extend_from_slice(&header);
-        self.buffer.extend_from_slice(payload);
+        for part in parts {
+            self.buffer.extend_from_slice(part);
+        }
         self.pad();
         self.bytes += total;
         self.frames += 1;

@@ -26,20 +26,29 @@
 //! inbound channel of [`Inbound`] batches.
 
 pub mod batch;
+pub mod client;
+pub mod client_proto;
 pub mod config;
 mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod peer;
 mod rng;
+pub mod server;
 mod stats;
 pub mod wire;
 
 pub use batch::SendBatch;
+pub use client::{Client, ClientConfig, ClientError};
+pub use client_proto::{
+    AdminRequest, Consistency, ProtoError, Request, RequestBody, Response, ResponseBody,
+    decode_request, decode_response, encode_request, encode_response,
+};
 pub use config::{ConfigError, NetConfig};
 pub use conn::ConnError;
 pub use frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind};
 pub use handshake::{Identity, PROTOCOL_VERSION, RefuseReason};
 pub use peer::{Inbound, PeerTransport, SendError, StartError};
+pub use server::{ClientRequest, ClientServer};
 pub use stats::NetStats;
 pub use wire::{EncodeError, WireError, decode_message, encode_message};
