@@ -36,6 +36,9 @@ pub enum ConnError {
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buffer: BytesMut,
+    /// Whole frames split off `buffer`, not yet all handed out; the next starts at `ready_at`.
+    ready: Bytes,
+    ready_at: usize,
     read_bytes: usize,
     frame_bytes_max: usize,
     /// When the first byte of the frame now partly buffered arrived.
@@ -47,6 +50,8 @@ impl FrameReader {
     pub(crate) fn new(read_bytes: usize, frame_bytes_max: usize) -> FrameReader {
         FrameReader {
             buffer: BytesMut::with_capacity(read_bytes),
+            ready: Bytes::new(),
+            ready_at: 0,
             read_bytes,
             frame_bytes_max,
             partial_since: None,
@@ -56,22 +61,59 @@ impl FrameReader {
 
     /// The next complete frame already buffered: its header and its payload (padding cut off).
     ///
+    /// All complete frames of a read are split off the receive buffer at once and frozen into
+    /// one `Bytes`, so per frame there is one header check, one CRC and one reference-count
+    /// increment for the payload slice, not an allocation.
+    ///
     /// # Errors
     /// The buffered bytes are not a valid frame; the connection must be closed.
     pub(crate) fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, FrameError> {
-        match decode_frame(&self.buffer, self.frame_bytes_max)? {
-            Some((header, total)) => {
-                let frame = self.buffer.split_to(total).freeze();
-                self.partial_since = if self.buffer.is_empty() {
-                    None
-                } else {
-                    Some(self.last_received)
-                };
-                let payload =
-                    frame.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
-                Ok(Some((header, payload)))
+        if self.ready_at == self.ready.len() {
+            let complete = self.complete_prefix()?;
+            if complete == 0 {
+                return Ok(None);
             }
-            None => Ok(None),
+            self.ready = self.buffer.split_to(complete).freeze();
+            self.ready_at = 0;
+            self.partial_since = if self.buffer.is_empty() {
+                None
+            } else {
+                Some(self.last_received)
+            };
+        }
+        let (header, total) = decode_frame(&self.ready[self.ready_at..], self.frame_bytes_max)?
+            .expect("complete_prefix only counts whole frames");
+        let payload_at = self.ready_at + FRAME_HEADER_BYTES;
+        let payload = self
+            .ready
+            .slice(payload_at..payload_at + header.length as usize);
+        self.ready_at += total;
+        if self.ready_at == self.ready.len() {
+            // Let go of the frozen region so that the buffer can be reclaimed once the
+            // consumer drops its slices.
+            self.ready = Bytes::new();
+            self.ready_at = 0;
+        }
+        Ok(Some((header, payload)))
+    }
+
+    /// Bytes at the start of the receive buffer that form whole frames (by their headers; the
+    /// CRC is checked frame by frame as they are taken). A bad header ends the prefix; it is
+    /// reported when it is reached, so the valid frames before it are still delivered.
+    fn complete_prefix(&self) -> Result<usize, FrameError> {
+        let mut at = 0;
+        loop {
+            let header = match decode_header(&self.buffer[at..], self.frame_bytes_max) {
+                Ok(Some(header)) => header,
+                Ok(None) => return Ok(at),
+                Err(error) if at == 0 => return Err(error),
+                Err(_) => return Ok(at),
+            };
+            let total = header.frame_bytes();
+            if self.buffer.len() - at < total {
+                return Ok(at);
+            }
+            at += total;
         }
     }
 

@@ -31,6 +31,8 @@ pub mod client_proto;
 pub mod config;
 mod conn;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod peer;
 mod rng;

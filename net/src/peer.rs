@@ -597,6 +597,10 @@ impl LinkState {
         };
         // The reader holds `_alive`; when it exits, the sender drops and `dead` wakes the writer.
         let (alive, dead) = bounded::<()>(1);
+        // Set before the reader is joined, so that a reader waiting on a full inbound queue
+        // gives up even when the transport as a whole is not shutting down (peer removal).
+        let closing = Arc::new(AtomicBool::new(false));
+        let reader_closing = Arc::clone(&closing);
         let reader_shared = Arc::clone(&self.shared);
         let peer = self.slot.id;
         let reader_thread = thread::Builder::new()
@@ -606,7 +610,13 @@ impl LinkState {
             ))
             .spawn(move || {
                 let _alive = alive;
-                read_loop(&reader_shared, peer, &reader_stream, reader);
+                read_loop(
+                    &reader_shared,
+                    peer,
+                    &reader_stream,
+                    reader,
+                    &reader_closing,
+                );
             });
         let reader_thread = match reader_thread {
             Ok(thread) => thread,
@@ -642,6 +652,7 @@ impl LinkState {
                 }
             }
         };
+        closing.store(true, Ordering::Relaxed);
         let _ = stream.shutdown(Shutdown::Both);
         let _ = reader_thread.join();
         if self.stopped() { LinkEnd::Stop } else { end }
@@ -710,7 +721,13 @@ impl LinkState {
 }
 
 /// Receives from one peer until the connection ends, handing message batches to the consumer.
-fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: FrameReader) {
+fn read_loop(
+    shared: &Shared,
+    peer: NodeId,
+    stream: &TcpStream,
+    mut reader: FrameReader,
+    closing: &AtomicBool,
+) {
     let config = &shared.config;
     let counters = &shared.counters;
     let our_id = shared.identity.node_id;
@@ -764,7 +781,9 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
                             bump(&counters.inbound_full_waits);
                             waited = true;
                         }
-                        if shared.shutdown.load(Ordering::Relaxed) {
+                        if shared.shutdown.load(Ordering::Relaxed)
+                            || closing.load(Ordering::Relaxed)
+                        {
                             return;
                         }
                         batch = returned;
@@ -797,4 +816,173 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
         tracing::info!(peer, error = %end, "peer connection closed");
     }
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use bytes::Bytes;
+    use smr_raft::{Entry, EntryKind, MessageBody};
+
+    use super::*;
+    use crate::frame::encode_frame;
+
+    const SECRET: &[u8] = b"the secret of this test cluster";
+
+    fn config() -> NetConfig {
+        NetConfig {
+            idle_timeout_ms: 400,
+            frame_receive_ms_max: 200,
+            keepalive_ms: 100,
+            ..NetConfig::default()
+        }
+    }
+
+    /// Node 2 listening, and an authenticated raw connection to it as node 1.
+    fn authenticated() -> (PeerTransport, Receiver<Inbound>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let unused = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let identity = |node_id| Identity {
+            cluster_id: 5,
+            node_id,
+            secret: SECRET.to_vec(),
+        };
+        let (node, inbound) =
+            PeerTransport::start(config(), identity(2), listener, &[(1, unused)]).unwrap();
+        let mut stream = TcpStream::connect(address).unwrap();
+        let mut reader = FrameReader::new(1 << 16, 1 << 20);
+        handshake::dial(
+            &mut stream,
+            &mut reader,
+            &identity(1),
+            2,
+            &config(),
+            &Counters::default(),
+        )
+        .unwrap();
+        (node, inbound, stream)
+    }
+
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if condition() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn message(from: u64, to: u64) -> Message {
+        Message {
+            group: 1,
+            from,
+            to,
+            term: 1,
+            body: MessageBody::Append {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                commit_index: 0,
+                entries: vec![Entry {
+                    index: 1,
+                    term: 1,
+                    kind: EntryKind::Normal,
+                    data: Bytes::from_static(b"x"),
+                }],
+            },
+        }
+    }
+
+    fn frame_of(message: &Message) -> Vec<u8> {
+        let mut batch = SendBatch::new();
+        encode_message(&mut batch, message, 1 << 20).unwrap();
+        batch.to_vec()
+    }
+
+    #[test]
+    fn authenticated_peer_sending_garbage_is_disconnected() {
+        let (node, _inbound, mut stream) = authenticated();
+        wait_for("adoption", || node.connected_peers() == vec![1]);
+        stream.write_all(&[0xEE; 64]).unwrap();
+        wait_for("garbage disconnect", || {
+            node.stats().disconnects_garbage == 1
+        });
+        wait_for("the link to notice", || node.connected_peers().is_empty());
+    }
+
+    #[test]
+    fn raft_frame_with_an_invalid_archive_is_garbage() {
+        let (node, inbound, mut stream) = authenticated();
+        let mut frame = Vec::new();
+        // A valid frame (CRC and all) whose archive is nonsense.
+        encode_frame(&mut frame, FrameKind::Raft, 16, 1, &[0xFF; 16], 1 << 20).unwrap();
+        stream.write_all(&frame).unwrap();
+        wait_for("garbage disconnect", || {
+            node.stats().disconnects_garbage == 1
+        });
+        assert!(inbound.try_recv().is_err());
+    }
+
+    #[test]
+    fn spoofed_sender_or_wrong_recipient_is_dropped_and_counted() {
+        let (node, inbound, mut stream) = authenticated();
+        stream.write_all(&frame_of(&message(3, 2))).unwrap();
+        stream.write_all(&frame_of(&message(1, 4))).unwrap();
+        stream.write_all(&frame_of(&message(1, 2))).unwrap();
+        let batch = inbound.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(batch.from, 1);
+        assert_eq!(batch.messages, vec![message(1, 2)]);
+        assert_eq!(node.stats().messages_misaddressed, 2);
+        assert_eq!(node.stats().disconnects_garbage, 0);
+    }
+
+    #[test]
+    fn authenticated_slowloris_is_disconnected() {
+        let (node, _inbound, mut stream) = authenticated();
+        let frame = frame_of(&message(1, 2));
+        stream.write_all(&frame[..frame.len() / 2]).unwrap();
+        wait_for("slow frame disconnect", || {
+            node.stats().disconnects_slow_frame == 1
+        });
+    }
+
+    #[test]
+    fn silent_peer_is_disconnected_after_the_idle_timeout() {
+        let (node, _inbound, _stream) = authenticated();
+        wait_for("idle disconnect", || node.stats().disconnects_idle == 1);
+    }
+
+    #[test]
+    fn idle_but_alive_peers_keep_their_connection_through_keepalives() {
+        let listeners = [
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        ];
+        let addresses = [
+            listeners[0].local_addr().unwrap(),
+            listeners[1].local_addr().unwrap(),
+        ];
+        let identity = |node_id| Identity {
+            cluster_id: 5,
+            node_id,
+            secret: SECRET.to_vec(),
+        };
+        let [l1, l2] = listeners;
+        let (n1, _i1) =
+            PeerTransport::start(config(), identity(1), l1, &[(2, addresses[1])]).unwrap();
+        let (n2, _i2) =
+            PeerTransport::start(config(), identity(2), l2, &[(1, addresses[0])]).unwrap();
+        wait_for("connection", || n1.connected_peers() == vec![2]);
+        // Three idle timeouts with no message at all.
+        thread::sleep(Duration::from_millis(1200));
+        assert_eq!(n1.connected_peers(), vec![2]);
+        assert_eq!(n2.stats().disconnects_idle + n1.stats().disconnects_idle, 0);
+        assert_eq!(n1.stats().connections_established, 1);
+    }
 }

@@ -427,3 +427,33 @@ fn flood_of_connections_is_bounded_and_a_real_peer_still_gets_in() {
     deliver(&n1, &r2, &append(1, 2, 1, 1));
     drop(flood);
 }
+
+#[test]
+fn peer_added_at_runtime_connects_and_removed_peer_stops_even_with_a_stalled_consumer() {
+    let (l1, l2) = (listener(), listener());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (mut n1, _r1) = start(1, l1, &[]);
+    let stalled = NetConfig {
+        inbound_batches_max: 1,
+        ..config()
+    };
+    let (mut n2, r2) =
+        PeerTransport::start(stalled, identity(7, 2, SECRET), l2, &[(1, a1)]).unwrap();
+    n1.add_peer(2, a2).unwrap();
+    assert!(n1.add_peer(2, a2).is_err(), "a peer cannot be added twice");
+    deliver(&n1, &r2, &append(1, 2, 1, 10));
+    // Fill node 2's inbound queue and leave it full: its reader blocks on the consumer.
+    for index in 2..200 {
+        let _ = n1.send(append(1, 2, index, 1000));
+    }
+    wait_for("the reader to wait", || n2.stats().inbound_full_waits >= 1);
+    let started = Instant::now();
+    n2.remove_peer(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "remove_peer hung on the stalled reader"
+    );
+    assert!(n2.connected_peers().is_empty());
+    wait_for("node 1 to see the loss", || n1.connected_peers().is_empty());
+    drop(r2);
+}
