@@ -16,6 +16,9 @@ pub struct NetConfig {
     /// Bytes asked of the kernel per `read`; the receive buffer grows past it only to hold one
     /// frame of at most `frame_bytes_max`.
     pub read_bytes_max: usize,
+    /// The same for client connections, which are many and mostly small: each holds up to a
+    /// few buffers of this size while its requests are in flight.
+    pub client_read_bytes_max: usize,
     /// Messages waiting to be sent to one peer. When full, a new message is dropped and counted.
     pub peer_queue_messages_max: usize,
     /// Bytes (as counted by `MessageBody::size_bytes`) waiting to be sent to one peer. When a
@@ -59,6 +62,7 @@ impl Default for NetConfig {
         NetConfig {
             frame_bytes_max: 16 << 20,
             read_bytes_max: 256 << 10,
+            client_read_bytes_max: 64 << 10,
             peer_queue_messages_max: 4096,
             peer_queue_bytes_max: 64 << 20,
             inbound_batches_max: 1024,
@@ -115,6 +119,12 @@ impl NetConfig {
             self.read_bytes_max >= FRAME_HEADER_BYTES
                 && self.read_bytes_max <= self.frame_bytes_max,
             "read_bytes_max",
+            "must be between the frame header size and frame_bytes_max",
+        )?;
+        check(
+            self.client_read_bytes_max >= FRAME_HEADER_BYTES
+                && self.client_read_bytes_max <= self.frame_bytes_max,
+            "client_read_bytes_max",
             "must be between the frame header size and frame_bytes_max",
         )?;
         check(

@@ -5,7 +5,10 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use thiserror::Error;
 
 use crate::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, decode_frame, decode_header};
@@ -27,19 +30,59 @@ pub enum ConnError {
     Deadline,
 }
 
+/// Receive buffers of one connection, recycled. A buffer handed to the consumer (as the owner
+/// of `Bytes` slices) comes back here when its last slice is dropped, so that a connection in
+/// steady state neither allocates nor page-faults fresh memory for its reads. Measured on
+/// loopback at 64 KiB messages, fresh allocations cost about a tenth of the CPU in page faults.
+#[derive(Debug)]
+struct BufferPool {
+    buffer_bytes: usize,
+    free_tx: Sender<Vec<u8>>,
+    free_rx: Receiver<Vec<u8>>,
+}
+
+/// Buffers kept for reuse per connection; more in flight than this are allocated and freed.
+const POOL_BUFFERS_MAX: usize = 4;
+
+/// The owner behind the `Bytes` of received frames.
+struct PooledBuffer {
+    buffer: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        // Buffers grown for one large frame are not kept: the pool holds ordinary ones only.
+        if self.buffer.capacity() == self.pool.buffer_bytes {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            buffer.clear();
+            let _ = self.pool.free_tx.try_send(buffer);
+        }
+    }
+}
+
 /// Frames received on one connection.
 ///
-/// The buffer is a `BytesMut`: every complete frame is split off and frozen, so payloads handed
-/// on are slices of the bytes the kernel wrote, and the allocation is reused once every slice of
-/// it has been dropped. A consumer that keeps one small slice alive keeps its whole read buffer
-/// (up to `read_bytes_max`, or one frame) alive; the log writer drops entries once persisted.
+/// Bytes are read into a plain buffer; when it holds whole frames, the buffer is frozen into
+/// one `Bytes` (its owner returns it to the pool later) and the partial frame after them, if
+/// any, is copied to the start of a fresh buffer. Payloads handed on are therefore slices of
+/// the bytes the kernel wrote, with no copy, at the price of copying at most one partial frame
+/// per read. A consumer that keeps one small slice alive keeps its whole read buffer (up to
+/// `read_bytes`, or one large frame) alive; the log writer drops entries once persisted.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    buffer: BytesMut,
-    /// Whole frames split off `buffer`, not yet all handed out; the next starts at `ready_at`.
+    /// Received bytes not yet frozen; a frame starts at offset 0.
+    buffer: Vec<u8>,
+    /// Whole frames frozen off `buffer`, not yet all handed out; the next starts at `ready_at`.
     ready: Bytes,
     ready_at: usize,
-    read_bytes: usize,
+    pool: Arc<BufferPool>,
     frame_bytes_max: usize,
     /// When the first byte of the frame now partly buffered arrived.
     partial_since: Option<Instant>,
@@ -48,15 +91,28 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(read_bytes: usize, frame_bytes_max: usize) -> FrameReader {
+        let (free_tx, free_rx) = bounded(POOL_BUFFERS_MAX);
+        let read_bytes = read_bytes.max(FRAME_HEADER_BYTES);
         FrameReader {
-            buffer: BytesMut::with_capacity(read_bytes),
+            buffer: Vec::with_capacity(read_bytes),
             ready: Bytes::new(),
             ready_at: 0,
-            read_bytes,
+            pool: Arc::new(BufferPool {
+                buffer_bytes: read_bytes,
+                free_tx,
+                free_rx,
+            }),
             frame_bytes_max,
             partial_since: None,
             last_received: Instant::now(),
         }
+    }
+
+    fn fresh_buffer(&self) -> Vec<u8> {
+        self.pool
+            .free_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(self.pool.buffer_bytes))
     }
 
     /// The next complete frame already buffered: its header and its payload (padding cut off).
@@ -73,7 +129,14 @@ impl FrameReader {
             if complete == 0 {
                 return Ok(None);
             }
-            self.ready = self.buffer.split_to(complete).freeze();
+            let mut next = self.fresh_buffer();
+            next.extend_from_slice(&self.buffer[complete..]);
+            let full = std::mem::replace(&mut self.buffer, next);
+            let owner = PooledBuffer {
+                buffer: full,
+                pool: Arc::clone(&self.pool),
+            };
+            self.ready = Bytes::from_owner(owner).slice(..complete);
             self.ready_at = 0;
             self.partial_since = if self.buffer.is_empty() {
                 None
@@ -127,17 +190,14 @@ impl FrameReader {
     /// Returns the bytes read; `Err(Closed)` at end of stream (`Truncated` inside a frame).
     /// A read timeout comes back as an `Io` error of kind `WouldBlock` or `TimedOut`.
     fn fill(&mut self, stream: &TcpStream) -> Result<usize, ConnError> {
-        // Room for the rest of the current frame when its header is known (its length was
-        // checked against frame_bytes_max by decode_header), else for one ordinary read.
-        let wanted = match decode_header(&self.buffer, self.frame_bytes_max)? {
-            Some(header) => header
-                .frame_bytes()
-                .saturating_sub(self.buffer.len())
-                .max(self.read_bytes),
-            None => self.read_bytes,
+        // Room for at least the rest of the current frame when its header is known (its length
+        // was checked against frame_bytes_max by decode_header), else for a header.
+        let needed = match decode_header(&self.buffer, self.frame_bytes_max)? {
+            Some(header) => header.frame_bytes() - self.buffer.len(),
+            None => FRAME_HEADER_BYTES,
         };
-        if self.buffer.capacity() - self.buffer.len() < wanted {
-            self.buffer.reserve(wanted);
+        if self.buffer.capacity() - self.buffer.len() < needed {
+            self.buffer.reserve_exact(needed);
         }
         let spare = self.buffer.spare_capacity_mut();
         let spare_len = spare.len();

@@ -316,7 +316,7 @@ fn write_loop(shared: &Shared, stream: &TcpStream, responses: &Receiver<(GroupId
 fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
     let config = &shared.config;
     let counters = &shared.counters;
-    let mut reader = FrameReader::new(config.read_bytes_max, config.frame_bytes_max);
+    let mut reader = FrameReader::new(config.client_read_bytes_max, config.frame_bytes_max);
     let end = 'connection: loop {
         loop {
             let (header, payload) = match reader.next_frame() {
