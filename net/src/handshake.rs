@@ -284,7 +284,8 @@ fn check_hello(identity: &Identity, hello: &Hello) -> Result<(), (RefuseReason, 
 /// Runs the acceptor's side on a freshly accepted connection.
 ///
 /// `admit(node)` says whether `node` may connect now: `Err(UnknownNode)` for a node outside the
-/// peer list, `Err(DuplicateNode)` for one that already has a live connection. It is asked
+/// peer list, `Err(DuplicateNode)` for one that already has a live connection, each with the
+/// reason in words for the log line. It is asked
 /// before any proof is sent; the caller asks again when it adopts the connection, since another
 /// connection from the same node may have won in between.
 ///
@@ -296,7 +297,7 @@ pub(crate) fn accept(
     identity: &Identity,
     config: &NetConfig,
     counters: &Counters,
-    admit: impl Fn(NodeId) -> Result<(), RefuseReason>,
+    admit: impl Fn(NodeId) -> Result<(), (RefuseReason, &'static str)>,
 ) -> Result<NodeId, HandshakeError> {
     let deadline = Instant::now() + config.handshake();
     let (kind, payload) = match read(reader, stream, config, deadline) {
@@ -333,12 +334,12 @@ pub(crate) fn accept(
     if let Err((reason, detail)) = check_hello(identity, &hello_dialer) {
         return Err(refuse(stream, counters, reason, detail));
     }
-    if let Err(reason) = admit(hello_dialer.from) {
+    if let Err((reason, why)) = admit(hello_dialer.from) {
         return Err(refuse(
             stream,
             counters,
             reason,
-            format!("node {} not admitted", hello_dialer.from),
+            format!("node {}: {why}", hello_dialer.from),
         ));
     }
     let hello_acceptor = Hello {

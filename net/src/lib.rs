@@ -19,11 +19,43 @@
 //! - decide anything about Raft: it moves [`smr_raft::Message`] values, the core decides;
 //! - spin: idle threads block in the kernel (socket reads, channel receives with deadlines).
 //!
+//! ## How the runtime uses it
+//!
+//! ```no_run
+//! # use std::net::TcpListener;
+//! # use smr_net::*;
+//! # fn core_step(_: smr_raft::Message) {}
+//! let config = NetConfig::default();
+//! config.validate()?;
+//! let identity = Identity { cluster_id: 0xc1, node_id: 1, secret: b"shared cluster secret".to_vec() };
+//! let peers = [(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)];
+//! let (transport, inbound) =
+//!     PeerTransport::start(config.clone(), identity, TcpListener::bind("0.0.0.0:7000")?, &peers)?;
+//! let (clients, requests) = ClientServer::start(config, TcpListener::bind("0.0.0.0:7100")?, 4096)?;
+//! // net stage loop: Ready's messages go out, received ones go to the core.
+//! # let outgoing: Vec<smr_raft::Message> = Vec::new();
+//! for message in outgoing {
+//!     let _ = transport.send(message); // never blocks; a full queue drops and counts
+//! }
+//! for batch in inbound.try_iter() {
+//!     for message in batch.messages {
+//!         core_step(message);
+//!     }
+//! }
+//! for request in requests.try_iter() {
+//!     request.respond(ResponseBody::Busy); // or, later, the state machine's result
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Threads: the peer transport runs one accept thread, one thread per handshake in progress
-//! (at most `handshakes_max`), and for each peer one link thread (dial or adopt a connection,
-//! then write) and one reader thread per live connection. The runtime's net stage owns the
-//! [`PeerTransport`] handle, calls [`PeerTransport::send`] (never blocks) and drains the bounded
-//! inbound channel of [`Inbound`] batches.
+//! (at most `handshakes_max`), and for each peer one link thread (dial or adopt the connection,
+//! then batch and write) and one reader thread per live connection. The client server runs one
+//! accept thread and a reader and a writer per connection (at most `connections_max`). The
+//! runtime's net stage owns the [`PeerTransport`] and [`ClientServer`] handles; nothing in
+//! them needs a lock on the send path.
+//!
+//! Benchmarks: `cargo bench -p smr-net --bench net`. Fuzzing: see `net/fuzz/README.md`.
 
 pub mod batch;
 pub mod client;

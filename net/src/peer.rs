@@ -412,12 +412,23 @@ fn accept_connection(shared: &Arc<Shared>, mut stream: TcpStream, guard: Connect
     let _ = stream.set_write_timeout(Some(config.handshake()));
     let mut reader = FrameReader::new(config.read_bytes_max, config.frame_bytes_max);
     let our_id = shared.identity.node_id;
-    let admit = |node: NodeId| -> Result<(), RefuseReason> {
+    let admit = |node: NodeId| -> Result<(), (RefuseReason, &'static str)> {
         let registry = shared.registry.lock().expect("registry lock poisoned");
-        let slot = registry.get(&node).ok_or(RefuseReason::UnknownNode)?;
-        // The lower id dials; a connection from a higher id means two links for one pair.
-        if node > our_id || slot.connected.load(Ordering::Relaxed) {
-            return Err(RefuseReason::DuplicateNode);
+        let slot = registry
+            .get(&node)
+            .ok_or((RefuseReason::UnknownNode, "not in this node's peer list"))?;
+        // The lower id dials; a connection from a higher id would be a second link for the pair.
+        if node > our_id {
+            return Err((
+                RefuseReason::DuplicateNode,
+                "the node with the lower id dials, not this one",
+            ));
+        }
+        if slot.connected.load(Ordering::Relaxed) {
+            return Err((
+                RefuseReason::DuplicateNode,
+                "already has a live connection here",
+            ));
         }
         Ok(())
     };
