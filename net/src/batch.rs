@@ -122,11 +122,11 @@ impl SendBatch {
     ///
     /// # Errors
     /// [`FrameError::TooLarge`] when the frame exceeds `frame_bytes_max`; the batch is unchanged.
-    pub(crate) fn push_archive_frame<E>(
+    pub(crate) fn push_archive_frame<'b, E>(
         &mut self,
         kind: FrameKind,
         group: u64,
-        blobs: &[&Bytes],
+        blobs: impl Iterator<Item = &'b Bytes> + Clone,
         frame_bytes_max: usize,
         serialize: impl FnOnce(&mut AlignedVec<16>) -> Result<(), E>,
     ) -> Result<Result<(), FrameError>, E> {
@@ -141,7 +141,7 @@ impl SendBatch {
         let archive_len = self.buffer.len() - archive_start;
         self.pad();
         let archive_padded = self.buffer.len() - archive_start;
-        let blob_bytes: usize = blobs.iter().map(|blob| blob.len()).sum();
+        let blob_bytes: usize = blobs.clone().map(|blob| blob.len()).sum();
         let payload = archive_padded + blob_bytes;
         let total = frame_bytes(payload);
         if total > frame_bytes_max || archive_len > u32::MAX as usize {
@@ -154,7 +154,7 @@ impl SendBatch {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         {
             let archive = &self.buffer.as_slice()[archive_start..];
-            let parts = std::iter::once(archive).chain(blobs.iter().map(|blob| blob.as_ref()));
+            let parts = std::iter::once(archive).chain(blobs.clone().map(|blob| blob.as_ref()));
             write_header(&mut header, kind, archive_len as u32, group, parts);
         }
         self.buffer.as_mut_slice()[frame_start..archive_start].copy_from_slice(&header);

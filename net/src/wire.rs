@@ -8,6 +8,8 @@
 //! are opaque bytes) but by the frame CRC and by an exact length check: the archive's declared
 //! lengths must add up to the blob region, byte for byte.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -22,6 +24,15 @@ use crate::frame::{FRAME_ALIGN, FrameError, FrameKind};
 /// archive cannot ask the conversion for an absurd allocation (the frame bound already limits
 /// it, this makes the per-entry cost explicit).
 pub const MEMBERS_MAX: usize = 4096;
+
+thread_local! {
+    /// The entry list of the last Append encoded on this thread, reused so that encoding an
+    /// Append allocates nothing for it.
+    static WIRE_ENTRIES: RefCell<Vec<WireEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Entries the scratch list may keep capacity for (about 100 KiB).
+const WIRE_ENTRIES_KEPT_MAX: usize = 4096;
 
 #[derive(Archive, Serialize, Debug)]
 struct WireEntry {
@@ -167,17 +178,20 @@ fn to_wire(message: &Message) -> Result<WireMessage, WireError> {
             prev_log_index: *prev_log_index,
             prev_log_term: *prev_log_term,
             commit_index: *commit_index,
-            entries: entries
-                .iter()
-                .map(|entry| {
-                    Ok(WireEntry {
+            entries: {
+                let mut wire_entries =
+                    WIRE_ENTRIES.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
+                wire_entries.clear();
+                for entry in entries {
+                    wire_entries.push(WireEntry {
                         index: entry.index,
                         term: entry.term,
                         data_bytes: blob_len(&entry.data)?,
                         kind: entry.kind as u8,
-                    })
-                })
-                .collect::<Result<_, WireError>>()?,
+                    });
+                }
+                wire_entries
+            },
         },
         MessageBody::AppendResponse {
             success,
@@ -251,21 +265,25 @@ pub fn encode_message(
     frame_bytes_max: usize,
 ) -> Result<(), EncodeError> {
     let wire = to_wire(message)?;
-    let mut blobs: Vec<&Bytes> = Vec::new();
-    match &message.body {
-        MessageBody::Append { entries, .. } => {
-            blobs.extend(entries.iter().map(|entry| &entry.data))
-        }
-        MessageBody::Snapshot { data, .. } => blobs.push(data),
-        _ => {}
-    }
+    let (entries, snapshot): (&[Entry], Option<&Bytes>) = match &message.body {
+        MessageBody::Append { entries, .. } => (entries, None),
+        MessageBody::Snapshot { data, .. } => (&[], Some(data)),
+        _ => (&[], None),
+    };
+    let blobs = entries.iter().map(|entry| &entry.data).chain(snapshot);
     let serialized = batch.push_archive_frame(
         FrameKind::Raft,
         message.group,
-        &blobs,
+        blobs,
         frame_bytes_max,
         |buffer| rkyv::api::high::to_bytes_in::<_, rancor::Error>(&wire, buffer).map(|_| ()),
     );
+    if let WireBody::Append { entries, .. } = wire.body {
+        // Keep the scratch list for the next Append, unless one huge Append grew it.
+        if entries.capacity() <= WIRE_ENTRIES_KEPT_MAX {
+            WIRE_ENTRIES.with(|scratch| *scratch.borrow_mut() = entries);
+        }
+    }
     match serialized {
         Ok(Ok(())) => Ok(()),
         Ok(Err(frame)) => Err(EncodeError::Frame(frame)),
@@ -320,7 +338,7 @@ pub fn decode_message(
     };
     let wire = rkyv::access::<ArchivedWireMessage, rancor::Error>(archive_slice)
         .map_err(|error| WireError::Invalid(error.to_string()))?;
-    let blobs = payload.slice(blobs_start..);
+    let blobs_len = payload.len() - blobs_start;
     let from = wire.from.to_native();
     let to = wire.to.to_native();
     if from == 0 || to == 0 {
@@ -330,12 +348,12 @@ pub fn decode_message(
     let mut take_blob = |bytes: u32| -> Result<Bytes, WireError> {
         let end = blob_offset
             .checked_add(bytes as usize)
-            .filter(|&end| end <= blobs.len())
+            .filter(|&end| end <= blobs_len)
             .ok_or(WireError::BlobBounds {
                 declared: blob_offset as u64 + u64::from(bytes),
-                actual: blobs.len(),
+                actual: blobs_len,
             })?;
-        let blob = blobs.slice(blob_offset..end);
+        let blob = payload.slice(blobs_start + blob_offset..blobs_start + end);
         blob_offset = end;
         Ok(blob)
     };
@@ -447,10 +465,10 @@ pub fn decode_message(
             index: index.to_native(),
         },
     };
-    if blob_offset != blobs.len() {
+    if blob_offset != blobs_len {
         return Err(WireError::BlobBounds {
             declared: blob_offset as u64,
-            actual: blobs.len(),
+            actual: blobs_len,
         });
     }
     Ok(Message {
