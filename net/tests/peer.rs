@@ -457,3 +457,68 @@ fn peer_added_at_runtime_connects_and_removed_peer_stops_even_with_a_stalled_con
     wait_for("node 1 to see the loss", || n1.connected_peers().is_empty());
     drop(r2);
 }
+
+#[test]
+fn a_peer_that_stops_reading_does_not_stall_sending_to_others() {
+    let (l1, l2, l3) = (listener(), listener(), listener());
+    let (a1, a2, a3) = (
+        l1.local_addr().unwrap(),
+        l2.local_addr().unwrap(),
+        l3.local_addr().unwrap(),
+    );
+    let (n1, _r1) = start(1, l1, &[(2, a2), (3, a3)]);
+    let (_n2, r2) = start(2, l2, &[(1, a1)]);
+    // Node 3's consumer never drains: its reader stops, TCP fills, node 1's writer to 3 blocks.
+    let stalled = NetConfig {
+        inbound_batches_max: 1,
+        ..config()
+    };
+    let (_n3, r3) = PeerTransport::start(stalled, identity(7, 3, SECRET), l3, &[(1, a1)]).unwrap();
+    let to_three = Message {
+        to: 3,
+        ..append(1, 3, 1, 60_000)
+    };
+    deliver(&n1, &r3, &to_three);
+    deliver(&n1, &r2, &append(1, 2, 1, 10));
+    for index in 0..2_000 {
+        let _ = n1.send(append(1, 3, index + 2, 60_000));
+    }
+    wait_for("node 3's queue to overflow", || {
+        n1.stats().send_dropped_queue_full > 0
+    });
+    let started = Instant::now();
+    for index in 2..102 {
+        n1.send(append(1, 2, index, 10)).unwrap();
+    }
+    let mut received = 0;
+    while received < 100 {
+        received += r2
+            .recv_timeout(Duration::from_secs(5))
+            .expect("node 2 still served")
+            .messages
+            .len();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "sending to node 2 stalled"
+    );
+    drop(r3);
+}
+
+#[test]
+fn dialer_gives_up_on_an_acceptor_that_never_answers() {
+    let silent = listener();
+    let address = silent.local_addr().unwrap();
+    let (n1, _r1) = start(1, listener(), &[(2, address)]);
+    let held = std::thread::spawn(move || {
+        let (stream, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stream);
+    });
+    wait_for("the dialer's handshake deadline", || {
+        n1.stats().handshake_refused_timeout >= 1
+    });
+    assert!(n1.connected_peers().is_empty());
+    drop(n1);
+    held.join().unwrap();
+}
