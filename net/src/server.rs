@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, never, select};
 use smr_raft::GroupId;
 
 use crate::batch::SendBatch;
@@ -66,33 +66,42 @@ impl Drop for ClientRequest {
 
 impl Responder {
     fn respond(self, body: ResponseBody) {
-        let connection = &self.connection;
-        connection.inflight.fetch_sub(1, Ordering::Relaxed);
-        connection
-            .pending_bytes
-            .fetch_sub(self.bytes, Ordering::Relaxed);
-        // Room is reserved: the queue holds client_inflight_max + READER_REPLIES_MAX, and at
-        // most client_inflight_max responders exist. A closed connection just drops it.
-        let _ = connection.responses.try_send((
-            self.group,
-            Response {
-                request_id: self.request_id,
-                body,
-            },
-        ));
+        let response = Response {
+            request_id: self.request_id,
+            body,
+        };
+        // Never full: a request counts against client_inflight_max from when it is handed on
+        // until the writer takes its response off this queue, and the queue holds that many.
+        // A closed connection just drops it.
+        let _ = self
+            .connection
+            .responses
+            .try_send((self.group, response, self.bytes));
     }
 }
 
-/// Immediate answers (`Busy`, `InvalidRequest`) the reader may have queued beyond the
-/// in-flight requests; when they are not drained, the reader waits on the queue.
+/// Immediate answers (`Busy`, `InvalidRequest`) the reader may queue; when the client does not
+/// read them, the reader waits, and so stops reading that client's requests.
 const READER_REPLIES_MAX: usize = 256;
+
+/// What one connection has handed on and not yet answered; shared by its reader (which
+/// checks the limits) and its writer (which releases a request when it takes its response).
+#[derive(Debug, Default)]
+struct Load {
+    /// Requests handed on whose response the writer has not yet taken.
+    inflight: AtomicUsize,
+    /// Their payload bytes.
+    pending_bytes: AtomicUsize,
+}
 
 #[derive(Debug)]
 struct Connection {
     id: u64,
-    inflight: AtomicUsize,
-    pending_bytes: AtomicUsize,
-    responses: Sender<(GroupId, Response)>,
+    load: Arc<Load>,
+    /// Responses from the runtime, with the request's bytes. Capacity `client_inflight_max`.
+    responses: Sender<(GroupId, Response, usize)>,
+    /// Answers from the reader itself.
+    replies: Sender<(GroupId, Response)>,
 }
 
 struct Shared {
@@ -244,13 +253,15 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(shared.config.write_timeout()))?;
-    let (responses_tx, responses_rx) =
-        bounded(shared.config.client_inflight_max + READER_REPLIES_MAX);
+    let (responses_tx, responses_rx) = bounded(shared.config.client_inflight_max);
+    let (replies_tx, replies_rx) = bounded(READER_REPLIES_MAX);
+    let load = Arc::new(Load::default());
+    let writer_load = Arc::clone(&load);
     let connection = Arc::new(Connection {
         id,
-        inflight: AtomicUsize::new(0),
-        pending_bytes: AtomicUsize::new(0),
+        load,
         responses: responses_tx,
+        replies: replies_tx,
     });
     let writer_stream = stream.try_clone()?;
     shared
@@ -262,7 +273,13 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     thread::Builder::new()
         .name(format!("net-client-write-{id}"))
         .spawn(move || {
-            write_loop(&writer_shared, &writer_stream, &responses_rx);
+            write_loop(
+                &writer_shared,
+                &writer_stream,
+                &writer_load,
+                &responses_rx,
+                &replies_rx,
+            );
             let _ = writer_stream.shutdown(Shutdown::Both);
         })?;
     let reader_shared = Arc::clone(shared);
@@ -281,15 +298,51 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn write_loop(shared: &Shared, stream: &TcpStream, responses: &Receiver<(GroupId, Response)>) {
+fn write_loop(
+    shared: &Shared,
+    stream: &TcpStream,
+    load: &Load,
+    responses: &Receiver<(GroupId, Response, usize)>,
+    replies: &Receiver<(GroupId, Response)>,
+) {
     let frame_bytes_max = shared.config.frame_bytes_max;
     let mut batch = SendBatch::new();
     let mut writer = stream;
+    let mut broken = false;
+    let release = |bytes: usize| {
+        load.inflight.fetch_sub(1, Ordering::Relaxed);
+        load.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    };
+    let mut responses_open = true;
+    let mut replies_open = true;
+    let (no_responses, no_replies) = (never(), never());
     // Ends when every sender is gone: the reader has exited and every responder was answered.
-    while let Ok(first) = responses.recv() {
+    while responses_open || replies_open {
+        let first = select! {
+            recv(if responses_open { responses } else { &no_responses }) -> response => match response {
+                Ok((group, response, bytes)) => {
+                    release(bytes);
+                    (group, response)
+                }
+                Err(_) => {
+                    responses_open = false;
+                    continue;
+                }
+            },
+            recv(if replies_open { replies } else { &no_replies }) -> reply => match reply {
+                Ok(reply) => reply,
+                Err(_) => {
+                    replies_open = false;
+                    continue;
+                }
+            },
+        };
         let mut next = Some(first);
         while let Some((group, response)) = next.take() {
-            if encode_response(&mut batch, group, &response, frame_bytes_max).is_err() {
+            if broken {
+                // Nothing reaches the client any more; keep draining so that no responder
+                // or reader ever waits on this queue.
+            } else if encode_response(&mut batch, group, &response, frame_bytes_max).is_err() {
                 // A result larger than a frame: the client gets TooLarge instead.
                 let too_large = Response {
                     request_id: response.request_id,
@@ -299,14 +352,23 @@ fn write_loop(shared: &Shared, stream: &TcpStream, responses: &Receiver<(GroupId
                 debug_assert!(pushed.is_ok());
             }
             if batch.bytes() < frame_bytes_max {
-                next = responses.try_recv().ok();
+                next = match responses.try_recv() {
+                    Ok((group, response, bytes)) => {
+                        release(bytes);
+                        Some((group, response))
+                    }
+                    Err(_) => replies.try_recv().ok(),
+                };
             }
+        }
+        if broken || batch.is_empty() {
+            continue;
         }
         let frames = batch.frames() as u64;
         if batch.write_to(&mut writer).is_err() {
-            // The reader sees the closed socket and ends the connection; keep draining so that
-            // responders never block.
+            // The reader sees the closed socket and ends the connection.
             let _ = stream.shutdown(Shutdown::Both);
+            broken = true;
             continue;
         }
         add(&shared.counters.client_responses, frames);
@@ -343,28 +405,37 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
                         request_id,
                         body: ResponseBody::InvalidRequest(error.to_string()),
                     };
-                    if connection.responses.send((header.group, reply)).is_err() {
+                    if connection.replies.send((header.group, reply)).is_err() {
                         break 'connection ConnError::Closed;
                     }
                     continue;
                 }
             };
             let bytes = payload.len();
-            let inflight = connection.inflight.fetch_add(1, Ordering::Relaxed);
-            let pending = connection.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let request_id = request.request_id;
+            let load = &connection.load;
+            let busy = Response {
+                request_id,
+                body: ResponseBody::Busy,
+            };
+            if load.inflight.load(Ordering::Relaxed) >= config.client_inflight_max
+                || load.pending_bytes.load(Ordering::Relaxed) + bytes
+                    > config.client_pending_bytes_max
+            {
+                bump(&counters.client_busy);
+                if connection.replies.send((header.group, busy)).is_err() {
+                    break 'connection ConnError::Closed;
+                }
+                continue;
+            }
+            load.inflight.fetch_add(1, Ordering::Relaxed);
+            load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
             let responder = Responder {
                 connection: Arc::clone(&connection),
                 group: header.group,
-                request_id: request.request_id,
+                request_id,
                 bytes,
             };
-            if inflight >= config.client_inflight_max
-                || pending + bytes > config.client_pending_bytes_max
-            {
-                bump(&counters.client_busy);
-                responder.respond(ResponseBody::Busy);
-                continue;
-            }
             let client_request = ClientRequest {
                 connection: connection.id,
                 request,
@@ -373,9 +444,14 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
             match shared.requests.try_send(client_request) {
                 Ok(()) => {}
                 Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
+                    // Not handed on: released here and answered by the reader, not through the
+                    // runtime's response queue.
+                    drop(refused.responder.take());
+                    load.inflight.fetch_sub(1, Ordering::Relaxed);
+                    load.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
                     bump(&counters.client_busy);
-                    if let Some(responder) = refused.responder.take() {
-                        responder.respond(ResponseBody::Busy);
+                    if connection.replies.send((header.group, busy)).is_err() {
+                        break 'connection ConnError::Closed;
                     }
                 }
             }
@@ -388,7 +464,7 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
         ) {
             Ok(_) => {}
             // A client waiting for answers is not idle.
-            Err(ConnError::Idle(_)) if connection.inflight.load(Ordering::Relaxed) > 0 => {
+            Err(ConnError::Idle(_)) if connection.load.inflight.load(Ordering::Relaxed) > 0 => {
                 reader.note_alive()
             }
             Err(error) => break error,

@@ -339,3 +339,44 @@ fn connection_flood_is_capped_at_connections_max() {
     );
     answering.join().unwrap();
 }
+
+#[test]
+fn every_request_of_a_flood_is_answered_exactly_once() {
+    let (server, requests) = server(
+        NetConfig {
+            client_inflight_max: 16,
+            ..config()
+        },
+        4,
+    );
+    let runtime = std::thread::spawn(move || {
+        let mut answered = 0;
+        while let Ok(request) = requests.recv_timeout(Duration::from_millis(500)) {
+            request.respond(ResponseBody::Ok(Bytes::new()));
+            answered += 1;
+        }
+        answered
+    });
+    let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for sequence in 0..3000 {
+        ids.insert(client.submit(command(sequence)).unwrap());
+    }
+    client.flush().unwrap();
+    let (mut ok, mut busy) = (0, 0);
+    while !ids.is_empty() {
+        let response = client.recv().unwrap();
+        assert!(
+            ids.remove(&response.request_id),
+            "answered twice or never asked"
+        );
+        match response.body {
+            ResponseBody::Ok(_) => ok += 1,
+            ResponseBody::Busy => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok + busy, 3000);
+    assert_eq!(runtime.join().unwrap(), ok);
+    assert_eq!(server.stats().client_busy, busy);
+}
