@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
 use smr_raft::{Message, NodeId};
@@ -30,6 +30,10 @@ use crate::stats::{Counters, NetStats, add, bump};
 use crate::wire::{EncodeError, decode_message, encode_message};
 
 /// Messages received from one peer in one read, in the order they were sent.
+///
+/// Entry data and snapshot chunks are slices of the connection's receive buffer, not copies:
+/// holding any one of them keeps that whole buffer (`read_bytes_max`, or one large frame)
+/// allocated until it is dropped.
 #[derive(Debug)]
 pub struct Inbound {
     pub from: NodeId,
@@ -517,15 +521,27 @@ impl LinkState {
             let Some((stream, reader, guard)) = connection else {
                 return;
             };
-            backoff.reset();
             self.slot.connected.store(true, Ordering::Relaxed);
             bump(&self.shared.counters.connections_established);
             tracing::info!(peer = self.slot.id, "peer connected");
+            let connected_at = Instant::now();
             let end = self.serve(stream, reader);
             drop(guard);
             self.slot.connected.store(false, Ordering::Relaxed);
             if let LinkEnd::Stop = end {
                 return;
+            }
+            // A connection that lived a while was healthy: redial at once. One that died young
+            // (a peer that authenticates and then drops us) counts as a failure, so that a
+            // flapping peer is redialed with backoff, not in a tight loop.
+            if connected_at.elapsed() >= Duration::from_millis(self.shared.config.reconnect_ms_max)
+            {
+                backoff.reset();
+            } else if our_id < self.slot.id {
+                match self.stop.recv_timeout(backoff.next_delay()) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
     }
