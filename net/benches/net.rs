@@ -141,6 +141,57 @@ fn loopback(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Raft ships many entries per Append: 64 entries of 64 bytes per message. Throughput is in
+    // entries, so criterion's elements/s is small messages per second on one connection.
+    let mut group = c.benchmark_group("loopback_batched");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500));
+    let entries_per_message = 64u64;
+    let data = Bytes::from(vec![7u8; 64]);
+    group.throughput(Throughput::Elements(entries_per_message));
+    group.bench_function("64x64", |b| {
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            let (mut sent, mut received) = (0u64, 0u64);
+            let batched = |index: u64| {
+                let mut message = append(index * entries_per_message + 1, &data);
+                if let MessageBody::Append { entries, .. } = &mut message.body {
+                    let first = entries[0].clone();
+                    entries.extend((1..entries_per_message).map(|offset| Entry {
+                        index: first.index + offset,
+                        ..first.clone()
+                    }));
+                }
+                message
+            };
+            while received < iterations {
+                while sent < iterations {
+                    match sender.send(batched(sent)) {
+                        Ok(()) => sent += 1,
+                        Err(SendError::QueueFull(_)) => break,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                let timeout = if sent < iterations {
+                    Duration::from_micros(200)
+                } else {
+                    Duration::from_secs(5)
+                };
+                match inbound.recv_timeout(timeout) {
+                    Ok(batch) => received += batch.messages.len() as u64,
+                    Err(_) if sent < iterations => {}
+                    Err(error) => panic!("messages lost: {error}"),
+                }
+                while let Ok(batch) = inbound.try_recv() {
+                    received += batch.messages.len() as u64;
+                }
+            }
+            started.elapsed()
+        });
+    });
+    group.finish();
     let stats = sender.stats();
     eprintln!(
         "sender: {} messages in {} write batches ({:.1} per writev), {} dropped on a full queue (retried)",

@@ -522,3 +522,29 @@ fn dialer_gives_up_on_an_acceptor_that_never_answers() {
     drop(n1);
     held.join().unwrap();
 }
+
+#[test]
+fn snapshot_chunk_larger_than_a_read_arrives_whole() {
+    let (l1, l2) = (listener(), listener());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (n1, _r1) = start(1, l1, &[(2, a2)]);
+    let (_n2, r2) = start(2, l2, &[(1, a1)]);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let chunk = Message {
+        group: 3,
+        from: 1,
+        to: 2,
+        term: 4,
+        body: MessageBody::Snapshot {
+            meta: smr_raft::SnapshotMeta {
+                index: 90,
+                term: 3,
+                conf: smr_raft::ConfState::with_voters([1, 2, 3]),
+            },
+            offset: 0,
+            data: Bytes::from(data),
+            last: false,
+        },
+    };
+    assert_eq!(deliver(&n1, &r2, &chunk), chunk);
+}
