@@ -124,6 +124,8 @@ pub enum WireError {
     EntryKind(u8),
     #[error("node id 0 in a message")]
     NodeZero,
+    #[error("{0} are not sorted, unique and nonzero")]
+    Members(&'static str),
     #[error("{what} count {count} exceeds {max}")]
     TooMany {
         what: &'static str,
@@ -302,7 +304,23 @@ fn check_members(
             max: MEMBERS_MAX,
         });
     }
-    Ok(members.iter().map(|id| id.to_native()).collect())
+    let members: Vec<NodeId> = members.iter().map(|id| id.to_native()).collect();
+    // ConfState's invariant, checked at the trust boundary: sorted, no duplicates, no node 0.
+    if members.first() == Some(&0) || members.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(WireError::Members(what));
+    }
+    Ok(members)
+}
+
+fn check_conf(conf: ConfState) -> Result<ConfState, WireError> {
+    let overlaps = |list: &[NodeId]| {
+        list.iter()
+            .any(|id| conf.learners.binary_search(id).is_ok())
+    };
+    if overlaps(&conf.voters) || overlaps(&conf.voters_outgoing) {
+        return Err(WireError::Members("learners that are also voters"));
+    }
+    Ok(conf)
 }
 
 /// Decodes the payload of a Raft frame of `group` whose archive is its first `archive_bytes`.
@@ -437,11 +455,11 @@ pub fn decode_message(
             meta: SnapshotMeta {
                 index: index.to_native(),
                 term: term.to_native(),
-                conf: ConfState {
+                conf: check_conf(ConfState {
                     voters: check_members("voters", voters)?,
                     voters_outgoing: check_members("voters_outgoing", voters_outgoing)?,
                     learners: check_members("learners", learners)?,
-                },
+                })?,
             },
             offset: offset.to_native(),
             data: take_blob(data_bytes.to_native())?,
@@ -581,9 +599,19 @@ pub(crate) mod tests {
                             index,
                             term: 2,
                             conf: ConfState {
-                                voters: voters.clone(),
+                                // Valid memberships only: voters 1..=9 sorted, learners above.
+                                learners: voters
+                                    .iter()
+                                    .map(|id| id + 10)
+                                    .collect::<std::collections::BTreeSet<_>>()
+                                    .into_iter()
+                                    .collect(),
+                                voters: voters
+                                    .into_iter()
+                                    .collect::<std::collections::BTreeSet<_>>()
+                                    .into_iter()
+                                    .collect(),
                                 voters_outgoing: vec![],
-                                learners: voters,
                             },
                         },
                         offset,
@@ -695,6 +723,45 @@ pub(crate) mod tests {
             decode_message(1, header.aux, &Bytes::from(long)),
             Err(WireError::BlobBounds { .. })
         ));
+    }
+
+    #[test]
+    fn membership_breaking_conf_state_invariants_is_refused() {
+        let snapshot = |voters: Vec<u64>, learners: Vec<u64>| Message {
+            group: 1,
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Snapshot {
+                meta: SnapshotMeta {
+                    index: 5,
+                    term: 1,
+                    conf: ConfState {
+                        voters,
+                        voters_outgoing: vec![],
+                        learners,
+                    },
+                },
+                offset: 0,
+                data: Bytes::new(),
+                last: true,
+            },
+        };
+        assert!(round_trip(&snapshot(vec![1, 2, 3], vec![4])).is_ok());
+        for (voters, learners) in [
+            (vec![2, 1], vec![]),
+            (vec![1, 1], vec![]),
+            (vec![0, 1], vec![]),
+            (vec![1, 2], vec![2]),
+        ] {
+            assert!(
+                matches!(
+                    round_trip(&snapshot(voters.clone(), learners.clone())),
+                    Err(WireError::Members(_))
+                ),
+                "{voters:?} {learners:?}"
+            );
+        }
     }
 
     proptest! {
