@@ -226,7 +226,9 @@ fn refuse(
     detail: String,
 ) -> HandshakeError {
     bump(reason.counter(counters));
-    tracing::warn!(peer = ?stream.peer_addr().ok(), ?reason, %detail, "peer handshake refused");
+    if let Some(suppressed) = counters.log_limit.allow() {
+        tracing::warn!(peer = ?stream.peer_addr().ok(), ?reason, %detail, suppressed, "peer handshake refused");
+    }
     let mut payload = vec![reason as u8];
     let text = detail.as_bytes();
     payload.extend_from_slice(&text[..text.len().min(REFUSE_TEXT_BYTES_MAX)]);
@@ -240,7 +242,9 @@ fn refused_by_peer(payload: &[u8], counters: &Counters) -> HandshakeError {
     let text = payload.get(1..).unwrap_or_default();
     let detail =
         String::from_utf8_lossy(&text[..text.len().min(REFUSE_TEXT_BYTES_MAX)]).into_owned();
-    tracing::warn!(?reason, %detail, "our handshake was refused by the peer");
+    if let Some(suppressed) = counters.log_limit.allow() {
+        tracing::warn!(?reason, %detail, suppressed, "our handshake was refused by the peer");
+    }
     HandshakeError::RefusedByPeer { reason, detail }
 }
 

@@ -391,7 +391,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         {
             shared.handshakes.fetch_sub(1, Ordering::Relaxed);
             bump(&shared.counters.connections_refused_limit);
-            tracing::warn!(%peer_address, connections, handshakes, "peer connection refused: limit reached");
+            if let Some(suppressed) = shared.counters.log_limit.allow() {
+                tracing::warn!(%peer_address, connections, handshakes, suppressed, "peer connection refused: limit reached");
+            }
             drop(stream);
             drop(guard);
             continue;
@@ -696,17 +698,22 @@ impl LinkState {
             Ok(()) => {}
             Err(EncodeError::Frame(FrameError::TooLarge { bytes, max })) => {
                 bump(&self.shared.counters.send_dropped_too_large);
-                tracing::warn!(
-                    peer = self.slot.id,
-                    kind = message.body.name(),
-                    bytes,
-                    max,
-                    "message dropped: larger than a frame"
-                );
+                if let Some(suppressed) = self.shared.counters.log_limit.allow() {
+                    tracing::warn!(
+                        peer = self.slot.id,
+                        kind = message.body.name(),
+                        bytes,
+                        max,
+                        suppressed,
+                        "message dropped: larger than a frame"
+                    );
+                }
             }
             Err(error) => {
                 bump(&self.shared.counters.send_dropped_too_large);
-                tracing::warn!(peer = self.slot.id, kind = message.body.name(), %error, "message dropped: cannot encode");
+                if let Some(suppressed) = self.shared.counters.log_limit.allow() {
+                    tracing::warn!(peer = self.slot.id, kind = message.body.name(), %error, suppressed, "message dropped: cannot encode");
+                }
             }
         }
     }
@@ -775,12 +782,15 @@ fn read_loop(
                     }
                     Ok(message) => {
                         bump(&counters.messages_misaddressed);
-                        tracing::warn!(
-                            peer,
-                            from = message.from,
-                            to = message.to,
-                            "misaddressed message dropped"
-                        );
+                        if let Some(suppressed) = counters.log_limit.allow() {
+                            tracing::warn!(
+                                peer,
+                                from = message.from,
+                                to = message.to,
+                                suppressed,
+                                "misaddressed message dropped"
+                            );
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(peer, %error, "invalid raft message; closing the connection");

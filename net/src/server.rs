@@ -238,7 +238,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         if open >= shared.config.connections_max {
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             bump(&shared.counters.connections_refused_limit);
-            tracing::warn!(%address, open, "client connection refused: connections_max reached");
+            if let Some(suppressed) = shared.counters.log_limit.allow() {
+                tracing::warn!(%address, open, suppressed, "client connection refused: connections_max reached");
+            }
             continue;
         }
         bump(&shared.counters.client_connections_accepted);

@@ -12,6 +12,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $(pub(crate) $name: AtomicU64,)*
+            /// Bounds the warning lines of refusals and disconnects.
+            pub(crate) log_limit: LogLimit,
         }
 
         /// A snapshot of the counters.
@@ -99,4 +101,50 @@ pub(crate) fn bump(counter: &AtomicU64) {
 #[inline]
 pub(crate) fn add(counter: &AtomicU64, amount: u64) {
     counter.fetch_add(amount, Ordering::Relaxed);
+}
+
+/// Warning lines allowed per second per transport. A flood of garbage connections is counted
+/// in full but logged at this rate, so that an attacker cannot fill the disk with log lines.
+const LOG_LINES_PER_SECOND_MAX: u64 = 20;
+
+/// A per-second budget of log lines, shared by a transport's threads.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    /// Seconds since `epoch` of the current window, and lines logged in it.
+    window: AtomicU64,
+    lines: AtomicU64,
+    suppressed: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl LogLimit {
+    /// Whether one more line may be logged now. When lines were suppressed, the number is
+    /// returned with the first line allowed after them, so the log says how many were cut.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
+        let second = epoch.elapsed().as_secs() + 1;
+        if self.window.swap(second, Ordering::Relaxed) != second {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND_MAX {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_limited_per_second_and_the_cut_is_reported() {
+        let limit = LogLimit::default();
+        let allowed = (0..100).filter(|_| limit.allow().is_some()).count() as u64;
+        assert_eq!(allowed, LOG_LINES_PER_SECOND_MAX);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(limit.allow(), Some(100 - LOG_LINES_PER_SECOND_MAX));
+    }
 }
