@@ -548,3 +548,19 @@ fn snapshot_chunk_larger_than_a_read_arrives_whole() {
     };
     assert_eq!(deliver(&n1, &r2, &chunk), chunk);
 }
+
+#[test]
+fn acceptor_takes_the_new_connection_of_a_restarted_dialer() {
+    let (l1, l2) = (listener(), listener());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (n1, _r1) = start(1, l1, &[(2, a2)]);
+    let (n2, r2) = start(2, l2, &[(1, a1)]);
+    deliver(&n1, &r2, &append(1, 2, 1, 10));
+    n1.shutdown();
+    // Node 1 comes back at once, possibly before node 2 has seen the old connection close: it
+    // may be refused as a duplicate once, and then gets in on a later attempt.
+    let (n1, _r1) = start(1, TcpListener::bind(a1).unwrap(), &[(2, a2)]);
+    deliver(&n1, &r2, &append(1, 2, 2, 10));
+    assert_eq!(n2.connected_peers(), vec![1]);
+    assert!(n2.stats().connections_established >= 2);
+}
