@@ -66,6 +66,8 @@ pub enum StartError {
 
 /// Bytes counted against a peer queue's byte bound per message, beyond `size_bytes`.
 const QUEUE_MESSAGE_OVERHEAD_BYTES: usize = 64;
+/// Messages an inbound batch has room for before it grows.
+const INBOUND_BATCH_CAPACITY: usize = 64;
 /// How long a reader waits on a full inbound queue before it checks for shutdown again.
 const INBOUND_WAIT: Duration = Duration::from_millis(100);
 
@@ -766,7 +768,9 @@ fn read_loop(
     let counters = &shared.counters;
     let our_id = shared.identity.node_id;
     let end: ConnError = 'connection: loop {
-        let mut messages = Vec::new();
+        // Sized for a typical read of small messages, so that pushing rarely reallocates: a
+        // Message is 168 bytes and every reallocation copies all of them.
+        let mut messages = Vec::with_capacity(INBOUND_BATCH_CAPACITY);
         loop {
             let (header, payload) = match reader.next_frame() {
                 Ok(Some(frame)) => frame,
