@@ -99,7 +99,7 @@ struct PeerSlot {
 struct Adopted {
     stream: TcpStream,
     reader: FrameReader,
-    _guard: ConnectionGuard,
+    guard: ConnectionGuard,
 }
 
 /// Counts one accepted connection against `connections_max` for as long as it lives.
@@ -478,7 +478,7 @@ fn accept_connection(shared: &Arc<Shared>, mut stream: TcpStream, guard: Connect
     match slot.adopt.try_send(Adopted {
         stream,
         reader,
-        _guard: guard,
+        guard,
     }) {
         Ok(()) => {}
         Err(_) => {
@@ -609,7 +609,7 @@ impl LinkState {
         select! {
             recv(self.adopt) -> adopted => {
                 let adopted = adopted.ok()?;
-                Some((adopted.stream, adopted.reader, Some(adopted._guard)))
+                Some((adopted.stream, adopted.reader, Some(adopted.guard)))
             }
             recv(self.stop) -> _ => None,
         }
