@@ -1,0 +1,270 @@
+//! Outgoing frames coalesced into one vectored write.
+//!
+//! Headers, small payloads and rkyv archives are appended to one aligned buffer; large payloads
+//! (entry data, snapshot chunks) stay in their reference-counted `Bytes` and are handed to the
+//! kernel in place by `writev`, so a 64 KiB entry is copied once, by the kernel, on its way out.
+
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+use rkyv::util::AlignedVec;
+
+use crate::frame::{
+    FRAME_ALIGN, FRAME_HEADER_BYTES, FrameError, FrameKind, frame_bytes, write_header,
+};
+
+/// Blobs shorter than this are copied into the batch buffer: an iovec per 64-byte entry would
+/// cost more in the kernel's iovec walk than the copy does.
+const BLOB_COPY_BYTES_MAX: usize = 1024;
+/// Linux refuses more iovecs than this in one `writev` (IOV_MAX).
+const IOVECS_MAX: usize = 1024;
+
+#[derive(Debug)]
+enum Segment {
+    Buffer { start: usize, end: usize },
+    Blob(Bytes),
+}
+
+/// Frames waiting to be written, in order.
+///
+/// Invariant: every frame starts at a multiple of [`FRAME_ALIGN`] both of the batch's byte stream
+/// and of `buffer` (whose start is 16-aligned in memory).
+#[derive(Debug)]
+pub struct SendBatch {
+    buffer: AlignedVec<16>,
+    segments: Vec<Segment>,
+    /// Buffer bytes before this offset are already covered by a `Segment::Buffer`.
+    buffer_flushed: usize,
+    bytes: usize,
+    frames: usize,
+}
+
+impl Default for SendBatch {
+    fn default() -> SendBatch {
+        SendBatch::new()
+    }
+}
+
+impl SendBatch {
+    pub fn new() -> SendBatch {
+        SendBatch {
+            buffer: AlignedVec::with_capacity(64 << 10),
+            segments: Vec::new(),
+            buffer_flushed: 0,
+            bytes: 0,
+            frames: 0,
+        }
+    }
+
+    /// Bytes the batch will put on the wire.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// Appends one frame whose payload is `payload`, copied.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the frame exceeds `frame_bytes_max`; the batch is unchanged.
+    pub fn push_frame(
+        &mut self,
+        kind: FrameKind,
+        aux: u32,
+        group: u64,
+        payload: &[u8],
+        frame_bytes_max: usize,
+    ) -> Result<(), FrameError> {
+        self.push_frame_parts(kind, aux, group, &[payload], frame_bytes_max)
+    }
+
+    /// Appends one frame whose payload is the concatenation of `parts`, copied.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the frame exceeds `frame_bytes_max`; the batch is unchanged.
+    pub fn push_frame_parts(
+        &mut self,
+        kind: FrameKind,
+        aux: u32,
+        group: u64,
+        parts: &[&[u8]],
+        frame_bytes_max: usize,
+    ) -> Result<(), FrameError> {
+        let payload: usize = parts.iter().map(|part| part.len()).sum();
+        let total = frame_bytes(payload);
+        if total > frame_bytes_max {
+            return Err(FrameError::TooLarge {
+                bytes: total,
+                max: frame_bytes_max,
+            });
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        write_header(&mut header, kind, aux, group, parts.iter().copied());
+        self.align_frame_start();
+        self.buffer.extend_from_slice(&header);
+        for part in parts {
+            self.buffer.extend_from_slice(part);
+        }
+        self.pad();
+        self.bytes += total;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Appends a frame whose payload is an archive serialized by `serialize` into the batch's
+    /// aligned buffer, followed by `blobs` in order. The header's `aux` is the archive's length.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the frame exceeds `frame_bytes_max`; the batch is unchanged.
+    pub(crate) fn push_archive_frame<'b, E>(
+        &mut self,
+        kind: FrameKind,
+        group: u64,
+        blobs: impl Iterator<Item = &'b Bytes> + Clone,
+        frame_bytes_max: usize,
+        serialize: impl FnOnce(&mut AlignedVec<16>) -> Result<(), E>,
+    ) -> Result<Result<(), FrameError>, E> {
+        self.align_frame_start();
+        let frame_start = self.buffer.len();
+        self.buffer.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+        let archive_start = self.buffer.len();
+        if let Err(error) = serialize(&mut self.buffer) {
+            self.buffer.resize(frame_start, 0);
+            return Err(error);
+        }
+        let archive_len = self.buffer.len() - archive_start;
+        self.pad();
+        let archive_padded = self.buffer.len() - archive_start;
+        let blob_bytes: usize = blobs.clone().map(|blob| blob.len()).sum();
+        let payload = archive_padded + blob_bytes;
+        let total = frame_bytes(payload);
+        if total > frame_bytes_max || archive_len > u32::MAX as usize {
+            self.buffer.resize(frame_start, 0);
+            return Ok(Err(FrameError::TooLarge {
+                bytes: total,
+                max: frame_bytes_max,
+            }));
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        {
+            let archive = &self.buffer.as_slice()[archive_start..];
+            let parts = std::iter::once(archive).chain(blobs.clone().map(|blob| blob.as_ref()));
+            write_header(&mut header, kind, archive_len as u32, group, parts);
+        }
+        self.buffer.as_mut_slice()[frame_start..archive_start].copy_from_slice(&header);
+        for blob in blobs {
+            if blob.len() <= BLOB_COPY_BYTES_MAX {
+                self.buffer.extend_from_slice(blob);
+            } else {
+                self.flush_buffer_segment();
+                self.segments.push(Segment::Blob(Bytes::clone(blob)));
+            }
+        }
+        // The padding after the blobs; the stream offset is a multiple of 8 again after it.
+        let padding = total - FRAME_HEADER_BYTES - payload;
+        self.buffer
+            .extend_from_slice(&[0u8; FRAME_ALIGN][..padding]);
+        self.bytes += total;
+        self.frames += 1;
+        Ok(Ok(()))
+    }
+
+    /// Pads the buffer to a multiple of 8 with zeros that are sent.
+    fn pad(&mut self) {
+        let misalignment = self.buffer.len() % FRAME_ALIGN;
+        if misalignment != 0 {
+            self.buffer
+                .extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
+        }
+    }
+
+    /// Makes the next frame start at a buffer offset that is a multiple of 8.
+    ///
+    /// Frames start at multiples of 8 of the byte stream, but a blob sent from outside the
+    /// buffer can leave the buffer's own length misaligned. An rkyv archive is aligned relative
+    /// to the buffer, and must be aligned the same way relative to the stream for the receiver
+    /// to read it in place, so the buffer skips a gap of up to 7 bytes that is never sent.
+    fn align_frame_start(&mut self) {
+        let misalignment = self.buffer.len() % FRAME_ALIGN;
+        if misalignment != 0 {
+            self.flush_buffer_segment();
+            self.buffer
+                .extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
+            self.buffer_flushed = self.buffer.len();
+        }
+    }
+
+    fn flush_buffer_segment(&mut self) {
+        let end = self.buffer.len();
+        if end > self.buffer_flushed {
+            self.segments.push(Segment::Buffer {
+                start: self.buffer_flushed,
+                end,
+            });
+            self.buffer_flushed = end;
+        }
+    }
+
+    /// Writes every frame, in order, with as few `writev` calls as the kernel allows, then
+    /// empties the batch (also on error: a failed connection is abandoned, not retried).
+    ///
+    /// # Errors
+    /// The first I/O error; a zero-length write is `WriteZero`.
+    pub fn write_to(&mut self, writer: &mut impl Write) -> io::Result<()> {
+        self.flush_buffer_segment();
+        let result = self.write_segments(writer);
+        self.clear();
+        result
+    }
+
+    fn write_segments(&self, writer: &mut impl Write) -> io::Result<()> {
+        let buffer = self.buffer.as_slice();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.segments.len().min(IOVECS_MAX));
+        for chunk in self.segments.chunks(IOVECS_MAX) {
+            slices.clear();
+            slices.extend(chunk.iter().map(|segment| match segment {
+                Segment::Buffer { start, end } => IoSlice::new(&buffer[*start..*end]),
+                Segment::Blob(blob) => IoSlice::new(blob),
+            }));
+            let mut remaining = &mut slices[..];
+            while !remaining.is_empty() {
+                match writer.write_vectored(remaining) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the batch, keeping its buffer's capacity (up to 4 MiB, so that one huge snapshot
+    /// chunk does not pin memory forever).
+    pub fn clear(&mut self) {
+        if self.buffer.capacity() > 4 << 20 {
+            self.buffer = AlignedVec::with_capacity(64 << 10);
+        } else {
+            self.buffer.clear();
+        }
+        self.segments.clear();
+        self.buffer_flushed = 0;
+        self.bytes = 0;
+        self.frames = 0;
+    }
+
+    /// The batch's bytes gathered into one vector (tests and benchmarks).
+    pub fn to_vec(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes);
+        self.flush_buffer_segment();
+        self.write_segments(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
