@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use smr_net::frame::{FRAME_HEADER_BYTES, decode_frame};
-use smr_net::{
-    Identity, NetConfig, PeerTransport, SendBatch, SendError, decode_message, encode_message,
-};
+use smr_net::{Identity, NetConfig, PeerTransport, SendBatch, SendError, decode_message, encode_message};
 use smr_raft::{Entry, EntryKind, Message, MessageBody};
 
 const SIZES: [usize; 5] = [64, 512, 4096, 16384, 65536];
@@ -32,12 +30,7 @@ fn append(index: u64, data: &Bytes) -> Message {
             prev_log_index: index - 1,
             prev_log_term: 3,
             commit_index: index - 1,
-            entries: vec![Entry {
-                index,
-                term: 3,
-                kind: EntryKind::Normal,
-                data: data.clone(),
-            }],
+            entries: vec![Entry { index, term: 3, kind: EntryKind::Normal, data: data.clone() }],
         },
     }
 }
@@ -63,8 +56,7 @@ fn codec(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode", size), &bytes, |b, bytes| {
             b.iter(|| {
                 let (header, _) = decode_frame(black_box(bytes), 1 << 24).unwrap().unwrap();
-                let payload =
-                    bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
+                let payload = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
                 black_box(decode_message(header.group, header.aux, &payload).unwrap())
             });
         });
@@ -73,23 +65,11 @@ fn codec(c: &mut Criterion) {
 }
 
 fn loopback(c: &mut Criterion) {
-    let config = NetConfig {
-        peer_queue_messages_max: 8192,
-        peer_queue_bytes_max: 256 << 20,
-        ..NetConfig::default()
-    };
-    let identity = |node_id| Identity {
-        cluster_id: 1,
-        node_id,
-        secret: b"benchmark cluster secret".to_vec(),
-    };
-    let (l1, l2) = (
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
+    let config = NetConfig { peer_queue_messages_max: 8192, peer_queue_bytes_max: 256 << 20, ..NetConfig::default() };
+    let identity = |node_id| Identity { cluster_id: 1, node_id, secret: b"benchmark cluster secret".to_vec() };
+    let (l1, l2) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
     let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-    let (sender, _sender_inbound) =
-        PeerTransport::start(config.clone(), identity(1), l1, &[(2, a2)]).unwrap();
+    let (sender, _sender_inbound) = PeerTransport::start(config.clone(), identity(1), l1, &[(2, a2)]).unwrap();
     let (_receiver, inbound) = PeerTransport::start(config, identity(2), l2, &[(1, a1)]).unwrap();
     // Wait for the link.
     let warm = Bytes::from_static(b"warm");
@@ -122,11 +102,7 @@ fn loopback(c: &mut Criterion) {
                             Err(error) => panic!("{error}"),
                         }
                     }
-                    let timeout = if sent < iterations {
-                        Duration::from_micros(200)
-                    } else {
-                        Duration::from_secs(5)
-                    };
+                    let timeout = if sent < iterations { Duration::from_micros(200) } else { Duration::from_secs(5) };
                     match inbound.recv_timeout(timeout) {
                         Ok(batch) => received += batch.messages.len() as u64,
                         Err(_) if sent < iterations => {}
@@ -159,10 +135,9 @@ fn loopback(c: &mut Criterion) {
                 let mut message = append(index * entries_per_message + 1, &data);
                 if let MessageBody::Append { entries, .. } = &mut message.body {
                     let first = entries[0].clone();
-                    entries.extend((1..entries_per_message).map(|offset| Entry {
-                        index: first.index + offset,
-                        ..first.clone()
-                    }));
+                    entries.extend(
+                        (1..entries_per_message).map(|offset| Entry { index: first.index + offset, ..first.clone() }),
+                    );
                 }
                 message
             };
@@ -174,11 +149,7 @@ fn loopback(c: &mut Criterion) {
                         Err(error) => panic!("{error}"),
                     }
                 }
-                let timeout = if sent < iterations {
-                    Duration::from_micros(200)
-                } else {
-                    Duration::from_secs(5)
-                };
+                let timeout = if sent < iterations { Duration::from_micros(200) } else { Duration::from_secs(5) };
                 match inbound.recv_timeout(timeout) {
                     Ok(batch) => received += batch.messages.len() as u64,
                     Err(_) if sent < iterations => {}

@@ -9,9 +9,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 use rkyv::util::AlignedVec;
 
-use crate::frame::{
-    FRAME_ALIGN, FRAME_HEADER_BYTES, FrameError, FrameKind, frame_bytes, write_header,
-};
+use crate::frame::{FRAME_ALIGN, FRAME_HEADER_BYTES, FrameError, FrameKind, frame_bytes, write_header};
 
 /// Blobs shorter than this are copied into the batch buffer: an iovec per 64-byte entry would
 /// cost more in the kernel's iovec walk than the copy does.
@@ -99,10 +97,7 @@ impl SendBatch {
         let payload: usize = parts.iter().map(|part| part.len()).sum();
         let total = frame_bytes(payload);
         if total > frame_bytes_max {
-            return Err(FrameError::TooLarge {
-                bytes: total,
-                max: frame_bytes_max,
-            });
+            return Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max });
         }
         let mut header = [0u8; FRAME_HEADER_BYTES];
         write_header(&mut header, kind, aux, group, parts.iter().copied());
@@ -146,10 +141,7 @@ impl SendBatch {
         let total = frame_bytes(payload);
         if total > frame_bytes_max || archive_len > u32::MAX as usize {
             self.buffer.resize(frame_start, 0);
-            return Ok(Err(FrameError::TooLarge {
-                bytes: total,
-                max: frame_bytes_max,
-            }));
+            return Ok(Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max }));
         }
         let mut header = [0u8; FRAME_HEADER_BYTES];
         {
@@ -168,8 +160,7 @@ impl SendBatch {
         }
         // The padding after the blobs; the stream offset is a multiple of 8 again after it.
         let padding = total - FRAME_HEADER_BYTES - payload;
-        self.buffer
-            .extend_from_slice(&[0u8; FRAME_ALIGN][..padding]);
+        self.buffer.extend_from_slice(&[0u8; FRAME_ALIGN][..padding]);
         self.bytes += total;
         self.frames += 1;
         Ok(Ok(()))
@@ -179,8 +170,7 @@ impl SendBatch {
     fn pad(&mut self) {
         let misalignment = self.buffer.len() % FRAME_ALIGN;
         if misalignment != 0 {
-            self.buffer
-                .extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
+            self.buffer.extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
         }
     }
 
@@ -194,8 +184,7 @@ impl SendBatch {
         let misalignment = self.buffer.len() % FRAME_ALIGN;
         if misalignment != 0 {
             self.flush_buffer_segment();
-            self.buffer
-                .extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
+            self.buffer.extend_from_slice(&[0u8; FRAME_ALIGN][..FRAME_ALIGN - misalignment]);
             self.buffer_flushed = self.buffer.len();
         }
     }
@@ -203,10 +192,7 @@ impl SendBatch {
     fn flush_buffer_segment(&mut self) {
         let end = self.buffer.len();
         if end > self.buffer_flushed {
-            self.segments.push(Segment::Buffer {
-                start: self.buffer_flushed,
-                end,
-            });
+            self.segments.push(Segment::Buffer { start: self.buffer_flushed, end });
             self.buffer_flushed = end;
         }
     }
@@ -263,8 +249,7 @@ impl SendBatch {
     pub fn to_vec(&mut self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes);
         self.flush_buffer_segment();
-        self.write_segments(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.write_segments(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 }

@@ -12,9 +12,7 @@ use smr_raft::GroupId;
 use thiserror::Error;
 
 use crate::batch::SendBatch;
-use crate::client_proto::{
-    ProtoError, Request, RequestBody, Response, ResponseBody, decode_response, encode_request,
-};
+use crate::client_proto::{ProtoError, Request, RequestBody, Response, ResponseBody, decode_response, encode_request};
 use crate::conn::{ConnError, FrameReader};
 use crate::frame::{FrameError, FrameKind};
 
@@ -34,13 +32,7 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> ClientConfig {
-        ClientConfig {
-            group: 0,
-            frame_bytes_max: 16 << 20,
-            connect_ms: 2_000,
-            response_ms: 10_000,
-            retries_max: 16,
-        }
+        ClientConfig { group: 0, frame_bytes_max: 16 << 20, connect_ms: 2_000, response_ms: 10_000, retries_max: 16 }
     }
 }
 
@@ -113,11 +105,7 @@ impl Client {
     /// [`ClientError::Connect`] when no node answers.
     pub fn reconnect(&mut self, address: Option<SocketAddr>) -> Result<(), ClientError> {
         let mut candidates: Vec<SocketAddr> = address.into_iter().collect();
-        let start = self
-            .addresses
-            .iter()
-            .position(|&known| known == self.connected_to)
-            .map_or(0, |at| at + 1);
+        let start = self.addresses.iter().position(|&known| known == self.connected_to).map_or(0, |at| at + 1);
         for offset in 0..self.addresses.len() {
             candidates.push(self.addresses[(start + offset) % self.addresses.len()]);
         }
@@ -145,13 +133,8 @@ impl Client {
     pub fn submit(&mut self, body: RequestBody) -> Result<u64, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let request = Request {
-            request_id,
-            group: self.config.group,
-            body,
-        };
-        encode_request(&mut self.batch, &request, self.config.frame_bytes_max)
-            .map_err(ClientError::TooLarge)?;
+        let request = Request { request_id, group: self.config.group, body };
+        encode_request(&mut self.batch, &request, self.config.frame_bytes_max).map_err(ClientError::TooLarge)?;
         Ok(request_id)
     }
 
@@ -161,9 +144,7 @@ impl Client {
     /// The connection failed.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         let mut writer = &self.stream;
-        self.batch
-            .write_to(&mut writer)
-            .map_err(|error| ClientError::Conn(ConnError::Io(error)))
+        self.batch.write_to(&mut writer).map_err(|error| ClientError::Conn(ConnError::Io(error)))
     }
 
     /// Flushes, then waits for the next response, whichever request it answers.
@@ -179,16 +160,11 @@ impl Client {
         loop {
             if let Some((header, payload)) = self.reader.next_frame().map_err(ConnError::Frame)? {
                 if header.kind != FrameKind::ClientResponse {
-                    return Err(ClientError::Conn(ConnError::Frame(
-                        FrameError::UnexpectedKind(header.kind),
-                    )));
+                    return Err(ClientError::Conn(ConnError::Frame(FrameError::UnexpectedKind(header.kind))));
                 }
                 return Ok(decode_response(&payload)?);
             }
-            match self
-                .reader
-                .fill_with_deadlines(&self.stream, wait, wait, Some(deadline))
-            {
+            match self.reader.fill_with_deadlines(&self.stream, wait, wait, Some(deadline)) {
                 Ok(_) => {}
                 Err(ConnError::Deadline | ConnError::Idle(_) | ConnError::SlowFrame(_)) => {
                     return Err(ClientError::TimedOut(wait));
@@ -223,10 +199,7 @@ impl Client {
                 Err(()) => {
                     // The node went away: try the others.
                     if retries >= self.config.retries_max {
-                        return Err(ClientError::Exhausted {
-                            retries,
-                            last: ResponseBody::ShuttingDown,
-                        });
+                        return Err(ClientError::Exhausted { retries, last: ResponseBody::ShuttingDown });
                     }
                     retries += 1;
                     self.reconnect(None)?;
@@ -234,27 +207,20 @@ impl Client {
                 }
             };
             let redirect = match &answer {
-                ResponseBody::NotLeader { leader_address, .. } => Some(
-                    leader_address
-                        .as_deref()
-                        .and_then(|text| text.to_socket_addrs().ok()?.next()),
-                ),
+                ResponseBody::NotLeader { leader_address, .. } => {
+                    Some(leader_address.as_deref().and_then(|text| text.to_socket_addrs().ok()?.next()))
+                }
                 ResponseBody::Busy | ResponseBody::ShuttingDown => None,
                 _ => return Ok(answer),
             };
             if retries >= self.config.retries_max {
-                return Err(ClientError::Exhausted {
-                    retries,
-                    last: answer,
-                });
+                return Err(ClientError::Exhausted { retries, last: answer });
             }
             retries += 1;
             match (redirect, answer) {
                 (Some(leader), _) => self.reconnect(leader)?,
                 (None, ResponseBody::ShuttingDown) => self.reconnect(None)?,
-                (None, _) => {
-                    std::thread::sleep(Duration::from_millis(u64::from(retries.min(10)) * 5))
-                }
+                (None, _) => std::thread::sleep(Duration::from_millis(u64::from(retries.min(10)) * 5)),
             }
         }
     }

@@ -52,17 +52,9 @@ pub enum Consistency {
 pub enum AdminRequest {
     Status,
     Stats,
-    AddNode {
-        node_id: NodeId,
-        address: String,
-        learner: bool,
-    },
-    RemoveNode {
-        node_id: NodeId,
-    },
-    TransferLeader {
-        node_id: NodeId,
-    },
+    AddNode { node_id: NodeId, address: String, learner: bool },
+    RemoveNode { node_id: NodeId },
+    TransferLeader { node_id: NodeId },
 }
 
 /// What a request asks for.
@@ -95,10 +87,7 @@ pub enum ResponseBody {
     /// Done; the state machine's (or the admin command's) result.
     Ok(Bytes),
     /// Send it to the leader instead, if known.
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_address: Option<String>,
-    },
+    NotLeader { leader_id: Option<NodeId>, leader_address: Option<String> },
     /// Backpressure: nothing was done; retry later.
     Busy,
     /// The request is larger than the node accepts; do not retry as is.
@@ -143,9 +132,7 @@ fn text(bytes: &[u8]) -> Result<String, ProtoError> {
     if bytes.len() > TEXT_BYTES_MAX {
         return Err(ProtoError::Text);
     }
-    std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .map_err(|_| ProtoError::Text)
+    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| ProtoError::Text)
 }
 
 fn clip(text: &str) -> &[u8] {
@@ -160,31 +147,16 @@ fn clip(text: &str) -> &[u8] {
 ///
 /// # Errors
 /// [`FrameError::TooLarge`]: the request does not fit `frame_bytes_max`; the batch is unchanged.
-pub fn encode_request(
-    batch: &mut SendBatch,
-    request: &Request,
-    frame_bytes_max: usize,
-) -> Result<(), FrameError> {
+pub fn encode_request(batch: &mut SendBatch, request: &Request, frame_bytes_max: usize) -> Result<(), FrameError> {
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     header[0..8].copy_from_slice(&request.request_id.to_le_bytes());
     let (op, sub, a, b, payload): (u8, u8, u64, u64, &[u8]) = match &request.body {
-        RequestBody::Command {
-            session_id,
-            sequence,
-            payload,
-        } => (1, 0, *session_id, *sequence, payload),
-        RequestBody::Read {
-            consistency,
-            payload,
-        } => (2, *consistency as u8, 0, 0, payload),
+        RequestBody::Command { session_id, sequence, payload } => (1, 0, *session_id, *sequence, payload),
+        RequestBody::Read { consistency, payload } => (2, *consistency as u8, 0, 0, payload),
         RequestBody::Admin(admin) => match admin {
             AdminRequest::Status => (3, 1, 0, 0, &[]),
             AdminRequest::Stats => (3, 2, 0, 0, &[]),
-            AdminRequest::AddNode {
-                node_id,
-                address,
-                learner,
-            } => (3, 3, *node_id, u64::from(*learner), clip(address)),
+            AdminRequest::AddNode { node_id, address, learner } => (3, 3, *node_id, u64::from(*learner), clip(address)),
             AdminRequest::RemoveNode { node_id } => (3, 4, *node_id, 0, &[]),
             AdminRequest::TransferLeader { node_id } => (3, 5, *node_id, 0, &[]),
         },
@@ -193,13 +165,7 @@ pub fn encode_request(
     header[9] = sub;
     header[16..24].copy_from_slice(&a.to_le_bytes());
     header[24..32].copy_from_slice(&b.to_le_bytes());
-    batch.push_frame_parts(
-        FrameKind::ClientRequest,
-        0,
-        request.group,
-        &[&header, payload],
-        frame_bytes_max,
-    )
+    batch.push_frame_parts(FrameKind::ClientRequest, 0, request.group, &[&header, payload], frame_bytes_max)
 }
 
 /// Decodes the payload of a `ClientRequest` frame of `group`. Command and read payloads are
@@ -215,12 +181,7 @@ pub fn decode_request(group: GroupId, payload: &Bytes) -> Result<Request, ProtoE
         return Err(ProtoError::Reserved("request header"));
     }
     let request_id = u64_at(payload, 0);
-    let (op, sub, a, b) = (
-        payload[8],
-        payload[9],
-        u64_at(payload, 16),
-        u64_at(payload, 24),
-    );
+    let (op, sub, a, b) = (payload[8], payload[9], u64_at(payload, 16), u64_at(payload, 24));
     let rest = payload.slice(REQUEST_HEADER_BYTES..);
     let no_args = |body: RequestBody| -> Result<RequestBody, ProtoError> {
         if a != 0 || b != 0 {
@@ -236,11 +197,7 @@ pub fn decode_request(group: GroupId, payload: &Bytes) -> Result<Request, ProtoE
             if sub != 0 {
                 return Err(ProtoError::Reserved("command sub-kind"));
             }
-            RequestBody::Command {
-                session_id: a,
-                sequence: b,
-                payload: rest.clone(),
-            }
+            RequestBody::Command { session_id: a, sequence: b, payload: rest.clone() }
         }
         2 => {
             let consistency = match sub {
@@ -248,27 +205,18 @@ pub fn decode_request(group: GroupId, payload: &Bytes) -> Result<Request, ProtoE
                 1 => Consistency::Lease,
                 2 => Consistency::Stale,
                 other => {
-                    return Err(ProtoError::Field {
-                        what: "consistency",
-                        value: u64::from(other),
-                    });
+                    return Err(ProtoError::Field { what: "consistency", value: u64::from(other) });
                 }
             };
             if a != 0 || b != 0 {
                 return Err(ProtoError::Reserved("read arguments"));
             }
-            RequestBody::Read {
-                consistency,
-                payload: rest.clone(),
-            }
+            RequestBody::Read { consistency, payload: rest.clone() }
         }
         3 => {
             let node_only = |admin: AdminRequest| -> Result<RequestBody, ProtoError> {
                 if a == 0 {
-                    return Err(ProtoError::Field {
-                        what: "node id",
-                        value: 0,
-                    });
+                    return Err(ProtoError::Field { what: "node id", value: 0 });
                 }
                 if b != 0 {
                     return Err(ProtoError::Reserved("admin argument"));
@@ -283,40 +231,23 @@ pub fn decode_request(group: GroupId, payload: &Bytes) -> Result<Request, ProtoE
                 2 => no_args(RequestBody::Admin(AdminRequest::Stats))?,
                 3 => {
                     if a == 0 {
-                        return Err(ProtoError::Field {
-                            what: "node id",
-                            value: 0,
-                        });
+                        return Err(ProtoError::Field { what: "node id", value: 0 });
                     }
                     if b > 1 {
-                        return Err(ProtoError::Field {
-                            what: "learner flag",
-                            value: b,
-                        });
+                        return Err(ProtoError::Field { what: "learner flag", value: b });
                     }
-                    RequestBody::Admin(AdminRequest::AddNode {
-                        node_id: a,
-                        address: text(&rest)?,
-                        learner: b == 1,
-                    })
+                    RequestBody::Admin(AdminRequest::AddNode { node_id: a, address: text(&rest)?, learner: b == 1 })
                 }
                 4 => node_only(AdminRequest::RemoveNode { node_id: a })?,
                 5 => node_only(AdminRequest::TransferLeader { node_id: a })?,
                 other => {
-                    return Err(ProtoError::Field {
-                        what: "admin kind",
-                        value: u64::from(other),
-                    });
+                    return Err(ProtoError::Field { what: "admin kind", value: u64::from(other) });
                 }
             }
         }
         other => return Err(ProtoError::Op(other)),
     };
-    Ok(Request {
-        request_id,
-        group,
-        body,
-    })
+    Ok(Request { request_id, group, body })
 }
 
 /// Appends `response` to `batch` as one frame of `group`.
@@ -333,14 +264,9 @@ pub fn encode_response(
     header[0..8].copy_from_slice(&response.request_id.to_le_bytes());
     let (status, leader, payload): (u8, u64, &[u8]) = match &response.body {
         ResponseBody::Ok(result) => (0, 0, result),
-        ResponseBody::NotLeader {
-            leader_id,
-            leader_address,
-        } => (
-            1,
-            leader_id.unwrap_or(0),
-            leader_address.as_deref().map(clip).unwrap_or_default(),
-        ),
+        ResponseBody::NotLeader { leader_id, leader_address } => {
+            (1, leader_id.unwrap_or(0), leader_address.as_deref().map(clip).unwrap_or_default())
+        }
         ResponseBody::Busy => (2, 0, &[]),
         ResponseBody::TooLarge => (3, 0, &[]),
         ResponseBody::TimedOut => (4, 0, &[]),
@@ -349,13 +275,7 @@ pub fn encode_response(
     };
     header[8] = status;
     header[16..24].copy_from_slice(&leader.to_le_bytes());
-    batch.push_frame_parts(
-        FrameKind::ClientResponse,
-        0,
-        group,
-        &[&header, payload],
-        frame_bytes_max,
-    )
+    batch.push_frame_parts(FrameKind::ClientResponse, 0, group, &[&header, payload], frame_bytes_max)
 }
 
 /// Decodes the payload of a `ClientResponse` frame. An `Ok` result is a slice of `payload`.
@@ -377,21 +297,13 @@ pub fn decode_response(payload: &Bytes) -> Result<Response, ProtoError> {
         return Err(ProtoError::Reserved("leader id"));
     }
     let empty = |body: ResponseBody| {
-        if rest.is_empty() {
-            Ok(body)
-        } else {
-            Err(ProtoError::Trailing)
-        }
+        if rest.is_empty() { Ok(body) } else { Err(ProtoError::Trailing) }
     };
     let body = match status {
         0 => ResponseBody::Ok(rest.clone()),
         1 => ResponseBody::NotLeader {
             leader_id: (leader != 0).then_some(leader),
-            leader_address: if rest.is_empty() {
-                None
-            } else {
-                Some(text(&rest)?)
-            },
+            leader_address: if rest.is_empty() { None } else { Some(text(&rest)?) },
         },
         2 => empty(ResponseBody::Busy)?,
         3 => empty(ResponseBody::TooLarge)?,
@@ -399,10 +311,7 @@ pub fn decode_response(payload: &Bytes) -> Result<Response, ProtoError> {
         5 => empty(ResponseBody::ShuttingDown)?,
         6 => ResponseBody::InvalidRequest(text(&rest)?),
         other => {
-            return Err(ProtoError::Field {
-                what: "status",
-                value: u64::from(other),
-            });
+            return Err(ProtoError::Field { what: "status", value: u64::from(other) });
         }
     };
     Ok(Response { request_id, body })
@@ -419,65 +328,34 @@ mod tests {
     fn frame_payload(batch: &mut SendBatch) -> (u64, Bytes) {
         let bytes = Bytes::from(batch.to_vec());
         let (header, _) = decode_frame(&bytes, MAX).unwrap().unwrap();
-        (
-            header.group,
-            bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize),
-        )
+        (header.group, bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize))
     }
 
     fn arb_request() -> impl Strategy<Value = Request> {
         let payload = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
         let body = prop_oneof![
-            (any::<u64>(), any::<u64>(), payload.clone()).prop_map(
-                |(session_id, sequence, payload)| RequestBody::Command {
-                    session_id,
-                    sequence,
-                    payload
-                }
-            ),
+            (any::<u64>(), any::<u64>(), payload.clone())
+                .prop_map(|(session_id, sequence, payload)| RequestBody::Command { session_id, sequence, payload }),
             (0u8..3, payload).prop_map(|(consistency, payload)| RequestBody::Read {
-                consistency: [
-                    Consistency::Linearizable,
-                    Consistency::Lease,
-                    Consistency::Stale
-                ][consistency as usize],
+                consistency: [Consistency::Linearizable, Consistency::Lease, Consistency::Stale][consistency as usize],
                 payload
             }),
             Just(RequestBody::Admin(AdminRequest::Status)),
             Just(RequestBody::Admin(AdminRequest::Stats)),
-            (1u64..100, "[a-z0-9.:]{0,40}", any::<bool>()).prop_map(
-                |(node_id, address, learner)| {
-                    RequestBody::Admin(AdminRequest::AddNode {
-                        node_id,
-                        address,
-                        learner,
-                    })
-                }
-            ),
-            (1u64..100)
-                .prop_map(|node_id| RequestBody::Admin(AdminRequest::RemoveNode { node_id })),
-            (1u64..100)
-                .prop_map(|node_id| RequestBody::Admin(AdminRequest::TransferLeader { node_id })),
+            (1u64..100, "[a-z0-9.:]{0,40}", any::<bool>()).prop_map(|(node_id, address, learner)| {
+                RequestBody::Admin(AdminRequest::AddNode { node_id, address, learner })
+            }),
+            (1u64..100).prop_map(|node_id| RequestBody::Admin(AdminRequest::RemoveNode { node_id })),
+            (1u64..100).prop_map(|node_id| RequestBody::Admin(AdminRequest::TransferLeader { node_id })),
         ];
-        (any::<u64>(), any::<u64>(), body).prop_map(|(request_id, group, body)| Request {
-            request_id,
-            group,
-            body,
-        })
+        (any::<u64>(), any::<u64>(), body).prop_map(|(request_id, group, body)| Request { request_id, group, body })
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
         let body = prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..300)
-                .prop_map(|result| ResponseBody::Ok(Bytes::from(result))),
-            (
-                proptest::option::of(1u64..100),
-                proptest::option::of("[a-z0-9.:]{1,40}")
-            )
-                .prop_map(|(leader_id, leader_address)| ResponseBody::NotLeader {
-                    leader_id,
-                    leader_address
-                }),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|result| ResponseBody::Ok(Bytes::from(result))),
+            (proptest::option::of(1u64..100), proptest::option::of("[a-z0-9.:]{1,40}"))
+                .prop_map(|(leader_id, leader_address)| ResponseBody::NotLeader { leader_id, leader_address }),
             Just(ResponseBody::Busy),
             Just(ResponseBody::TooLarge),
             Just(ResponseBody::TimedOut),
@@ -515,18 +393,11 @@ mod tests {
     #[test]
     fn nonzero_reserved_bytes_are_refused() {
         let mut batch = SendBatch::new();
-        let request = Request {
-            request_id: 1,
-            group: 0,
-            body: RequestBody::Admin(AdminRequest::Status),
-        };
+        let request = Request { request_id: 1, group: 0, body: RequestBody::Admin(AdminRequest::Status) };
         encode_request(&mut batch, &request, MAX).unwrap();
         let (_, payload) = frame_payload(&mut batch);
         let mut bad = payload.to_vec();
         bad[12] = 1;
-        assert_eq!(
-            decode_request(0, &Bytes::from(bad)),
-            Err(ProtoError::Reserved("request header"))
-        );
+        assert_eq!(decode_request(0, &Bytes::from(bad)), Err(ProtoError::Reserved("request header")));
     }
 }

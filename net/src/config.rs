@@ -91,11 +91,7 @@ pub struct ConfigError {
 }
 
 fn check(ok: bool, field: &'static str, reason: &'static str) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError { field, reason })
-    }
+    if ok { Ok(()) } else { Err(ConfigError { field, reason }) }
 }
 
 impl NetConfig {
@@ -110,43 +106,25 @@ impl NetConfig {
             "frame_bytes_max",
             "must be between 4096 and 1 GiB",
         )?;
+        check(self.frame_bytes_max.is_multiple_of(8), "frame_bytes_max", "must be a multiple of 8")?;
         check(
-            self.frame_bytes_max.is_multiple_of(8),
-            "frame_bytes_max",
-            "must be a multiple of 8",
-        )?;
-        check(
-            self.read_bytes_max >= FRAME_HEADER_BYTES
-                && self.read_bytes_max <= self.frame_bytes_max,
+            self.read_bytes_max >= FRAME_HEADER_BYTES && self.read_bytes_max <= self.frame_bytes_max,
             "read_bytes_max",
             "must be between the frame header size and frame_bytes_max",
         )?;
         check(
-            self.client_read_bytes_max >= FRAME_HEADER_BYTES
-                && self.client_read_bytes_max <= self.frame_bytes_max,
+            self.client_read_bytes_max >= FRAME_HEADER_BYTES && self.client_read_bytes_max <= self.frame_bytes_max,
             "client_read_bytes_max",
             "must be between the frame header size and frame_bytes_max",
         )?;
-        check(
-            self.peer_queue_messages_max >= 1,
-            "peer_queue_messages_max",
-            "must be at least 1",
-        )?;
+        check(self.peer_queue_messages_max >= 1, "peer_queue_messages_max", "must be at least 1")?;
         check(
             self.peer_queue_bytes_max >= self.frame_bytes_max,
             "peer_queue_bytes_max",
             "must be at least frame_bytes_max",
         )?;
-        check(
-            self.inbound_batches_max >= 1,
-            "inbound_batches_max",
-            "must be at least 1",
-        )?;
-        check(
-            self.connections_max >= 1,
-            "connections_max",
-            "must be at least 1",
-        )?;
+        check(self.inbound_batches_max >= 1, "inbound_batches_max", "must be at least 1")?;
+        check(self.connections_max >= 1, "connections_max", "must be at least 1")?;
         check(
             self.handshakes_max >= 1 && self.handshakes_max <= self.connections_max,
             "handshakes_max",
@@ -157,11 +135,7 @@ impl NetConfig {
             "client_pending_bytes_max",
             "must be at least frame_bytes_max",
         )?;
-        check(
-            self.client_inflight_max >= 1,
-            "client_inflight_max",
-            "must be at least 1",
-        )?;
+        check(self.client_inflight_max >= 1, "client_inflight_max", "must be at least 1")?;
         check(self.handshake_ms >= 1, "handshake_ms", "must be at least 1")?;
         check(
             self.keepalive_ms >= 1 && self.keepalive_ms < self.idle_timeout_ms,
@@ -173,21 +147,9 @@ impl NetConfig {
             "frame_receive_ms_max",
             "must be at least 1 and at most idle_timeout_ms",
         )?;
-        check(
-            self.reconnect_ms_min >= 1,
-            "reconnect_ms_min",
-            "must be at least 1",
-        )?;
-        check(
-            self.reconnect_ms_max >= self.reconnect_ms_min,
-            "reconnect_ms_max",
-            "must be at least reconnect_ms_min",
-        )?;
-        check(
-            self.write_timeout_ms >= 1,
-            "write_timeout_ms",
-            "must be at least 1",
-        )?;
+        check(self.reconnect_ms_min >= 1, "reconnect_ms_min", "must be at least 1")?;
+        check(self.reconnect_ms_max >= self.reconnect_ms_min, "reconnect_ms_max", "must be at least reconnect_ms_min")?;
+        check(self.write_timeout_ms >= 1, "write_timeout_ms", "must be at least 1")?;
         Ok(())
     }
 
@@ -219,20 +181,11 @@ mod tests {
 
     #[test]
     fn invalid_field_is_named() {
-        let config = NetConfig {
-            keepalive_ms: 20_000,
-            ..NetConfig::default()
-        };
+        let config = NetConfig { keepalive_ms: 20_000, ..NetConfig::default() };
         assert_eq!(config.validate().unwrap_err().field, "keepalive_ms");
-        let config = NetConfig {
-            frame_bytes_max: 100,
-            ..NetConfig::default()
-        };
+        let config = NetConfig { frame_bytes_max: 100, ..NetConfig::default() };
         assert_eq!(config.validate().unwrap_err().field, "frame_bytes_max");
-        let config = NetConfig {
-            reconnect_ms_max: 1,
-            ..NetConfig::default()
-        };
+        let config = NetConfig { reconnect_ms_max: 1, ..NetConfig::default() };
         assert_eq!(config.validate().unwrap_err().field, "reconnect_ms_max");
     }
 }

@@ -97,11 +97,7 @@ impl FrameReader {
             buffer: Vec::with_capacity(read_bytes),
             ready: Bytes::new(),
             ready_at: 0,
-            pool: Arc::new(BufferPool {
-                buffer_bytes: read_bytes,
-                free_tx,
-                free_rx,
-            }),
+            pool: Arc::new(BufferPool { buffer_bytes: read_bytes, free_tx, free_rx }),
             frame_bytes_max,
             partial_since: None,
             last_received: Instant::now(),
@@ -109,10 +105,7 @@ impl FrameReader {
     }
 
     fn fresh_buffer(&self) -> Vec<u8> {
-        self.pool
-            .free_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(self.pool.buffer_bytes))
+        self.pool.free_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.pool.buffer_bytes))
     }
 
     /// The next complete frame already buffered: its header and its payload (padding cut off).
@@ -132,24 +125,15 @@ impl FrameReader {
             let mut next = self.fresh_buffer();
             next.extend_from_slice(&self.buffer[complete..]);
             let full = std::mem::replace(&mut self.buffer, next);
-            let owner = PooledBuffer {
-                buffer: full,
-                pool: Arc::clone(&self.pool),
-            };
+            let owner = PooledBuffer { buffer: full, pool: Arc::clone(&self.pool) };
             self.ready = Bytes::from_owner(owner).slice(..complete);
             self.ready_at = 0;
-            self.partial_since = if self.buffer.is_empty() {
-                None
-            } else {
-                Some(self.last_received)
-            };
+            self.partial_since = if self.buffer.is_empty() { None } else { Some(self.last_received) };
         }
         let (header, total) = decode_frame(&self.ready[self.ready_at..], self.frame_bytes_max)?
             .expect("complete_prefix only counts whole frames");
         let payload_at = self.ready_at + FRAME_HEADER_BYTES;
-        let payload = self
-            .ready
-            .slice(payload_at..payload_at + header.length as usize);
+        let payload = self.ready.slice(payload_at..payload_at + header.length as usize);
         self.ready_at += total;
         if self.ready_at == self.ready.len() {
             // Let go of the frozen region so that the buffer can be reclaimed once the
@@ -203,8 +187,7 @@ impl FrameReader {
         let spare_len = spare.len();
         // SAFETY: `spare` is writable memory owned by `self.buffer` of `spare_len` bytes; recv
         // writes at most that many bytes into it and reports how many it wrote.
-        let received =
-            unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare_len, 0) };
+        let received = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare_len, 0) };
         if received < 0 {
             return Err(ConnError::Io(io::Error::last_os_error()));
         }
@@ -264,9 +247,7 @@ impl FrameReader {
                 Err(ConnError::Io(error))
                     if matches!(
                         error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                     ) => {}
                 Err(error) => return Err(error),
             }

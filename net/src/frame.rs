@@ -128,32 +128,20 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// # Errors
 /// Oversize frame, unknown kind or reserved bits set.
 #[inline]
-pub fn decode_header(
-    bytes: &[u8],
-    frame_bytes_max: usize,
-) -> Result<Option<FrameHeader>, FrameError> {
+pub fn decode_header(bytes: &[u8], frame_bytes_max: usize) -> Result<Option<FrameHeader>, FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {
         return Ok(None);
     }
     let length = u32_at(bytes, 0);
     let total = frame_bytes(length as usize);
     if total > frame_bytes_max {
-        return Err(FrameError::TooLarge {
-            bytes: total,
-            max: frame_bytes_max,
-        });
+        return Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max });
     }
     let kind = FrameKind::from_u8(bytes[8])?;
     if bytes[9] != 0 || bytes[10] != 0 || bytes[11] != 0 {
         return Err(FrameError::Reserved);
     }
-    Ok(Some(FrameHeader {
-        length,
-        crc: u32_at(bytes, 4),
-        kind,
-        aux: u32_at(bytes, 12),
-        group: u64_at(bytes, 16),
-    }))
+    Ok(Some(FrameHeader { length, crc: u32_at(bytes, 4), kind, aux: u32_at(bytes, 12), group: u64_at(bytes, 16) }))
 }
 
 /// Decodes one whole frame from the start of `bytes`: header, CRC and padding.
@@ -164,10 +152,7 @@ pub fn decode_header(
 /// # Errors
 /// Any [`FrameError`] but `Truncated` and `UnexpectedKind`.
 #[inline]
-pub fn decode_frame(
-    bytes: &[u8],
-    frame_bytes_max: usize,
-) -> Result<Option<(FrameHeader, usize)>, FrameError> {
+pub fn decode_frame(bytes: &[u8], frame_bytes_max: usize) -> Result<Option<(FrameHeader, usize)>, FrameError> {
     let Some(header) = decode_header(bytes, frame_bytes_max)? else {
         return Ok(None);
     };
@@ -176,15 +161,10 @@ pub fn decode_frame(
         return Ok(None);
     }
     let payload_end = FRAME_HEADER_BYTES + header.length as usize;
-    let actual = crc32c::crc32c_append(
-        crc32c::crc32c(&bytes[8..FRAME_HEADER_BYTES]),
-        &bytes[FRAME_HEADER_BYTES..payload_end],
-    );
+    let actual =
+        crc32c::crc32c_append(crc32c::crc32c(&bytes[8..FRAME_HEADER_BYTES]), &bytes[FRAME_HEADER_BYTES..payload_end]);
     if actual != header.crc {
-        return Err(FrameError::Crc {
-            expected: header.crc,
-            actual,
-        });
+        return Err(FrameError::Crc { expected: header.crc, actual });
     }
     // Padding is part of no field; insisting on zeros keeps the encoding canonical.
     if bytes[payload_end..total].iter().any(|&b| b != 0) {
@@ -215,8 +195,7 @@ pub fn write_header<'a>(
         crc = crc32c::crc32c_append(crc, part);
         length += part.len();
     }
-    let length = u32::try_from(length)
-        .expect("frame payload length fits u32: callers check frame_bytes_max first");
+    let length = u32::try_from(length).expect("frame payload length fits u32: callers check frame_bytes_max first");
     header[0..4].copy_from_slice(&length.to_le_bytes());
     header[4..8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -235,10 +214,7 @@ pub fn encode_frame(
 ) -> Result<(), FrameError> {
     let total = frame_bytes(payload.len());
     if total > frame_bytes_max {
-        return Err(FrameError::TooLarge {
-            bytes: total,
-            max: frame_bytes_max,
-        });
+        return Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max });
     }
     let mut header = [0u8; FRAME_HEADER_BYTES];
     write_header(&mut header, kind, aux, group, [payload]);
@@ -263,10 +239,7 @@ mod tests {
         assert_eq!(out.len(), 32);
         let (header, total) = decode_frame(&out, MAX).unwrap().unwrap();
         assert_eq!(total, 32);
-        assert_eq!(
-            (header.kind, header.aux, header.group, header.length),
-            (FrameKind::Raft, 7, 42, 5)
-        );
+        assert_eq!((header.kind, header.aux, header.group, header.length), (FrameKind::Raft, 7, 42, 5));
         assert_eq!(&out[FRAME_HEADER_BYTES..][..5], b"hello");
     }
 
@@ -275,33 +248,19 @@ mod tests {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         header[8] = FrameKind::Raft as u8;
-        assert!(matches!(
-            decode_header(&header, MAX),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_header(&header, MAX), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn every_flipped_bit_is_detected() {
         let mut out = Vec::new();
-        encode_frame(
-            &mut out,
-            FrameKind::ClientRequest,
-            1,
-            2,
-            b"some payload bytes",
-            MAX,
-        )
-        .unwrap();
+        encode_frame(&mut out, FrameKind::ClientRequest, 1, 2, b"some payload bytes", MAX).unwrap();
         for bit in 0..out.len() * 8 {
             let mut corrupt = out.clone();
             corrupt[bit / 8] ^= 1 << (bit % 8);
             // A flip in the length makes the frame look incomplete or oversize; anything else
             // is an error. It is never accepted as the original frame.
-            assert!(
-                !matches!(decode_frame(&corrupt, MAX), Ok(Some(_))),
-                "bit {bit} flipped and frame still accepted"
-            );
+            assert!(!matches!(decode_frame(&corrupt, MAX), Ok(Some(_))), "bit {bit} flipped and frame still accepted");
         }
     }
 

@@ -17,9 +17,7 @@ pub const FUZZ_FRAME_BYTES_MAX: usize = 1 << 16;
 pub fn frame_decoder(data: &[u8]) {
     let mut at = 0;
     while let Ok(Some((header, total))) = decode_frame(&data[at..], FUZZ_FRAME_BYTES_MAX) {
-        assert!(
-            total >= FRAME_HEADER_BYTES + header.length as usize && total <= FUZZ_FRAME_BYTES_MAX
-        );
+        assert!(total >= FRAME_HEADER_BYTES + header.length as usize && total <= FUZZ_FRAME_BYTES_MAX);
         at += total;
     }
 }
@@ -32,12 +30,9 @@ pub fn message_decoder(data: &[u8]) {
     let payload = Bytes::copy_from_slice(payload);
     if let Ok(message) = decode_message(7, u32::from_le_bytes(*aux), &payload) {
         let mut batch = SendBatch::new();
-        encode_message(&mut batch, &message, usize::MAX >> 2)
-            .expect("a decoded message re-encodes");
+        encode_message(&mut batch, &message, usize::MAX >> 2).expect("a decoded message re-encodes");
         let bytes = Bytes::from(batch.to_vec());
-        let (header, _) = decode_frame(&bytes, usize::MAX >> 2)
-            .expect("valid frame")
-            .expect("complete frame");
+        let (header, _) = decode_frame(&bytes, usize::MAX >> 2).expect("valid frame").expect("complete frame");
         let again = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
         assert_eq!(decode_message(7, header.aux, &again).as_ref(), Ok(&message));
     }
@@ -48,23 +43,17 @@ pub fn client_request_decoder(data: &[u8]) {
     let payload = Bytes::copy_from_slice(data);
     if let Ok(request) = decode_request(3, &payload) {
         let mut batch = SendBatch::new();
-        encode_request(&mut batch, &request, usize::MAX >> 2)
-            .expect("a decoded request re-encodes");
+        encode_request(&mut batch, &request, usize::MAX >> 2).expect("a decoded request re-encodes");
         let bytes = Bytes::from(batch.to_vec());
-        let (header, _) = decode_frame(&bytes, usize::MAX >> 2)
-            .expect("valid frame")
-            .expect("complete frame");
+        let (header, _) = decode_frame(&bytes, usize::MAX >> 2).expect("valid frame").expect("complete frame");
         let again = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
         assert_eq!(again, payload, "request encoding is canonical");
     }
     if let Ok(response) = decode_response(&payload) {
         let mut batch = SendBatch::new();
-        encode_response(&mut batch, 3, &response, usize::MAX >> 2)
-            .expect("a decoded response re-encodes");
+        encode_response(&mut batch, 3, &response, usize::MAX >> 2).expect("a decoded response re-encodes");
         let bytes = Bytes::from(batch.to_vec());
-        let (header, _) = decode_frame(&bytes, usize::MAX >> 2)
-            .expect("valid frame")
-            .expect("complete frame");
+        let (header, _) = decode_frame(&bytes, usize::MAX >> 2).expect("valid frame").expect("complete frame");
         let again = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
         assert_eq!(decode_response(&again).as_ref(), Ok(&response));
     }

@@ -122,16 +122,10 @@ impl RefuseReason {
 pub enum HandshakeError {
     /// We refused the other side.
     #[error("refused peer: {reason:?}: {detail}")]
-    Refused {
-        reason: RefuseReason,
-        detail: String,
-    },
+    Refused { reason: RefuseReason, detail: String },
     /// The other side refused us.
     #[error("refused by peer: {reason:?}: {detail}")]
-    RefusedByPeer {
-        reason: RefuseReason,
-        detail: String,
-    },
+    RefusedByPeer { reason: RefuseReason, detail: String },
     #[error("connection failed during handshake: {0}")]
     Conn(#[from] ConnError),
 }
@@ -180,8 +174,7 @@ impl Hello {
 }
 
 fn proof(secret: &[u8], label: &[u8], hello_dialer: &[u8], hello_acceptor: &[u8]) -> Hmac<Sha256> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(label);
     mac.update(hello_dialer);
     mac.update(hello_acceptor);
@@ -196,9 +189,7 @@ fn nonce() -> Result<[u8; NONCE_BYTES], ConnError> {
     while filled < NONCE_BYTES {
         // SAFETY: the pointer and length describe the unfilled tail of `nonce`, which getrandom
         // writes at most that many bytes into.
-        let got = unsafe {
-            libc::getrandom(nonce[filled..].as_mut_ptr().cast(), NONCE_BYTES - filled, 0)
-        };
+        let got = unsafe { libc::getrandom(nonce[filled..].as_mut_ptr().cast(), NONCE_BYTES - filled, 0) };
         if got < 0 {
             let error = std::io::Error::last_os_error();
             if error.kind() != std::io::ErrorKind::Interrupted {
@@ -219,12 +210,7 @@ fn send_frame(stream: &mut TcpStream, kind: FrameKind, payload: &[u8]) -> Result
 }
 
 /// Refuses the other side: logs, counts, tells it why (best effort) and returns the error.
-fn refuse(
-    stream: &mut TcpStream,
-    counters: &Counters,
-    reason: RefuseReason,
-    detail: String,
-) -> HandshakeError {
+fn refuse(stream: &mut TcpStream, counters: &Counters, reason: RefuseReason, detail: String) -> HandshakeError {
     bump(reason.counter(counters));
     if let Some(suppressed) = counters.log_limit.allow() {
         tracing::warn!(peer = ?stream.peer_addr().ok(), ?reason, %detail, suppressed, "peer handshake refused");
@@ -240,8 +226,7 @@ fn refused_by_peer(payload: &[u8], counters: &Counters) -> HandshakeError {
     bump(&counters.handshake_refused_by_peer);
     let reason = RefuseReason::from_u8(payload.first().copied().unwrap_or(0));
     let text = payload.get(1..).unwrap_or_default();
-    let detail =
-        String::from_utf8_lossy(&text[..text.len().min(REFUSE_TEXT_BYTES_MAX)]).into_owned();
+    let detail = String::from_utf8_lossy(&text[..text.len().min(REFUSE_TEXT_BYTES_MAX)]).into_owned();
     if let Some(suppressed) = counters.log_limit.allow() {
         tracing::warn!(?reason, %detail, suppressed, "our handshake was refused by the peer");
     }
@@ -252,35 +237,23 @@ fn check_hello(identity: &Identity, hello: &Hello) -> Result<(), (RefuseReason, 
     if hello.version < PROTOCOL_VERSION_MIN {
         return Err((
             RefuseReason::Version,
-            format!(
-                "protocol version {} is older than {PROTOCOL_VERSION_MIN}",
-                hello.version
-            ),
+            format!("protocol version {} is older than {PROTOCOL_VERSION_MIN}", hello.version),
         ));
     }
     if hello.cluster_id != identity.cluster_id {
         return Err((
             RefuseReason::ForeignCluster,
-            format!(
-                "cluster id {:#x} is not ours ({:#x})",
-                hello.cluster_id, identity.cluster_id
-            ),
+            format!("cluster id {:#x} is not ours ({:#x})", hello.cluster_id, identity.cluster_id),
         ));
     }
     if hello.to != identity.node_id {
         return Err((
             RefuseReason::WrongTarget,
-            format!(
-                "hello for node {} reached node {}",
-                hello.to, identity.node_id
-            ),
+            format!("hello for node {} reached node {}", hello.to, identity.node_id),
         ));
     }
     if hello.from == identity.node_id {
-        return Err((
-            RefuseReason::DuplicateNode,
-            format!("peer claims our own node id {}", hello.from),
-        ));
+        return Err((RefuseReason::DuplicateNode, format!("peer claims our own node id {}", hello.from)));
     }
     Ok(())
 }
@@ -307,44 +280,24 @@ pub(crate) fn accept(
     let (kind, payload) = match read(reader, stream, config, deadline) {
         Ok(frame) => frame,
         Err(ConnError::Deadline | ConnError::SlowFrame(_) | ConnError::Idle(_)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Timeout,
-                "no hello in time".into(),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Timeout, "no hello in time".into()));
         }
         Err(ConnError::Frame(error)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Malformed,
-                format!("bad frame: {error}"),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Malformed, format!("bad frame: {error}")));
         }
         Err(error) => return Err(error.into()),
     };
     let hello_dialer = match (kind, Hello::decode(&payload)) {
         (FrameKind::Hello, Some(hello)) if payload.len() == HELLO_BYTES => hello,
         _ => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Malformed,
-                format!("expected a hello, got {kind:?}"),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Malformed, format!("expected a hello, got {kind:?}")));
         }
     };
     if let Err((reason, detail)) = check_hello(identity, &hello_dialer) {
         return Err(refuse(stream, counters, reason, detail));
     }
     if let Err((reason, why)) = admit(hello_dialer.from) {
-        return Err(refuse(
-            stream,
-            counters,
-            reason,
-            format!("node {}: {why}", hello_dialer.from),
-        ));
+        return Err(refuse(stream, counters, reason, format!("node {}: {why}", hello_dialer.from)));
     }
     let hello_acceptor = Hello {
         version: PROTOCOL_VERSION,
@@ -358,33 +311,16 @@ pub(crate) fn accept(
     let mut reply = Vec::with_capacity(HELLO_BYTES + PROOF_BYTES);
     reply.extend_from_slice(&acceptor_bytes);
     reply.extend_from_slice(
-        &proof(
-            &identity.secret,
-            LABEL_ACCEPTOR,
-            &dialer_bytes,
-            &acceptor_bytes,
-        )
-        .finalize()
-        .into_bytes(),
+        &proof(&identity.secret, LABEL_ACCEPTOR, &dialer_bytes, &acceptor_bytes).finalize().into_bytes(),
     );
     send_frame(stream, FrameKind::HelloReply, &reply)?;
     let (kind, payload) = match read(reader, stream, config, deadline) {
         Ok(frame) => frame,
         Err(ConnError::Deadline | ConnError::SlowFrame(_) | ConnError::Idle(_)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Timeout,
-                "no proof in time".into(),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Timeout, "no proof in time".into()));
         }
         Err(ConnError::Frame(error)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Malformed,
-                format!("bad frame: {error}"),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Malformed, format!("bad frame: {error}")));
         }
         Err(error) => return Err(error.into()),
     };
@@ -392,31 +328,15 @@ pub(crate) fn accept(
         FrameKind::Auth if payload.len() == PROOF_BYTES => {}
         FrameKind::Refuse => return Err(refused_by_peer(&payload, counters)),
         _ => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Malformed,
-                format!("expected a proof, got {kind:?}"),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Malformed, format!("expected a proof, got {kind:?}")));
         }
     }
-    if proof(
-        &identity.secret,
-        LABEL_DIALER,
-        &dialer_bytes,
-        &acceptor_bytes,
-    )
-    .verify_slice(&payload)
-    .is_err()
-    {
+    if proof(&identity.secret, LABEL_DIALER, &dialer_bytes, &acceptor_bytes).verify_slice(&payload).is_err() {
         return Err(refuse(
             stream,
             counters,
             RefuseReason::BadProof,
-            format!(
-                "node {} does not know the cluster secret",
-                hello_dialer.from
-            ),
+            format!("node {} does not know the cluster secret", hello_dialer.from),
         ));
     }
     Ok(hello_dialer.from)
@@ -447,37 +367,20 @@ pub(crate) fn dial(
     let (kind, payload) = match read(reader, stream, config, deadline) {
         Ok(frame) => frame,
         Err(ConnError::Deadline | ConnError::SlowFrame(_) | ConnError::Idle(_)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Timeout,
-                "no hello reply in time".into(),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Timeout, "no hello reply in time".into()));
         }
         Err(ConnError::Frame(error)) => {
-            return Err(refuse(
-                stream,
-                counters,
-                RefuseReason::Malformed,
-                format!("bad frame: {error}"),
-            ));
+            return Err(refuse(stream, counters, RefuseReason::Malformed, format!("bad frame: {error}")));
         }
         Err(error) => return Err(error.into()),
     };
     let hello_acceptor = match kind {
         FrameKind::Refuse => return Err(refused_by_peer(&payload, counters)),
-        FrameKind::HelloReply if payload.len() == HELLO_BYTES + PROOF_BYTES => {
-            Hello::decode(&payload)
-        }
+        FrameKind::HelloReply if payload.len() == HELLO_BYTES + PROOF_BYTES => Hello::decode(&payload),
         _ => None,
     };
     let Some(hello_acceptor) = hello_acceptor else {
-        return Err(refuse(
-            stream,
-            counters,
-            RefuseReason::Malformed,
-            format!("expected a hello reply, got {kind:?}"),
-        ));
+        return Err(refuse(stream, counters, RefuseReason::Malformed, format!("expected a hello reply, got {kind:?}")));
     };
     if let Err((reason, detail)) = check_hello(identity, &hello_acceptor) {
         return Err(refuse(stream, counters, reason, detail));
@@ -491,14 +394,9 @@ pub(crate) fn dial(
         ));
     }
     let acceptor_bytes = hello_acceptor.encode();
-    if proof(
-        &identity.secret,
-        LABEL_ACCEPTOR,
-        &dialer_bytes,
-        &acceptor_bytes,
-    )
-    .verify_slice(&payload[HELLO_BYTES..])
-    .is_err()
+    if proof(&identity.secret, LABEL_ACCEPTOR, &dialer_bytes, &acceptor_bytes)
+        .verify_slice(&payload[HELLO_BYTES..])
+        .is_err()
     {
         return Err(refuse(
             stream,
@@ -507,14 +405,7 @@ pub(crate) fn dial(
             format!("node {peer} does not know the cluster secret"),
         ));
     }
-    let proof_dialer = proof(
-        &identity.secret,
-        LABEL_DIALER,
-        &dialer_bytes,
-        &acceptor_bytes,
-    )
-    .finalize()
-    .into_bytes();
+    let proof_dialer = proof(&identity.secret, LABEL_DIALER, &dialer_bytes, &acceptor_bytes).finalize().into_bytes();
     send_frame(stream, FrameKind::Auth, &proof_dialer)?;
     Ok(())
 }
@@ -537,13 +428,7 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_rejects_bad_magic() {
-        let hello = Hello {
-            version: 1,
-            cluster_id: 7,
-            from: 1,
-            to: 2,
-            nonce: [9; 32],
-        };
+        let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [9; 32] };
         let bytes = hello.encode();
         assert_eq!(Hello::decode(&bytes), Some(hello));
         let mut bad = bytes;
@@ -554,12 +439,8 @@ mod tests {
 
     #[test]
     fn proofs_differ_by_role() {
-        let a = proof(b"secret-secret-secret", LABEL_DIALER, b"x", b"y")
-            .finalize()
-            .into_bytes();
-        let b = proof(b"secret-secret-secret", LABEL_ACCEPTOR, b"x", b"y")
-            .finalize()
-            .into_bytes();
+        let a = proof(b"secret-secret-secret", LABEL_DIALER, b"x", b"y").finalize().into_bytes();
+        let b = proof(b"secret-secret-secret", LABEL_ACCEPTOR, b"x", b"y").finalize().into_bytes();
         assert_ne!(a, b);
     }
 }

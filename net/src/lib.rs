@@ -75,8 +75,8 @@ pub mod wire;
 pub use batch::SendBatch;
 pub use client::{Client, ClientConfig, ClientError};
 pub use client_proto::{
-    AdminRequest, Consistency, ProtoError, Request, RequestBody, Response, ResponseBody,
-    decode_request, decode_response, encode_request, encode_response,
+    AdminRequest, Consistency, ProtoError, Request, RequestBody, Response, ResponseBody, decode_request,
+    decode_response, encode_request, encode_response,
 };
 pub use config::{ConfigError, NetConfig};
 pub use conn::ConnError;

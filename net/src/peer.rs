@@ -109,9 +109,7 @@ struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.shared
-            .accepted_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.accepted_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -179,12 +177,8 @@ impl PeerTransport {
             accepted_connections: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
         });
-        let mut transport = PeerTransport {
-            shared: Arc::clone(&shared),
-            links: HashMap::new(),
-            local_addr,
-            accept_thread: None,
-        };
+        let mut transport =
+            PeerTransport { shared: Arc::clone(&shared), links: HashMap::new(), local_addr, accept_thread: None };
         for &(id, address) in peers {
             transport.add_peer(id, address)?;
         }
@@ -267,20 +261,8 @@ impl PeerTransport {
         let thread = thread::Builder::new()
             .name(format!("net-link-{}-{}", self.shared.identity.node_id, id))
             .spawn(move || link_state.run())?;
-        self.shared
-            .registry
-            .lock()
-            .expect("registry lock poisoned")
-            .insert(id, Arc::clone(&slot));
-        self.links.insert(
-            id,
-            Link {
-                slot,
-                queue: queue_tx,
-                stop: Some(stop_tx),
-                thread: Some(thread),
-            },
-        );
+        self.shared.registry.lock().expect("registry lock poisoned").insert(id, Arc::clone(&slot));
+        self.links.insert(id, Link { slot, queue: queue_tx, stop: Some(stop_tx), thread: Some(thread) });
         Ok(())
     }
 
@@ -293,11 +275,7 @@ impl PeerTransport {
 
     /// Removes a peer: its connection is closed and its queued messages dropped.
     pub fn remove_peer(&mut self, id: NodeId) {
-        self.shared
-            .registry
-            .lock()
-            .expect("registry lock poisoned")
-            .remove(&id);
+        self.shared.registry.lock().expect("registry lock poisoned").remove(&id);
         if let Some(link) = self.links.remove(&id) {
             link.stop_and_join();
         }
@@ -335,11 +313,7 @@ impl PeerTransport {
         // flag. If that fails the listener is already broken and the thread has exited.
         let mut wake = self.local_addr;
         if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
+            wake.set_ip(if wake.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
         }
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(thread) = self.accept_thread.take() {
@@ -364,8 +338,7 @@ impl Link {
 }
 
 fn message_queue_bytes(message: &Message) -> usize {
-    usize::try_from(message.body.size_bytes()).unwrap_or(usize::MAX / 2)
-        + QUEUE_MESSAGE_OVERHEAD_BYTES
+    usize::try_from(message.body.size_bytes()).unwrap_or(usize::MAX / 2) + QUEUE_MESSAGE_OVERHEAD_BYTES
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
@@ -384,13 +357,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             }
         };
         let connections = shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
-        let guard = ConnectionGuard {
-            shared: Arc::clone(shared),
-        };
+        let guard = ConnectionGuard { shared: Arc::clone(shared) };
         let handshakes = shared.handshakes.fetch_add(1, Ordering::Relaxed);
-        if connections >= shared.config.connections_max
-            || handshakes >= shared.config.handshakes_max
-        {
+        if connections >= shared.config.connections_max || handshakes >= shared.config.handshakes_max {
             shared.handshakes.fetch_sub(1, Ordering::Relaxed);
             bump(&shared.counters.connections_refused_limit);
             if let Some(suppressed) = shared.counters.log_limit.allow() {
@@ -401,12 +370,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             continue;
         }
         let handshake_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("net-handshake".into())
-            .spawn(move || {
-                accept_connection(&handshake_shared, stream, guard);
-                handshake_shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-            });
+        let spawned = thread::Builder::new().name("net-handshake".into()).spawn(move || {
+            accept_connection(&handshake_shared, stream, guard);
+            handshake_shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+        });
         if let Err(error) = spawned {
             shared.handshakes.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(%error, "cannot start a handshake thread");
@@ -422,32 +389,17 @@ fn accept_connection(shared: &Arc<Shared>, mut stream: TcpStream, guard: Connect
     let our_id = shared.identity.node_id;
     let admit = |node: NodeId| -> Result<(), (RefuseReason, &'static str)> {
         let registry = shared.registry.lock().expect("registry lock poisoned");
-        let slot = registry
-            .get(&node)
-            .ok_or((RefuseReason::UnknownNode, "not in this node's peer list"))?;
+        let slot = registry.get(&node).ok_or((RefuseReason::UnknownNode, "not in this node's peer list"))?;
         // The lower id dials; a connection from a higher id would be a second link for the pair.
         if node > our_id {
-            return Err((
-                RefuseReason::DuplicateNode,
-                "the node with the lower id dials, not this one",
-            ));
+            return Err((RefuseReason::DuplicateNode, "the node with the lower id dials, not this one"));
         }
         if slot.connected.load(Ordering::Relaxed) {
-            return Err((
-                RefuseReason::DuplicateNode,
-                "already has a live connection here",
-            ));
+            return Err((RefuseReason::DuplicateNode, "already has a live connection here"));
         }
         Ok(())
     };
-    let node = match handshake::accept(
-        &mut stream,
-        &mut reader,
-        &shared.identity,
-        config,
-        &shared.counters,
-        admit,
-    ) {
+    let node = match handshake::accept(&mut stream, &mut reader, &shared.identity, config, &shared.counters, admit) {
         Ok(node) => node,
         Err(HandshakeError::Conn(error)) => {
             tracing::debug!(%error, "peer handshake failed");
@@ -456,12 +408,7 @@ fn accept_connection(shared: &Arc<Shared>, mut stream: TcpStream, guard: Connect
         // Refusals are logged and counted where they happen.
         Err(_) => return,
     };
-    let slot = shared
-        .registry
-        .lock()
-        .expect("registry lock poisoned")
-        .get(&node)
-        .cloned();
+    let slot = shared.registry.lock().expect("registry lock poisoned").get(&node).cloned();
     let Some(slot) = slot else {
         bump(&shared.counters.handshake_refused_unknown_node);
         tracing::warn!(node, "peer removed during its handshake");
@@ -469,24 +416,14 @@ fn accept_connection(shared: &Arc<Shared>, mut stream: TcpStream, guard: Connect
     };
     if slot.connected.load(Ordering::Relaxed) {
         bump(&shared.counters.handshake_refused_duplicate_node);
-        tracing::warn!(
-            node,
-            "peer handshake refused: a connection to it is already live"
-        );
+        tracing::warn!(node, "peer handshake refused: a connection to it is already live");
         return;
     }
-    match slot.adopt.try_send(Adopted {
-        stream,
-        reader,
-        guard,
-    }) {
+    match slot.adopt.try_send(Adopted { stream, reader, guard }) {
         Ok(()) => {}
         Err(_) => {
             bump(&shared.counters.handshake_refused_duplicate_node);
-            tracing::warn!(
-                node,
-                "peer handshake refused: another connection from it is pending"
-            );
+            tracing::warn!(node, "peer handshake refused: another connection from it is pending");
         }
     }
 }
@@ -517,11 +454,7 @@ impl LinkState {
             self.shared.config.seed ^ our_id.rotate_left(32) ^ self.slot.id,
         );
         loop {
-            let connection = if our_id < self.slot.id {
-                self.dial(&mut backoff)
-            } else {
-                self.wait_for_adoption()
-            };
+            let connection = if our_id < self.slot.id { self.dial(&mut backoff) } else { self.wait_for_adoption() };
             let Some((stream, reader, guard)) = connection else {
                 return;
             };
@@ -538,8 +471,7 @@ impl LinkState {
             // A connection that lived a while was healthy: redial at once. One that died young
             // (a peer that authenticates and then drops us) counts as a failure, so that a
             // flapping peer is redialed with backoff, not in a tight loop.
-            if connected_at.elapsed() >= Duration::from_millis(self.shared.config.reconnect_ms_max)
-            {
+            if connected_at.elapsed() >= Duration::from_millis(self.shared.config.reconnect_ms_max) {
                 backoff.reset();
             } else if our_id < self.slot.id {
                 match self.stop.recv_timeout(backoff.next_delay()) {
@@ -552,17 +484,11 @@ impl LinkState {
 
     fn stopped(&self) -> bool {
         self.shared.shutdown.load(Ordering::Relaxed)
-            || matches!(
-                self.stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Disconnected)
-            )
+            || matches!(self.stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
     }
 
     /// Dials until a connection is authenticated; `None` when the link must stop.
-    fn dial(
-        &mut self,
-        backoff: &mut Backoff,
-    ) -> Option<(TcpStream, FrameReader, Option<ConnectionGuard>)> {
+    fn dial(&mut self, backoff: &mut Backoff) -> Option<(TcpStream, FrameReader, Option<ConnectionGuard>)> {
         loop {
             if self.stopped() {
                 return None;
@@ -586,21 +512,11 @@ impl LinkState {
 
     fn try_dial(&self, address: SocketAddr) -> Result<(TcpStream, FrameReader), HandshakeError> {
         let config = &self.shared.config;
-        let mut stream =
-            TcpStream::connect_timeout(&address, config.handshake()).map_err(ConnError::Io)?;
+        let mut stream = TcpStream::connect_timeout(&address, config.handshake()).map_err(ConnError::Io)?;
         stream.set_nodelay(true).map_err(ConnError::Io)?;
-        stream
-            .set_write_timeout(Some(config.handshake()))
-            .map_err(ConnError::Io)?;
+        stream.set_write_timeout(Some(config.handshake())).map_err(ConnError::Io)?;
         let mut reader = FrameReader::new(config.read_bytes_max, config.frame_bytes_max);
-        handshake::dial(
-            &mut stream,
-            &mut reader,
-            &self.shared.identity,
-            self.slot.id,
-            config,
-            &self.shared.counters,
-        )?;
+        handshake::dial(&mut stream, &mut reader, &self.shared.identity, self.slot.id, config, &self.shared.counters)?;
         Ok((stream, reader))
     }
 
@@ -635,19 +551,10 @@ impl LinkState {
         let reader_shared = Arc::clone(&self.shared);
         let peer = self.slot.id;
         let reader_thread = thread::Builder::new()
-            .name(format!(
-                "net-read-{}-{}",
-                self.shared.identity.node_id, peer
-            ))
+            .name(format!("net-read-{}-{}", self.shared.identity.node_id, peer))
             .spawn(move || {
                 let _alive = alive;
-                read_loop(
-                    &reader_shared,
-                    peer,
-                    &reader_stream,
-                    reader,
-                    &reader_closing,
-                );
+                read_loop(&reader_shared, peer, &reader_stream, reader, &reader_closing);
             });
         let reader_thread = match reader_thread {
             Ok(thread) => thread,
@@ -692,11 +599,7 @@ impl LinkState {
     fn push(&mut self, message: Message) {
         let bytes = message_queue_bytes(&message);
         self.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        match encode_message(
-            &mut self.batch,
-            &message,
-            self.shared.config.frame_bytes_max,
-        ) {
+        match encode_message(&mut self.batch, &message, self.shared.config.frame_bytes_max) {
             Ok(()) => {}
             Err(EncodeError::Frame(FrameError::TooLarge { bytes, max })) => {
                 bump(&self.shared.counters.send_dropped_too_large);
@@ -757,13 +660,7 @@ impl LinkState {
 }
 
 /// Receives from one peer until the connection ends, handing message batches to the consumer.
-fn read_loop(
-    shared: &Shared,
-    peer: NodeId,
-    stream: &TcpStream,
-    mut reader: FrameReader,
-    closing: &AtomicBool,
-) {
+fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: FrameReader, closing: &AtomicBool) {
     let config = &shared.config;
     let counters = &shared.counters;
     let our_id = shared.identity.node_id;
@@ -781,9 +678,7 @@ fn read_loop(
             add(&counters.bytes_received, header.frame_bytes() as u64);
             match header.kind {
                 FrameKind::Raft => match decode_message(header.group, header.aux, &payload) {
-                    Ok(message) if message.from == peer && message.to == our_id => {
-                        messages.push(message)
-                    }
+                    Ok(message) if message.from == peer && message.to == our_id => messages.push(message),
                     Ok(message) => {
                         bump(&counters.messages_misaddressed);
                         if let Some(suppressed) = counters.log_limit.allow() {
@@ -798,9 +693,7 @@ fn read_loop(
                     }
                     Err(error) => {
                         tracing::warn!(peer, %error, "invalid raft message; closing the connection");
-                        break 'connection ConnError::Frame(FrameError::UnexpectedKind(
-                            FrameKind::Raft,
-                        ));
+                        break 'connection ConnError::Frame(FrameError::UnexpectedKind(FrameKind::Raft));
                     }
                 },
                 FrameKind::Ping => {}
@@ -809,10 +702,7 @@ fn read_loop(
         }
         if !messages.is_empty() {
             add(&counters.messages_received, messages.len() as u64);
-            let mut batch = Inbound {
-                from: peer,
-                messages,
-            };
+            let mut batch = Inbound { from: peer, messages };
             let mut waited = false;
             loop {
                 match shared.inbound.send_timeout(batch, INBOUND_WAIT) {
@@ -822,9 +712,7 @@ fn read_loop(
                             bump(&counters.inbound_full_waits);
                             waited = true;
                         }
-                        if shared.shutdown.load(Ordering::Relaxed)
-                            || closing.load(Ordering::Relaxed)
-                        {
+                        if shared.shutdown.load(Ordering::Relaxed) || closing.load(Ordering::Relaxed) {
                             return;
                         }
                         batch = returned;
@@ -837,12 +725,8 @@ fn read_loop(
                 reader.note_alive();
             }
         }
-        if let Err(error) = reader.fill_with_deadlines(
-            stream,
-            config.idle_timeout(),
-            config.frame_receive_max(),
-            None,
-        ) {
+        if let Err(error) = reader.fill_with_deadlines(stream, config.idle_timeout(), config.frame_receive_max(), None)
+        {
             break error;
         }
     };
@@ -872,40 +756,19 @@ mod tests {
     const SECRET: &[u8] = b"the secret of this test cluster";
 
     fn config() -> NetConfig {
-        NetConfig {
-            idle_timeout_ms: 400,
-            frame_receive_ms_max: 200,
-            keepalive_ms: 100,
-            ..NetConfig::default()
-        }
+        NetConfig { idle_timeout_ms: 400, frame_receive_ms_max: 200, keepalive_ms: 100, ..NetConfig::default() }
     }
 
     /// Node 2 listening, and an authenticated raw connection to it as node 1.
     fn authenticated() -> (PeerTransport, Receiver<Inbound>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let unused = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let identity = |node_id| Identity {
-            cluster_id: 5,
-            node_id,
-            secret: SECRET.to_vec(),
-        };
-        let (node, inbound) =
-            PeerTransport::start(config(), identity(2), listener, &[(1, unused)]).unwrap();
+        let unused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec() };
+        let (node, inbound) = PeerTransport::start(config(), identity(2), listener, &[(1, unused)]).unwrap();
         let mut stream = TcpStream::connect(address).unwrap();
         let mut reader = FrameReader::new(1 << 16, 1 << 20);
-        handshake::dial(
-            &mut stream,
-            &mut reader,
-            &identity(1),
-            2,
-            &config(),
-            &Counters::default(),
-        )
-        .unwrap();
+        handshake::dial(&mut stream, &mut reader, &identity(1), 2, &config(), &Counters::default()).unwrap();
         (node, inbound, stream)
     }
 
@@ -930,12 +793,7 @@ mod tests {
                 prev_log_index: 0,
                 prev_log_term: 0,
                 commit_index: 0,
-                entries: vec![Entry {
-                    index: 1,
-                    term: 1,
-                    kind: EntryKind::Normal,
-                    data: Bytes::from_static(b"x"),
-                }],
+                entries: vec![Entry { index: 1, term: 1, kind: EntryKind::Normal, data: Bytes::from_static(b"x") }],
             },
         }
     }
@@ -951,9 +809,7 @@ mod tests {
         let (node, _inbound, mut stream) = authenticated();
         wait_for("adoption", || node.connected_peers() == vec![1]);
         stream.write_all(&[0xEE; 64]).unwrap();
-        wait_for("garbage disconnect", || {
-            node.stats().disconnects_garbage == 1
-        });
+        wait_for("garbage disconnect", || node.stats().disconnects_garbage == 1);
         wait_for("the link to notice", || node.connected_peers().is_empty());
     }
 
@@ -964,9 +820,7 @@ mod tests {
         // A valid frame (CRC and all) whose archive is nonsense.
         encode_frame(&mut frame, FrameKind::Raft, 16, 1, &[0xFF; 16], 1 << 20).unwrap();
         stream.write_all(&frame).unwrap();
-        wait_for("garbage disconnect", || {
-            node.stats().disconnects_garbage == 1
-        });
+        wait_for("garbage disconnect", || node.stats().disconnects_garbage == 1);
         assert!(inbound.try_recv().is_err());
     }
 
@@ -988,9 +842,7 @@ mod tests {
         let (node, _inbound, mut stream) = authenticated();
         let frame = frame_of(&message(1, 2));
         stream.write_all(&frame[..frame.len() / 2]).unwrap();
-        wait_for("slow frame disconnect", || {
-            node.stats().disconnects_slow_frame == 1
-        });
+        wait_for("slow frame disconnect", || node.stats().disconnects_slow_frame == 1);
     }
 
     #[test]
@@ -1001,24 +853,12 @@ mod tests {
 
     #[test]
     fn idle_but_alive_peers_keep_their_connection_through_keepalives() {
-        let listeners = [
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-        ];
-        let addresses = [
-            listeners[0].local_addr().unwrap(),
-            listeners[1].local_addr().unwrap(),
-        ];
-        let identity = |node_id| Identity {
-            cluster_id: 5,
-            node_id,
-            secret: SECRET.to_vec(),
-        };
+        let listeners = [TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()];
+        let addresses = [listeners[0].local_addr().unwrap(), listeners[1].local_addr().unwrap()];
+        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec() };
         let [l1, l2] = listeners;
-        let (n1, _i1) =
-            PeerTransport::start(config(), identity(1), l1, &[(2, addresses[1])]).unwrap();
-        let (n2, _i2) =
-            PeerTransport::start(config(), identity(2), l2, &[(1, addresses[0])]).unwrap();
+        let (n1, _i1) = PeerTransport::start(config(), identity(1), l1, &[(2, addresses[1])]).unwrap();
+        let (n2, _i2) = PeerTransport::start(config(), identity(2), l2, &[(1, addresses[0])]).unwrap();
         wait_for("connection", || n1.connected_peers() == vec![2]);
         // Three idle timeouts with no message at all.
         thread::sleep(Duration::from_millis(1200));

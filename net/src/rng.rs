@@ -38,16 +38,8 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(ms_min: u64, ms_max: u64, seed: u64) -> Backoff {
-        assert!(
-            ms_min >= 1 && ms_max >= ms_min,
-            "backoff bounds checked by NetConfig::validate"
-        );
-        Backoff {
-            ms_min,
-            ms_max,
-            failures: 0,
-            rng: SplitMix64::new(seed),
-        }
+        assert!(ms_min >= 1 && ms_max >= ms_min, "backoff bounds checked by NetConfig::validate");
+        Backoff { ms_min, ms_max, failures: 0, rng: SplitMix64::new(seed) }
     }
 
     pub(crate) fn reset(&mut self) {
@@ -55,10 +47,7 @@ impl Backoff {
     }
 
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .ms_min
-            .saturating_mul(1u64 << self.failures.min(32))
-            .min(self.ms_max);
+        let ceiling = self.ms_min.saturating_mul(1u64 << self.failures.min(32)).min(self.ms_max);
         self.failures = self.failures.saturating_add(1);
         let half = ceiling / 2;
         let jitter = self.rng.next_u64() % (ceiling - half + 1);
@@ -73,9 +62,7 @@ mod tests {
     #[test]
     fn delays_grow_then_stay_under_the_cap() {
         let mut backoff = Backoff::new(10, 1000, 7);
-        let delays: Vec<u64> = (0..20)
-            .map(|_| backoff.next_delay().as_millis() as u64)
-            .collect();
+        let delays: Vec<u64> = (0..20).map(|_| backoff.next_delay().as_millis() as u64).collect();
         assert!(delays[0] >= 5 && delays[0] <= 10, "{delays:?}");
         assert!(delays.iter().all(|&delay| delay <= 1000), "{delays:?}");
         assert!(delays[19] >= 500, "{delays:?}");

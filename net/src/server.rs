@@ -66,17 +66,11 @@ impl Drop for ClientRequest {
 
 impl Responder {
     fn respond(self, body: ResponseBody) {
-        let response = Response {
-            request_id: self.request_id,
-            body,
-        };
+        let response = Response { request_id: self.request_id, body };
         // Never full: a request counts against client_inflight_max from when it is handed on
         // until the writer takes its response off this queue, and the queue holds that many.
         // A closed connection just drops it.
-        let _ = self
-            .connection
-            .responses
-            .try_send((self.group, response, self.bytes));
+        let _ = self.connection.responses.try_send((self.group, response, self.bytes));
     }
 }
 
@@ -124,10 +118,7 @@ pub struct ClientServer {
 
 impl std::fmt::Debug for ClientServer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("ClientServer")
-            .field("local_addr", &self.local_addr)
-            .finish()
+        formatter.debug_struct("ClientServer").field("local_addr", &self.local_addr).finish()
     }
 }
 
@@ -158,14 +149,7 @@ impl ClientServer {
         let accept_thread = thread::Builder::new()
             .name("net-client-accept".into())
             .spawn(move || accept_loop(&accept_shared, &listener))?;
-        Ok((
-            ClientServer {
-                shared,
-                local_addr,
-                accept_thread: Some(accept_thread),
-            },
-            requests_rx,
-        ))
+        Ok((ClientServer { shared, local_addr, accept_thread: Some(accept_thread) }, requests_rx))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -192,23 +176,13 @@ impl ClientServer {
         }
         let mut wake = self.local_addr;
         if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
+            wake.set_ip(if wake.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
         }
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(thread) = self.accept_thread.take() {
             let _ = thread.join();
         }
-        for (_, stream) in self
-            .shared
-            .streams
-            .lock()
-            .expect("streams lock poisoned")
-            .drain()
-        {
+        for (_, stream) in self.shared.streams.lock().expect("streams lock poisoned").drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -259,44 +233,21 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let (replies_tx, replies_rx) = bounded(READER_REPLIES_MAX);
     let load = Arc::new(Load::default());
     let writer_load = Arc::clone(&load);
-    let connection = Arc::new(Connection {
-        id,
-        load,
-        responses: responses_tx,
-        replies: replies_tx,
-    });
+    let connection = Arc::new(Connection { id, load, responses: responses_tx, replies: replies_tx });
     let writer_stream = stream.try_clone()?;
-    shared
-        .streams
-        .lock()
-        .expect("streams lock poisoned")
-        .insert(id, stream.try_clone()?);
+    shared.streams.lock().expect("streams lock poisoned").insert(id, stream.try_clone()?);
     let writer_shared = Arc::clone(shared);
-    thread::Builder::new()
-        .name(format!("net-client-write-{id}"))
-        .spawn(move || {
-            write_loop(
-                &writer_shared,
-                &writer_stream,
-                &writer_load,
-                &responses_rx,
-                &replies_rx,
-            );
-            let _ = writer_stream.shutdown(Shutdown::Both);
-        })?;
+    thread::Builder::new().name(format!("net-client-write-{id}")).spawn(move || {
+        write_loop(&writer_shared, &writer_stream, &writer_load, &responses_rx, &replies_rx);
+        let _ = writer_stream.shutdown(Shutdown::Both);
+    })?;
     let reader_shared = Arc::clone(shared);
-    thread::Builder::new()
-        .name(format!("net-client-read-{id}"))
-        .spawn(move || {
-            read_loop(&reader_shared, &stream, connection);
-            let _ = stream.shutdown(Shutdown::Both);
-            reader_shared
-                .streams
-                .lock()
-                .expect("streams lock poisoned")
-                .remove(&id);
-            reader_shared.connections.fetch_sub(1, Ordering::Relaxed);
-        })?;
+    thread::Builder::new().name(format!("net-client-read-{id}")).spawn(move || {
+        read_loop(&reader_shared, &stream, connection);
+        let _ = stream.shutdown(Shutdown::Both);
+        reader_shared.streams.lock().expect("streams lock poisoned").remove(&id);
+        reader_shared.connections.fetch_sub(1, Ordering::Relaxed);
+    })?;
     Ok(())
 }
 
@@ -346,10 +297,7 @@ fn write_loop(
                 // or reader ever waits on this queue.
             } else if encode_response(&mut batch, group, &response, frame_bytes_max).is_err() {
                 // A result larger than a frame: the client gets TooLarge instead.
-                let too_large = Response {
-                    request_id: response.request_id,
-                    body: ResponseBody::TooLarge,
-                };
+                let too_large = Response { request_id: response.request_id, body: ResponseBody::TooLarge };
                 let pushed = encode_response(&mut batch, group, &too_large, frame_bytes_max);
                 debug_assert!(pushed.is_ok());
             }
@@ -389,9 +337,7 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
                 Err(error) => break 'connection ConnError::Frame(error),
             };
             if header.kind != FrameKind::ClientRequest {
-                break 'connection ConnError::Frame(crate::frame::FrameError::UnexpectedKind(
-                    header.kind,
-                ));
+                break 'connection ConnError::Frame(crate::frame::FrameError::UnexpectedKind(header.kind));
             }
             bump(&counters.client_requests);
             let request = match decode_request(header.group, &payload) {
@@ -400,13 +346,9 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
                     // The frame was intact, so the stream is still in sync; the request id may
                     // be garbage but is echoed so that a buggy client can match it.
                     bump(&counters.client_invalid);
-                    let request_id = payload
-                        .get(..8)
-                        .map_or(0, |id| u64::from_le_bytes(id.try_into().expect("8 bytes")));
-                    let reply = Response {
-                        request_id,
-                        body: ResponseBody::InvalidRequest(error.to_string()),
-                    };
+                    let request_id =
+                        payload.get(..8).map_or(0, |id| u64::from_le_bytes(id.try_into().expect("8 bytes")));
+                    let reply = Response { request_id, body: ResponseBody::InvalidRequest(error.to_string()) };
                     if connection.replies.send((header.group, reply)).is_err() {
                         break 'connection ConnError::Closed;
                     }
@@ -416,13 +358,9 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
             let bytes = payload.len();
             let request_id = request.request_id;
             let load = &connection.load;
-            let busy = Response {
-                request_id,
-                body: ResponseBody::Busy,
-            };
+            let busy = Response { request_id, body: ResponseBody::Busy };
             if load.inflight.load(Ordering::Relaxed) >= config.client_inflight_max
-                || load.pending_bytes.load(Ordering::Relaxed) + bytes
-                    > config.client_pending_bytes_max
+                || load.pending_bytes.load(Ordering::Relaxed) + bytes > config.client_pending_bytes_max
             {
                 bump(&counters.client_busy);
                 if connection.replies.send((header.group, busy)).is_err() {
@@ -432,17 +370,8 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
             }
             load.inflight.fetch_add(1, Ordering::Relaxed);
             load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-            let responder = Responder {
-                connection: Arc::clone(&connection),
-                group: header.group,
-                request_id,
-                bytes,
-            };
-            let client_request = ClientRequest {
-                connection: connection.id,
-                request,
-                responder: Some(responder),
-            };
+            let responder = Responder { connection: Arc::clone(&connection), group: header.group, request_id, bytes };
+            let client_request = ClientRequest { connection: connection.id, request, responder: Some(responder) };
             match shared.requests.try_send(client_request) {
                 Ok(()) => {}
                 Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
@@ -458,17 +387,10 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
                 }
             }
         }
-        match reader.fill_with_deadlines(
-            stream,
-            config.idle_timeout(),
-            config.frame_receive_max(),
-            None,
-        ) {
+        match reader.fill_with_deadlines(stream, config.idle_timeout(), config.frame_receive_max(), None) {
             Ok(_) => {}
             // A client waiting for answers is not idle.
-            Err(ConnError::Idle(_)) if connection.load.inflight.load(Ordering::Relaxed) > 0 => {
-                reader.note_alive()
-            }
+            Err(ConnError::Idle(_)) if connection.load.inflight.load(Ordering::Relaxed) > 0 => reader.note_alive(),
             Err(error) => break error,
         }
     };

@@ -127,11 +127,7 @@ pub enum WireError {
     #[error("{0} are not sorted, unique and nonzero")]
     Members(&'static str),
     #[error("{what} count {count} exceeds {max}")]
-    TooMany {
-        what: &'static str,
-        count: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, count: usize, max: usize },
     #[error("entry data of {0} bytes does not fit a frame length")]
     EntryTooLarge(usize),
 }
@@ -153,36 +149,22 @@ fn blob_len(bytes: &Bytes) -> Result<u32, WireError> {
 
 fn to_wire(message: &Message) -> Result<WireMessage, WireError> {
     let body = match &message.body {
-        MessageBody::PreVote {
-            last_log_index,
-            last_log_term,
-        } => WireBody::PreVote {
-            last_log_index: *last_log_index,
-            last_log_term: *last_log_term,
-        },
+        MessageBody::PreVote { last_log_index, last_log_term } => {
+            WireBody::PreVote { last_log_index: *last_log_index, last_log_term: *last_log_term }
+        }
         MessageBody::PreVoteResponse { granted } => WireBody::PreVoteResponse { granted: *granted },
-        MessageBody::Vote {
-            last_log_index,
-            last_log_term,
-            leadership_transfer,
-        } => WireBody::Vote {
+        MessageBody::Vote { last_log_index, last_log_term, leadership_transfer } => WireBody::Vote {
             last_log_index: *last_log_index,
             last_log_term: *last_log_term,
             leadership_transfer: *leadership_transfer,
         },
         MessageBody::VoteResponse { granted } => WireBody::VoteResponse { granted: *granted },
-        MessageBody::Append {
-            prev_log_index,
-            prev_log_term,
-            commit_index,
-            entries,
-        } => WireBody::Append {
+        MessageBody::Append { prev_log_index, prev_log_term, commit_index, entries } => WireBody::Append {
             prev_log_index: *prev_log_index,
             prev_log_term: *prev_log_term,
             commit_index: *commit_index,
             entries: {
-                let mut wire_entries =
-                    WIRE_ENTRIES.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
+                let mut wire_entries = WIRE_ENTRIES.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
                 wire_entries.clear();
                 for entry in entries {
                     wire_entries.push(WireEntry {
@@ -195,33 +177,17 @@ fn to_wire(message: &Message) -> Result<WireMessage, WireError> {
                 wire_entries
             },
         },
-        MessageBody::AppendResponse {
-            success,
-            index,
-            hint_index,
-            hint_term,
-        } => WireBody::AppendResponse {
+        MessageBody::AppendResponse { success, index, hint_index, hint_term } => WireBody::AppendResponse {
             success: *success,
             index: *index,
             hint_index: *hint_index,
             hint_term: *hint_term,
         },
-        MessageBody::Heartbeat {
-            commit_index,
-            read_round,
-        } => WireBody::Heartbeat {
-            commit_index: *commit_index,
-            read_round: *read_round,
-        },
-        MessageBody::HeartbeatResponse { read_round } => WireBody::HeartbeatResponse {
-            read_round: *read_round,
-        },
-        MessageBody::Snapshot {
-            meta,
-            offset,
-            data,
-            last,
-        } => WireBody::Snapshot {
+        MessageBody::Heartbeat { commit_index, read_round } => {
+            WireBody::Heartbeat { commit_index: *commit_index, read_round: *read_round }
+        }
+        MessageBody::HeartbeatResponse { read_round } => WireBody::HeartbeatResponse { read_round: *read_round },
+        MessageBody::Snapshot { meta, offset, data, last } => WireBody::Snapshot {
             index: meta.index,
             term: meta.term,
             voters: meta.conf.voters.clone(),
@@ -231,28 +197,16 @@ fn to_wire(message: &Message) -> Result<WireMessage, WireError> {
             data_bytes: blob_len(data)?,
             last: *last,
         },
-        MessageBody::SnapshotResponse {
-            snapshot_index,
-            next_offset,
-            reject,
-        } => WireBody::SnapshotResponse {
-            snapshot_index: *snapshot_index,
-            next_offset: *next_offset,
-            reject: *reject,
-        },
+        MessageBody::SnapshotResponse { snapshot_index, next_offset, reject } => {
+            WireBody::SnapshotResponse { snapshot_index: *snapshot_index, next_offset: *next_offset, reject: *reject }
+        }
         MessageBody::TimeoutNow => WireBody::TimeoutNow,
         MessageBody::ReadIndex { context } => WireBody::ReadIndex { context: *context },
-        MessageBody::ReadIndexResponse { context, index } => WireBody::ReadIndexResponse {
-            context: *context,
-            index: *index,
-        },
+        MessageBody::ReadIndexResponse { context, index } => {
+            WireBody::ReadIndexResponse { context: *context, index: *index }
+        }
     };
-    Ok(WireMessage {
-        from: message.from,
-        to: message.to,
-        term: message.term,
-        body,
-    })
+    Ok(WireMessage { from: message.from, to: message.to, term: message.term, body })
 }
 
 /// Appends `message` to `batch` as one Raft frame. Entry data and snapshot chunks are not
@@ -261,11 +215,7 @@ fn to_wire(message: &Message) -> Result<WireMessage, WireError> {
 /// # Errors
 /// The message does not fit `frame_bytes_max` (the batch is unchanged) or has a field the wire
 /// cannot carry (an entry over 4 GiB).
-pub fn encode_message(
-    batch: &mut SendBatch,
-    message: &Message,
-    frame_bytes_max: usize,
-) -> Result<(), EncodeError> {
+pub fn encode_message(batch: &mut SendBatch, message: &Message, frame_bytes_max: usize) -> Result<(), EncodeError> {
     let wire = to_wire(message)?;
     let (entries, snapshot): (&[Entry], Option<&Bytes>) = match &message.body {
         MessageBody::Append { entries, .. } => (entries, None),
@@ -273,13 +223,9 @@ pub fn encode_message(
         _ => (&[], None),
     };
     let blobs = entries.iter().map(|entry| &entry.data).chain(snapshot);
-    let serialized = batch.push_archive_frame(
-        FrameKind::Raft,
-        message.group,
-        blobs,
-        frame_bytes_max,
-        |buffer| rkyv::api::high::to_bytes_in::<_, rancor::Error>(&wire, buffer).map(|_| ()),
-    );
+    let serialized = batch.push_archive_frame(FrameKind::Raft, message.group, blobs, frame_bytes_max, |buffer| {
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(&wire, buffer).map(|_| ())
+    });
     if let WireBody::Append { entries, .. } = wire.body {
         // Keep the scratch list for the next Append, unless one huge Append grew it.
         if entries.capacity() <= WIRE_ENTRIES_KEPT_MAX {
@@ -298,11 +244,7 @@ fn check_members(
     members: &rkyv::vec::ArchivedVec<rkyv::rend::u64_le>,
 ) -> Result<Vec<NodeId>, WireError> {
     if members.len() > MEMBERS_MAX {
-        return Err(WireError::TooMany {
-            what,
-            count: members.len(),
-            max: MEMBERS_MAX,
-        });
+        return Err(WireError::TooMany { what, count: members.len(), max: MEMBERS_MAX });
     }
     let members: Vec<NodeId> = members.iter().map(|id| id.to_native()).collect();
     // ConfState's invariant, checked at the trust boundary: sorted, no duplicates, no node 0.
@@ -313,10 +255,7 @@ fn check_members(
 }
 
 fn check_conf(conf: ConfState) -> Result<ConfState, WireError> {
-    let overlaps = |list: &[NodeId]| {
-        list.iter()
-            .any(|id| conf.learners.binary_search(id).is_ok())
-    };
+    let overlaps = |list: &[NodeId]| list.iter().any(|id| conf.learners.binary_search(id).is_ok());
     if overlaps(&conf.voters) || overlaps(&conf.voters_outgoing) {
         return Err(WireError::Members("learners that are also voters"));
     }
@@ -331,17 +270,10 @@ fn check_conf(conf: ConfState) -> Result<ConfState, WireError> {
 ///
 /// # Errors
 /// Any [`WireError`]; nothing is built from an archive that failed validation.
-pub fn decode_message(
-    group: GroupId,
-    archive_bytes: u32,
-    payload: &Bytes,
-) -> Result<Message, WireError> {
+pub fn decode_message(group: GroupId, archive_bytes: u32, payload: &Bytes) -> Result<Message, WireError> {
     let archive_len = archive_bytes as usize;
     if archive_len > payload.len() {
-        return Err(WireError::ArchiveBounds {
-            archive: archive_len,
-            payload: payload.len(),
-        });
+        return Err(WireError::ArchiveBounds { archive: archive_len, payload: payload.len() });
     }
     let blobs_start = archive_len.next_multiple_of(FRAME_ALIGN).min(payload.len());
     let archive_slice = &payload[..archive_len];
@@ -367,43 +299,24 @@ pub fn decode_message(
         let end = blob_offset
             .checked_add(bytes as usize)
             .filter(|&end| end <= blobs_len)
-            .ok_or(WireError::BlobBounds {
-                declared: blob_offset as u64 + u64::from(bytes),
-                actual: blobs_len,
-            })?;
+            .ok_or(WireError::BlobBounds { declared: blob_offset as u64 + u64::from(bytes), actual: blobs_len })?;
         let blob = payload.slice(blobs_start + blob_offset..blobs_start + end);
         blob_offset = end;
         Ok(blob)
     };
     let body = match &wire.body {
-        ArchivedWireBody::PreVote {
-            last_log_index,
-            last_log_term,
-        } => MessageBody::PreVote {
+        ArchivedWireBody::PreVote { last_log_index, last_log_term } => MessageBody::PreVote {
             last_log_index: last_log_index.to_native(),
             last_log_term: last_log_term.to_native(),
         },
-        ArchivedWireBody::PreVoteResponse { granted } => {
-            MessageBody::PreVoteResponse { granted: *granted }
-        }
-        ArchivedWireBody::Vote {
-            last_log_index,
-            last_log_term,
-            leadership_transfer,
-        } => MessageBody::Vote {
+        ArchivedWireBody::PreVoteResponse { granted } => MessageBody::PreVoteResponse { granted: *granted },
+        ArchivedWireBody::Vote { last_log_index, last_log_term, leadership_transfer } => MessageBody::Vote {
             last_log_index: last_log_index.to_native(),
             last_log_term: last_log_term.to_native(),
             leadership_transfer: *leadership_transfer,
         },
-        ArchivedWireBody::VoteResponse { granted } => {
-            MessageBody::VoteResponse { granted: *granted }
-        }
-        ArchivedWireBody::Append {
-            prev_log_index,
-            prev_log_term,
-            commit_index,
-            entries,
-        } => {
+        ArchivedWireBody::VoteResponse { granted } => MessageBody::VoteResponse { granted: *granted },
+        ArchivedWireBody::Append { prev_log_index, prev_log_term, commit_index, entries } => {
             let mut decoded = Vec::with_capacity(entries.len());
             for entry in entries.iter() {
                 let kind = EntryKind::from_u8(entry.kind).map_err(WireError::EntryKind)?;
@@ -421,81 +334,49 @@ pub fn decode_message(
                 entries: decoded,
             }
         }
-        ArchivedWireBody::AppendResponse {
-            success,
-            index,
-            hint_index,
-            hint_term,
-        } => MessageBody::AppendResponse {
+        ArchivedWireBody::AppendResponse { success, index, hint_index, hint_term } => MessageBody::AppendResponse {
             success: *success,
             index: index.to_native(),
             hint_index: hint_index.to_native(),
             hint_term: hint_term.to_native(),
         },
-        ArchivedWireBody::Heartbeat {
-            commit_index,
-            read_round,
-        } => MessageBody::Heartbeat {
-            commit_index: commit_index.to_native(),
-            read_round: read_round.to_native(),
-        },
-        ArchivedWireBody::HeartbeatResponse { read_round } => MessageBody::HeartbeatResponse {
-            read_round: read_round.to_native(),
-        },
-        ArchivedWireBody::Snapshot {
-            index,
-            term,
-            voters,
-            voters_outgoing,
-            learners,
-            offset,
-            data_bytes,
-            last,
-        } => MessageBody::Snapshot {
-            meta: SnapshotMeta {
-                index: index.to_native(),
-                term: term.to_native(),
-                conf: check_conf(ConfState {
-                    voters: check_members("voters", voters)?,
-                    voters_outgoing: check_members("voters_outgoing", voters_outgoing)?,
-                    learners: check_members("learners", learners)?,
-                })?,
-            },
-            offset: offset.to_native(),
-            data: take_blob(data_bytes.to_native())?,
-            last: *last,
-        },
-        ArchivedWireBody::SnapshotResponse {
-            snapshot_index,
-            next_offset,
-            reject,
-        } => MessageBody::SnapshotResponse {
+        ArchivedWireBody::Heartbeat { commit_index, read_round } => {
+            MessageBody::Heartbeat { commit_index: commit_index.to_native(), read_round: read_round.to_native() }
+        }
+        ArchivedWireBody::HeartbeatResponse { read_round } => {
+            MessageBody::HeartbeatResponse { read_round: read_round.to_native() }
+        }
+        ArchivedWireBody::Snapshot { index, term, voters, voters_outgoing, learners, offset, data_bytes, last } => {
+            MessageBody::Snapshot {
+                meta: SnapshotMeta {
+                    index: index.to_native(),
+                    term: term.to_native(),
+                    conf: check_conf(ConfState {
+                        voters: check_members("voters", voters)?,
+                        voters_outgoing: check_members("voters_outgoing", voters_outgoing)?,
+                        learners: check_members("learners", learners)?,
+                    })?,
+                },
+                offset: offset.to_native(),
+                data: take_blob(data_bytes.to_native())?,
+                last: *last,
+            }
+        }
+        ArchivedWireBody::SnapshotResponse { snapshot_index, next_offset, reject } => MessageBody::SnapshotResponse {
             snapshot_index: snapshot_index.to_native(),
             next_offset: next_offset.to_native(),
             reject: *reject,
         },
         ArchivedWireBody::TimeoutNow => MessageBody::TimeoutNow,
-        ArchivedWireBody::ReadIndex { context } => MessageBody::ReadIndex {
-            context: context.to_native(),
-        },
-        ArchivedWireBody::ReadIndexResponse { context, index } => MessageBody::ReadIndexResponse {
-            context: context.to_native(),
-            index: index.to_native(),
-        },
+        ArchivedWireBody::ReadIndex { context } => MessageBody::ReadIndex { context: context.to_native() },
+        ArchivedWireBody::ReadIndexResponse { context, index } => {
+            MessageBody::ReadIndexResponse { context: context.to_native(), index: index.to_native() }
+        }
     };
     if blob_offset != blobs_len {
-        return Err(WireError::BlobBounds {
-            declared: blob_offset as u64,
-            actual: blobs_len,
-        });
+        return Err(WireError::BlobBounds { declared: blob_offset as u64, actual: blobs_len });
     }
-    Ok(Message {
-        group,
-        from,
-        to,
-        term: wire.term.to_native(),
-        body,
-    })
+    Ok(Message { group, from, to, term: wire.term.to_native(), body })
 }
 
 #[cfg(test)]
@@ -518,22 +399,12 @@ pub(crate) mod tests {
     }
 
     fn entry(index: u64, data_bytes: usize) -> Entry {
-        Entry {
-            index,
-            term: 3,
-            kind: EntryKind::Normal,
-            data: Bytes::from(vec![index as u8; data_bytes]),
-        }
+        Entry { index, term: 3, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; data_bytes]) }
     }
 
     pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         let entries = proptest::collection::vec(
-            (
-                any::<u64>(),
-                any::<u64>(),
-                0u8..3,
-                proptest::collection::vec(any::<u8>(), 0..1500),
-            ),
+            (any::<u64>(), any::<u64>(), 0u8..3, proptest::collection::vec(any::<u8>(), 0..1500)),
             0..6,
         )
         .prop_map(|entries| {
@@ -548,20 +419,12 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         });
         let body = prop_oneof![
-            (any::<u64>(), any::<u64>()).prop_map(|(last_log_index, last_log_term)| {
-                MessageBody::PreVote {
-                    last_log_index,
-                    last_log_term,
-                }
-            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(last_log_index, last_log_term)| { MessageBody::PreVote { last_log_index, last_log_term } }),
             any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
             (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
                 |(last_log_index, last_log_term, leadership_transfer)| {
-                    MessageBody::Vote {
-                        last_log_index,
-                        last_log_term,
-                        leadership_transfer,
-                    }
+                    MessageBody::Vote { last_log_index, last_log_term, leadership_transfer }
                 }
             ),
             (any::<u64>(), any::<u64>(), any::<u64>(), entries).prop_map(
@@ -580,12 +443,8 @@ pub(crate) mod tests {
                     hint_term
                 }
             ),
-            (any::<u64>(), any::<u64>()).prop_map(|(commit_index, read_round)| {
-                MessageBody::Heartbeat {
-                    commit_index,
-                    read_round,
-                }
-            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(commit_index, read_round)| { MessageBody::Heartbeat { commit_index, read_round } }),
             (
                 any::<u64>(),
                 proptest::collection::vec(1u64..10, 0..5),
@@ -620,23 +479,10 @@ pub(crate) mod tests {
                     }
                 }),
             Just(MessageBody::TimeoutNow),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(context, index)| MessageBody::ReadIndexResponse { context, index }),
+            (any::<u64>(), any::<u64>()).prop_map(|(context, index)| MessageBody::ReadIndexResponse { context, index }),
         ];
-        (
-            any::<u64>(),
-            1u64..u64::MAX,
-            1u64..u64::MAX,
-            any::<u64>(),
-            body,
-        )
-            .prop_map(|(group, from, to, term, body)| Message {
-                group,
-                from,
-                to,
-                term,
-                body,
-            })
+        (any::<u64>(), 1u64..u64::MAX, 1u64..u64::MAX, any::<u64>(), body)
+            .prop_map(|(group, from, to, term, body)| Message { group, from, to, term, body })
     }
 
     #[test]
@@ -660,14 +506,9 @@ pub(crate) mod tests {
         let payload = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
         let decoded = decode_message(header.group, header.aux, &payload).unwrap();
         assert_eq!(decoded, message);
-        let MessageBody::Append { entries, .. } = &decoded.body else {
-            unreachable!()
-        };
+        let MessageBody::Append { entries, .. } = &decoded.body else { unreachable!() };
         let frame_range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
-        assert!(
-            frame_range.contains(&(entries[1].data.as_ptr() as usize)),
-            "entry data was copied"
-        );
+        assert!(frame_range.contains(&(entries[1].data.as_ptr() as usize)), "entry data was copied");
     }
 
     #[test]
@@ -713,16 +554,10 @@ pub(crate) mod tests {
         let (header, _) = decode_frame(&bytes, MAX).unwrap().unwrap();
         let payload = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
         let short = payload.slice(..payload.len() - 1);
-        assert!(matches!(
-            decode_message(1, header.aux, &short),
-            Err(WireError::BlobBounds { .. })
-        ));
+        assert!(matches!(decode_message(1, header.aux, &short), Err(WireError::BlobBounds { .. })));
         let mut long = payload.to_vec();
         long.push(0);
-        assert!(matches!(
-            decode_message(1, header.aux, &Bytes::from(long)),
-            Err(WireError::BlobBounds { .. })
-        ));
+        assert!(matches!(decode_message(1, header.aux, &Bytes::from(long)), Err(WireError::BlobBounds { .. })));
     }
 
     #[test]
@@ -733,32 +568,18 @@ pub(crate) mod tests {
             to: 2,
             term: 1,
             body: MessageBody::Snapshot {
-                meta: SnapshotMeta {
-                    index: 5,
-                    term: 1,
-                    conf: ConfState {
-                        voters,
-                        voters_outgoing: vec![],
-                        learners,
-                    },
-                },
+                meta: SnapshotMeta { index: 5, term: 1, conf: ConfState { voters, voters_outgoing: vec![], learners } },
                 offset: 0,
                 data: Bytes::new(),
                 last: true,
             },
         };
         assert!(round_trip(&snapshot(vec![1, 2, 3], vec![4])).is_ok());
-        for (voters, learners) in [
-            (vec![2, 1], vec![]),
-            (vec![1, 1], vec![]),
-            (vec![0, 1], vec![]),
-            (vec![1, 2], vec![2]),
-        ] {
+        for (voters, learners) in
+            [(vec![2, 1], vec![]), (vec![1, 1], vec![]), (vec![0, 1], vec![]), (vec![1, 2], vec![2])]
+        {
             assert!(
-                matches!(
-                    round_trip(&snapshot(voters.clone(), learners.clone())),
-                    Err(WireError::Members(_))
-                ),
+                matches!(round_trip(&snapshot(voters.clone(), learners.clone())), Err(WireError::Members(_))),
                 "{voters:?} {learners:?}"
             );
         }

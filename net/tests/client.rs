@@ -8,34 +8,20 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use smr_net::frame::{FrameKind, encode_frame};
 use smr_net::{
-    AdminRequest, Client, ClientConfig, ClientRequest, ClientServer, Consistency, NetConfig,
-    NetStats, RequestBody, ResponseBody,
+    AdminRequest, Client, ClientConfig, ClientRequest, ClientServer, Consistency, NetConfig, NetStats, RequestBody,
+    ResponseBody,
 };
 
 fn config() -> NetConfig {
-    NetConfig {
-        idle_timeout_ms: 600,
-        frame_receive_ms_max: 300,
-        keepalive_ms: 100,
-        ..NetConfig::default()
-    }
+    NetConfig { idle_timeout_ms: 600, frame_receive_ms_max: 300, keepalive_ms: 100, ..NetConfig::default() }
 }
 
 fn server(config: NetConfig, requests_max: usize) -> (ClientServer, Receiver<ClientRequest>) {
-    ClientServer::start(
-        config,
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-        requests_max,
-    )
-    .unwrap()
+    ClientServer::start(config, TcpListener::bind("127.0.0.1:0").unwrap(), requests_max).unwrap()
 }
 
 fn command(sequence: u64) -> RequestBody {
-    RequestBody::Command {
-        session_id: 77,
-        sequence,
-        payload: Bytes::from(format!("put k{sequence}")),
-    }
+    RequestBody::Command { session_id: 77, sequence, payload: Bytes::from(format!("put k{sequence}")) }
 }
 
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
@@ -56,41 +42,26 @@ fn pipelined_requests_are_answered_out_of_order() {
         let mut held: Vec<ClientRequest> = (0..100).map(|_| requests.recv().unwrap()).collect();
         // Answer in reverse order, echoing the payload.
         while let Some(request) = held.pop() {
-            let RequestBody::Command { payload, .. } = &request.request.body else {
-                panic!()
-            };
+            let RequestBody::Command { payload, .. } = &request.request.body else { panic!() };
             let payload = payload.clone();
             request.respond(ResponseBody::Ok(payload));
         }
     });
     let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
-    let ids: Vec<u64> = (0..100)
-        .map(|sequence| client.submit(command(sequence)).unwrap())
-        .collect();
+    let ids: Vec<u64> = (0..100).map(|sequence| client.submit(command(sequence)).unwrap()).collect();
     client.flush().unwrap();
     let mut answers = Vec::new();
     for _ in 0..100 {
         let response = client.recv().unwrap();
-        let ResponseBody::Ok(payload) = response.body else {
-            panic!("{response:?}")
-        };
-        let sequence = ids
-            .iter()
-            .position(|&id| id == response.request_id)
-            .unwrap();
+        let ResponseBody::Ok(payload) = response.body else { panic!("{response:?}") };
+        let sequence = ids.iter().position(|&id| id == response.request_id).unwrap();
         assert_eq!(payload, Bytes::from(format!("put k{sequence}")));
         answers.push(response.request_id);
     }
     runtime.join().unwrap();
-    assert_eq!(
-        answers.first(),
-        ids.last(),
-        "the last request was answered first"
-    );
+    assert_eq!(answers.first(), ids.last(), "the last request was answered first");
     // The writer counts after its write returns, which may be after the client read.
-    wait_for("the response counter", || {
-        server.stats().client_responses == 100
-    });
+    wait_for("the response counter", || server.stats().client_responses == 100);
     assert_eq!(server.stats().client_requests, 100);
 }
 
@@ -101,28 +72,17 @@ fn not_leader_redirect_is_followed_to_the_leader() {
     let leader_address = leader.local_addr();
     let follower_thread = std::thread::spawn(move || {
         let request = follower_requests.recv().unwrap();
-        request.respond(ResponseBody::NotLeader {
-            leader_id: Some(1),
-            leader_address: Some(leader_address.to_string()),
-        });
+        request
+            .respond(ResponseBody::NotLeader { leader_id: Some(1), leader_address: Some(leader_address.to_string()) });
     });
     let leader_thread = std::thread::spawn(move || {
         let request = leader_requests.recv().unwrap();
-        assert!(matches!(
-            request.request.body,
-            RequestBody::Read {
-                consistency: Consistency::Linearizable,
-                ..
-            }
-        ));
+        assert!(matches!(request.request.body, RequestBody::Read { consistency: Consistency::Linearizable, .. }));
         request.respond(ResponseBody::Ok(Bytes::from_static(b"value")));
     });
     let mut client = Client::connect(&[follower.local_addr()], ClientConfig::default()).unwrap();
     let answer = client
-        .call(RequestBody::Read {
-            consistency: Consistency::Linearizable,
-            payload: Bytes::from_static(b"get k"),
-        })
+        .call(RequestBody::Read { consistency: Consistency::Linearizable, payload: Bytes::from_static(b"get k") })
         .unwrap();
     assert_eq!(answer, ResponseBody::Ok(Bytes::from_static(b"value")));
     assert_eq!(client.connected_to(), leader_address);
@@ -146,13 +106,7 @@ fn full_runtime_queue_answers_busy() {
 
 #[test]
 fn per_connection_inflight_limit_answers_busy() {
-    let (server, requests) = server(
-        NetConfig {
-            client_inflight_max: 3,
-            ..config()
-        },
-        100,
-    );
+    let (server, requests) = server(NetConfig { client_inflight_max: 3, ..config() }, 100);
     let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
     for sequence in 0..5 {
         client.submit(command(sequence)).unwrap();
@@ -171,10 +125,7 @@ fn per_connection_inflight_limit_answers_busy() {
     }
     client.submit(command(9)).unwrap();
     client.flush().unwrap();
-    requests
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap()
-        .respond(ResponseBody::TimedOut);
+    requests.recv_timeout(Duration::from_secs(5)).unwrap().respond(ResponseBody::TimedOut);
     assert_eq!(client.recv().unwrap().body, ResponseBody::TimedOut);
 }
 
@@ -182,9 +133,7 @@ fn per_connection_inflight_limit_answers_busy() {
 fn dropped_request_is_answered_shutting_down() {
     let (server, requests) = server(config(), 16);
     let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
-    client
-        .submit(RequestBody::Admin(AdminRequest::Status))
-        .unwrap();
+    client.submit(RequestBody::Admin(AdminRequest::Status)).unwrap();
     client.flush().unwrap();
     drop(requests.recv().unwrap());
     assert_eq!(client.recv().unwrap().body, ResponseBody::ShuttingDown);
@@ -193,9 +142,7 @@ fn dropped_request_is_answered_shutting_down() {
 fn raw(server: &ClientServer, bytes: &[u8]) -> (Vec<u8>, Duration) {
     let mut stream = TcpStream::connect(server.local_addr()).unwrap();
     stream.write_all(bytes).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -214,15 +161,7 @@ fn malformed_request_in_a_valid_frame_is_answered_invalid() {
     let mut payload = [0u8; 32];
     payload[0] = 42; // request id
     payload[8] = 99; // no such op
-    encode_frame(
-        &mut frame,
-        FrameKind::ClientRequest,
-        0,
-        0,
-        &payload,
-        1 << 20,
-    )
-    .unwrap();
+    encode_frame(&mut frame, FrameKind::ClientRequest, 0, 0, &payload, 1 << 20).unwrap();
     let mut stream = TcpStream::connect(server.local_addr()).unwrap();
     stream.write_all(&frame).unwrap();
     let mut header = [0u8; 24];
@@ -258,15 +197,7 @@ fn oversize_frame_closes_the_connection() {
 fn corrupted_frame_closes_the_connection() {
     let (server, _requests) = server(config(), 16);
     let mut frame = Vec::new();
-    encode_frame(
-        &mut frame,
-        FrameKind::ClientRequest,
-        0,
-        0,
-        &[1u8; 40],
-        1 << 20,
-    )
-    .unwrap();
+    encode_frame(&mut frame, FrameKind::ClientRequest, 0, 0, &[1u8; 40], 1 << 20).unwrap();
     frame[30] ^= 1;
     raw(&server, &frame);
     stats_after(&server, |stats| stats.disconnects_garbage == 1);
@@ -276,20 +207,9 @@ fn corrupted_frame_closes_the_connection() {
 fn truncated_frame_from_a_slowloris_times_out() {
     let (server, _requests) = server(config(), 16);
     let mut frame = Vec::new();
-    encode_frame(
-        &mut frame,
-        FrameKind::ClientRequest,
-        0,
-        0,
-        &[1u8; 40],
-        1 << 20,
-    )
-    .unwrap();
+    encode_frame(&mut frame, FrameKind::ClientRequest, 0, 0, &[1u8; 40], 1 << 20).unwrap();
     let (_, elapsed) = raw(&server, &frame[..20]);
-    assert!(
-        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(4), "{elapsed:?}");
     stats_after(&server, |stats| stats.disconnects_slow_frame == 1);
 }
 
@@ -297,58 +217,28 @@ fn truncated_frame_from_a_slowloris_times_out() {
 fn idle_connection_is_closed() {
     let (server, _requests) = server(config(), 16);
     let (_, elapsed) = raw(&server, &[]);
-    assert!(
-        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(4), "{elapsed:?}");
     stats_after(&server, |stats| stats.disconnects_idle == 1);
 }
 
 #[test]
 fn connection_flood_is_capped_at_connections_max() {
-    let (server, requests) = server(
-        NetConfig {
-            connections_max: 4,
-            handshakes_max: 4,
-            ..config()
-        },
-        16,
-    );
-    let flood: Vec<TcpStream> = (0..20)
-        .map(|_| TcpStream::connect(server.local_addr()).unwrap())
-        .collect();
-    wait_for("refusals", || {
-        server.stats().connections_refused_limit == 16
-    });
+    let (server, requests) = server(NetConfig { connections_max: 4, handshakes_max: 4, ..config() }, 16);
+    let flood: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(server.local_addr()).unwrap()).collect();
+    wait_for("refusals", || server.stats().connections_refused_limit == 16);
     assert_eq!(server.connections(), 4);
     drop(flood);
     wait_for("the flood to drain", || server.connections() == 0);
     // Service resumes.
-    let answering = std::thread::spawn(move || {
-        requests
-            .recv()
-            .unwrap()
-            .respond(ResponseBody::Ok(Bytes::new()))
-    });
+    let answering = std::thread::spawn(move || requests.recv().unwrap().respond(ResponseBody::Ok(Bytes::new())));
     let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
-    assert_eq!(
-        client
-            .call(RequestBody::Admin(AdminRequest::Stats))
-            .unwrap(),
-        ResponseBody::Ok(Bytes::new())
-    );
+    assert_eq!(client.call(RequestBody::Admin(AdminRequest::Stats)).unwrap(), ResponseBody::Ok(Bytes::new()));
     answering.join().unwrap();
 }
 
 #[test]
 fn every_request_of_a_flood_is_answered_exactly_once() {
-    let (server, requests) = server(
-        NetConfig {
-            client_inflight_max: 16,
-            ..config()
-        },
-        4,
-    );
+    let (server, requests) = server(NetConfig { client_inflight_max: 16, ..config() }, 4);
     let runtime = std::thread::spawn(move || {
         let mut answered = 0;
         while let Ok(request) = requests.recv_timeout(Duration::from_millis(500)) {
@@ -366,10 +256,7 @@ fn every_request_of_a_flood_is_answered_exactly_once() {
     let (mut ok, mut busy) = (0, 0);
     while !ids.is_empty() {
         let response = client.recv().unwrap();
-        assert!(
-            ids.remove(&response.request_id),
-            "answered twice or never asked"
-        );
+        assert!(ids.remove(&response.request_id), "answered twice or never asked");
         match response.body {
             ResponseBody::Ok(_) => ok += 1,
             ResponseBody::Busy => busy += 1,

@@ -30,18 +30,10 @@ fn listener() -> TcpListener {
 }
 
 fn identity(cluster_id: u64, node_id: u64, secret: &[u8]) -> Identity {
-    Identity {
-        cluster_id,
-        node_id,
-        secret: secret.to_vec(),
-    }
+    Identity { cluster_id, node_id, secret: secret.to_vec() }
 }
 
-fn start(
-    node_id: u64,
-    listener: TcpListener,
-    peers: &[(u64, SocketAddr)],
-) -> (PeerTransport, Receiver<Inbound>) {
+fn start(node_id: u64, listener: TcpListener, peers: &[(u64, SocketAddr)]) -> (PeerTransport, Receiver<Inbound>) {
     PeerTransport::start(config(), identity(7, node_id, SECRET), listener, peers).unwrap()
 }
 
@@ -101,12 +93,7 @@ fn messages_flow_both_ways_over_one_connection() {
         from: 2,
         to: 1,
         term: 2,
-        body: MessageBody::AppendResponse {
-            success: true,
-            index: 5,
-            hint_index: 0,
-            hint_term: 0,
-        },
+        body: MessageBody::AppendResponse { success: true, index: 5, hint_index: 0, hint_term: 0 },
     };
     assert_eq!(deliver(&n2, &r1, &reply), reply);
     // Many messages in a burst arrive in order.
@@ -115,13 +102,9 @@ fn messages_flow_both_ways_over_one_connection() {
     }
     let mut next = 10;
     while next < 1010 {
-        let inbound = r2
-            .recv_timeout(Duration::from_secs(5))
-            .expect("burst arrives");
+        let inbound = r2.recv_timeout(Duration::from_secs(5)).expect("burst arrives");
         for message in inbound.messages {
-            let MessageBody::Append { entries, .. } = message.body else {
-                panic!()
-            };
+            let MessageBody::Append { entries, .. } = message.body else { panic!() };
             assert_eq!(entries[0].index, next);
             next += 1;
         }
@@ -150,14 +133,10 @@ fn link_reconnects_after_the_peer_restarts() {
 
 #[test]
 fn sending_to_an_unknown_peer_or_a_full_queue_drops_and_counts() {
-    let config = NetConfig {
-        peer_queue_messages_max: 4,
-        ..config()
-    };
+    let config = NetConfig { peer_queue_messages_max: 4, ..config() };
     // Peer 2 is never started: its queue fills.
     let dead = listener().local_addr().unwrap();
-    let (n1, _r1) =
-        PeerTransport::start(config, identity(7, 1, SECRET), listener(), &[(2, dead)]).unwrap();
+    let (n1, _r1) = PeerTransport::start(config, identity(7, 1, SECRET), listener(), &[(2, dead)]).unwrap();
     assert!(n1.send(append(1, 9, 1, 1)).is_err());
     let mut dropped = 0;
     for index in 1..100 {
@@ -172,33 +151,19 @@ fn sending_to_an_unknown_peer_or_a_full_queue_drops_and_counts() {
 }
 
 /// Starts node 2 of cluster 7 knowing node 1, then lets `dialer` try to connect as described.
-fn refused(
-    node_ids: (u64, u64),
-    cluster_id: u64,
-    secret: &[u8],
-    counted: fn(&NetStats, &NetStats) -> bool,
-) {
+fn refused(node_ids: (u64, u64), cluster_id: u64, secret: &[u8], counted: fn(&NetStats, &NetStats) -> bool) {
     let l2 = listener();
     let a2 = l2.local_addr().unwrap();
     let (n2, r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
     let (dialer_id, target) = node_ids;
-    let (n1, _r1) = PeerTransport::start(
-        config(),
-        identity(cluster_id, dialer_id, secret),
-        listener(),
-        &[(target, a2)],
-    )
-    .unwrap();
-    wait_for("the refusal to be counted", || {
-        counted(&n1.stats(), &n2.stats())
-    });
+    let (n1, _r1) =
+        PeerTransport::start(config(), identity(cluster_id, dialer_id, secret), listener(), &[(target, a2)]).unwrap();
+    wait_for("the refusal to be counted", || counted(&n1.stats(), &n2.stats()));
     // Refused: nothing was delivered and no connection is live.
     let _ = n1.send(append(dialer_id, target, 1, 1));
     assert!(r2.recv_timeout(Duration::from_millis(100)).is_err());
     assert!(n2.connected_peers().is_empty());
-    assert!(
-        n1.stats().handshake_refused_by_peer >= 1 || n1.stats().handshake_refused_bad_proof >= 1
-    );
+    assert!(n1.stats().handshake_refused_by_peer >= 1 || n1.stats().handshake_refused_bad_proof >= 1);
 }
 
 #[test]
@@ -211,14 +176,9 @@ fn handshake_from_a_foreign_cluster_is_refused() {
 #[test]
 fn handshake_with_a_wrong_secret_is_refused() {
     // The dialer checks the acceptor's proof first, so it is the one that refuses.
-    refused(
-        (1, 2),
-        7,
-        b"not the cluster secret at all",
-        |dialer, acceptor| {
-            dialer.handshake_refused_bad_proof >= 1 && acceptor.handshake_refused_by_peer >= 1
-        },
-    );
+    refused((1, 2), 7, b"not the cluster secret at all", |dialer, acceptor| {
+        dialer.handshake_refused_bad_proof >= 1 && acceptor.handshake_refused_by_peer >= 1
+    });
 }
 
 #[test]
@@ -227,11 +187,8 @@ fn handshake_from_an_unlisted_node_is_refused() {
     let l2 = listener();
     let a2 = l2.local_addr().unwrap();
     let (n2, _r2) = start(2, l2, &[(3, listener().local_addr().unwrap())]);
-    let (_n1, _r1) =
-        PeerTransport::start(config(), identity(7, 1, SECRET), listener(), &[(2, a2)]).unwrap();
-    wait_for("unknown node refusal", || {
-        n2.stats().handshake_refused_unknown_node >= 1
-    });
+    let (_n1, _r1) = PeerTransport::start(config(), identity(7, 1, SECRET), listener(), &[(2, a2)]).unwrap();
+    wait_for("unknown node refusal", || n2.stats().handshake_refused_unknown_node >= 1);
 }
 
 #[test]
@@ -242,9 +199,7 @@ fn second_node_with_the_same_id_is_refused_as_duplicate() {
     let (first, _r) = start(1, listener(), &[(2, a2)]);
     deliver(&first, &r2, &append(1, 2, 1, 1));
     let (_second, _r) = start(1, listener(), &[(2, a2)]);
-    wait_for("duplicate refusal", || {
-        n2.stats().handshake_refused_duplicate_node >= 1
-    });
+    wait_for("duplicate refusal", || n2.stats().handshake_refused_duplicate_node >= 1);
     assert_eq!(n2.connected_peers(), vec![1]);
 }
 
@@ -259,15 +214,9 @@ fn raw_hello(hello: Hello) -> NetStats {
     stream.write_all(&frame).unwrap();
     // Node 2 answers with a Refuse frame and closes.
     let mut answer = Vec::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = stream.read_to_end(&mut answer);
-    assert_eq!(
-        answer.get(8),
-        Some(&(FrameKind::Refuse as u8)),
-        "expected a refusal frame"
-    );
+    assert_eq!(answer.get(8), Some(&(FrameKind::Refuse as u8)), "expected a refusal frame");
     n2.stats()
 }
 
@@ -277,13 +226,7 @@ fn dialer_proof_without_the_secret_is_refused() {
     let a2 = l2.local_addr().unwrap();
     let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
     let mut stream = TcpStream::connect(a2).unwrap();
-    let hello = Hello {
-        version: 1,
-        cluster_id: 7,
-        from: 1,
-        to: 2,
-        nonce: [1; 32],
-    };
+    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     let mut frame = Vec::new();
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     stream.write_all(&frame).unwrap();
@@ -293,46 +236,26 @@ fn dialer_proof_without_the_secret_is_refused() {
     frame.clear();
     encode_frame(&mut frame, FrameKind::Auth, 0, 0, &[0u8; 32], 1 << 20).unwrap();
     stream.write_all(&frame).unwrap();
-    wait_for("bad proof refusal", || {
-        n2.stats().handshake_refused_bad_proof == 1
-    });
+    wait_for("bad proof refusal", || n2.stats().handshake_refused_bad_proof == 1);
     assert!(n2.connected_peers().is_empty());
 }
 
 #[test]
 fn handshake_with_an_old_protocol_version_is_refused() {
-    let stats = raw_hello(Hello {
-        version: 0,
-        cluster_id: 7,
-        from: 1,
-        to: 2,
-        nonce: [1; 32],
-    });
+    let stats = raw_hello(Hello { version: 0, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_version, 1);
     assert_eq!(stats.connections_established, 0);
 }
 
 #[test]
 fn handshake_claiming_our_own_id_is_refused() {
-    let stats = raw_hello(Hello {
-        version: 1,
-        cluster_id: 7,
-        from: 2,
-        to: 2,
-        nonce: [1; 32],
-    });
+    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 2, to: 2, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_duplicate_node, 1);
 }
 
 #[test]
 fn handshake_meant_for_another_node_is_refused() {
-    let stats = raw_hello(Hello {
-        version: 1,
-        cluster_id: 7,
-        from: 1,
-        to: 5,
-        nonce: [1; 32],
-    });
+    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 1, to: 5, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_wrong_target, 1);
 }
 
@@ -343,15 +266,10 @@ fn raw_bytes_then_wait(bytes: &[u8]) -> NetStats {
     let mut stream = TcpStream::connect(a2).unwrap();
     stream.write_all(bytes).unwrap();
     let mut answer = Vec::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let _ = stream.read_to_end(&mut answer);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "connection was not closed"
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "connection was not closed");
     n2.stats()
 }
 
@@ -373,13 +291,7 @@ fn oversize_frame_header_is_refused_before_allocation() {
 #[test]
 fn corrupted_hello_frame_is_refused() {
     let mut frame = Vec::new();
-    let hello = Hello {
-        version: 1,
-        cluster_id: 7,
-        from: 1,
-        to: 2,
-        nonce: [1; 32],
-    };
+    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     frame[40] ^= 0x10;
     let stats = raw_bytes_then_wait(&frame);
@@ -389,13 +301,7 @@ fn corrupted_hello_frame_is_refused() {
 #[test]
 fn truncated_hello_times_out_as_slowloris() {
     let mut frame = Vec::new();
-    let hello = Hello {
-        version: 1,
-        cluster_id: 7,
-        from: 1,
-        to: 2,
-        nonce: [1; 32],
-    };
+    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     let stats = raw_bytes_then_wait(&frame[..30]);
     assert_eq!(stats.handshake_refused_timeout, 1);
@@ -403,25 +309,13 @@ fn truncated_hello_times_out_as_slowloris() {
 
 #[test]
 fn flood_of_connections_is_bounded_and_a_real_peer_still_gets_in() {
-    let config = NetConfig {
-        connections_max: 8,
-        handshakes_max: 8,
-        handshake_ms: 300,
-        ..config()
-    };
+    let config = NetConfig { connections_max: 8, handshakes_max: 8, handshake_ms: 300, ..config() };
     let l2 = listener();
     let a2 = l2.local_addr().unwrap();
-    let (n2, r2) = PeerTransport::start(
-        config,
-        identity(7, 2, SECRET),
-        l2,
-        &[(1, listener().local_addr().unwrap())],
-    )
-    .unwrap();
+    let (n2, r2) =
+        PeerTransport::start(config, identity(7, 2, SECRET), l2, &[(1, listener().local_addr().unwrap())]).unwrap();
     let flood: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(a2).unwrap()).collect();
-    wait_for("refusals at the limit", || {
-        n2.stats().connections_refused_limit >= 50
-    });
+    wait_for("refusals at the limit", || n2.stats().connections_refused_limit >= 50);
     // The flood's handshakes time out; a real peer then connects.
     let (n1, _r1) = start(1, listener(), &[(2, a2)]);
     deliver(&n1, &r2, &append(1, 2, 1, 1));
@@ -433,12 +327,8 @@ fn peer_added_at_runtime_connects_and_removed_peer_stops_even_with_a_stalled_con
     let (l1, l2) = (listener(), listener());
     let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
     let (mut n1, _r1) = start(1, l1, &[]);
-    let stalled = NetConfig {
-        inbound_batches_max: 1,
-        ..config()
-    };
-    let (mut n2, r2) =
-        PeerTransport::start(stalled, identity(7, 2, SECRET), l2, &[(1, a1)]).unwrap();
+    let stalled = NetConfig { inbound_batches_max: 1, ..config() };
+    let (mut n2, r2) = PeerTransport::start(stalled, identity(7, 2, SECRET), l2, &[(1, a1)]).unwrap();
     n1.add_peer(2, a2).unwrap();
     assert!(n1.add_peer(2, a2).is_err(), "a peer cannot be added twice");
     deliver(&n1, &r2, &append(1, 2, 1, 10));
@@ -449,10 +339,7 @@ fn peer_added_at_runtime_connects_and_removed_peer_stops_even_with_a_stalled_con
     wait_for("the reader to wait", || n2.stats().inbound_full_waits >= 1);
     let started = Instant::now();
     n2.remove_peer(1);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "remove_peer hung on the stalled reader"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "remove_peer hung on the stalled reader");
     assert!(n2.connected_peers().is_empty());
     wait_for("node 1 to see the loss", || n1.connected_peers().is_empty());
     drop(r2);
@@ -461,47 +348,28 @@ fn peer_added_at_runtime_connects_and_removed_peer_stops_even_with_a_stalled_con
 #[test]
 fn a_peer_that_stops_reading_does_not_stall_sending_to_others() {
     let (l1, l2, l3) = (listener(), listener(), listener());
-    let (a1, a2, a3) = (
-        l1.local_addr().unwrap(),
-        l2.local_addr().unwrap(),
-        l3.local_addr().unwrap(),
-    );
+    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), l3.local_addr().unwrap());
     let (n1, _r1) = start(1, l1, &[(2, a2), (3, a3)]);
     let (_n2, r2) = start(2, l2, &[(1, a1)]);
     // Node 3's consumer never drains: its reader stops, TCP fills, node 1's writer to 3 blocks.
-    let stalled = NetConfig {
-        inbound_batches_max: 1,
-        ..config()
-    };
+    let stalled = NetConfig { inbound_batches_max: 1, ..config() };
     let (_n3, r3) = PeerTransport::start(stalled, identity(7, 3, SECRET), l3, &[(1, a1)]).unwrap();
-    let to_three = Message {
-        to: 3,
-        ..append(1, 3, 1, 60_000)
-    };
+    let to_three = Message { to: 3, ..append(1, 3, 1, 60_000) };
     deliver(&n1, &r3, &to_three);
     deliver(&n1, &r2, &append(1, 2, 1, 10));
     for index in 0..2_000 {
         let _ = n1.send(append(1, 3, index + 2, 60_000));
     }
-    wait_for("node 3's queue to overflow", || {
-        n1.stats().send_dropped_queue_full > 0
-    });
+    wait_for("node 3's queue to overflow", || n1.stats().send_dropped_queue_full > 0);
     let started = Instant::now();
     for index in 2..102 {
         n1.send(append(1, 2, index, 10)).unwrap();
     }
     let mut received = 0;
     while received < 100 {
-        received += r2
-            .recv_timeout(Duration::from_secs(5))
-            .expect("node 2 still served")
-            .messages
-            .len();
+        received += r2.recv_timeout(Duration::from_secs(5)).expect("node 2 still served").messages.len();
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "sending to node 2 stalled"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "sending to node 2 stalled");
     drop(r3);
 }
 
@@ -515,9 +383,7 @@ fn dialer_gives_up_on_an_acceptor_that_never_answers() {
         std::thread::sleep(Duration::from_secs(2));
         drop(stream);
     });
-    wait_for("the dialer's handshake deadline", || {
-        n1.stats().handshake_refused_timeout >= 1
-    });
+    wait_for("the dialer's handshake deadline", || n1.stats().handshake_refused_timeout >= 1);
     assert!(n1.connected_peers().is_empty());
     drop(n1);
     held.join().unwrap();
@@ -536,11 +402,7 @@ fn snapshot_chunk_larger_than_a_read_arrives_whole() {
         to: 2,
         term: 4,
         body: MessageBody::Snapshot {
-            meta: smr_raft::SnapshotMeta {
-                index: 90,
-                term: 3,
-                conf: smr_raft::ConfState::with_voters([1, 2, 3]),
-            },
+            meta: smr_raft::SnapshotMeta { index: 90, term: 3, conf: smr_raft::ConfState::with_voters([1, 2, 3]) },
             offset: 0,
             data: Bytes::from(data),
             last: false,
