@@ -348,7 +348,7 @@ pub fn decode_message(group: GroupId, archive_bytes: u32, payload: &Bytes) -> Re
         }
         ArchivedWireBody::Snapshot { index, term, voters, voters_outgoing, learners, offset, data_bytes, last } => {
             MessageBody::Snapshot {
-                meta: SnapshotMeta {
+                meta: Box::new(SnapshotMeta {
                     index: index.to_native(),
                     term: term.to_native(),
                     conf: check_conf(ConfState {
@@ -356,7 +356,7 @@ pub fn decode_message(group: GroupId, archive_bytes: u32, payload: &Bytes) -> Re
                         voters_outgoing: check_members("voters_outgoing", voters_outgoing)?,
                         learners: check_members("learners", learners)?,
                     })?,
-                },
+                }),
                 offset: offset.to_native(),
                 data: take_blob(data_bytes.to_native())?,
                 last: *last,
@@ -454,7 +454,7 @@ pub(crate) mod tests {
             )
                 .prop_map(|(index, voters, offset, data, last)| {
                     MessageBody::Snapshot {
-                        meta: SnapshotMeta {
+                        meta: Box::new(SnapshotMeta {
                             index,
                             term: 2,
                             conf: ConfState {
@@ -472,7 +472,7 @@ pub(crate) mod tests {
                                     .collect(),
                                 voters_outgoing: vec![],
                             },
-                        },
+                        }),
                         offset,
                         data: Bytes::from(data),
                         last,
@@ -568,7 +568,11 @@ pub(crate) mod tests {
             to: 2,
             term: 1,
             body: MessageBody::Snapshot {
-                meta: SnapshotMeta { index: 5, term: 1, conf: ConfState { voters, voters_outgoing: vec![], learners } },
+                meta: Box::new(SnapshotMeta {
+                    index: 5,
+                    term: 1,
+                    conf: ConfState { voters, voters_outgoing: vec![], learners },
+                }),
                 offset: 0,
                 data: Bytes::new(),
                 last: true,

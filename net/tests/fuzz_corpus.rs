@@ -62,11 +62,11 @@ fn messages() -> Vec<Message> {
         message(MessageBody::AppendResponse { success: false, index: 9, hint_index: 4, hint_term: 1 }),
         message(MessageBody::Heartbeat { commit_index: 8, read_round: 4 }),
         message(MessageBody::Snapshot {
-            meta: SnapshotMeta {
+            meta: Box::new(SnapshotMeta {
                 index: 100,
                 term: 2,
                 conf: ConfState { voters: vec![1, 2, 3], voters_outgoing: vec![4], learners: vec![5] },
-            },
+            }),
             offset: 4096,
             data: Bytes::from(vec![9u8; 300]),
             last: true,

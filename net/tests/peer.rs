@@ -402,7 +402,11 @@ fn snapshot_chunk_larger_than_a_read_arrives_whole() {
         to: 2,
         term: 4,
         body: MessageBody::Snapshot {
-            meta: smr_raft::SnapshotMeta { index: 90, term: 3, conf: smr_raft::ConfState::with_voters([1, 2, 3]) },
+            meta: Box::new(smr_raft::SnapshotMeta {
+                index: 90,
+                term: 3,
+                conf: smr_raft::ConfState::with_voters([1, 2, 3]),
+            }),
             offset: 0,
             data: Bytes::from(data),
             last: false,

@@ -69,7 +69,8 @@ pub enum MessageBody {
     },
     /// One chunk of an InstallSnapshot (§7), `offset` bytes into the snapshot of `meta`.
     Snapshot {
-        meta: SnapshotMeta,
+        /// Boxed: it holds three vectors, and inline it would double the size of every message.
+        meta: Box<SnapshotMeta>,
         offset: u64,
         data: Bytes,
         last: bool,

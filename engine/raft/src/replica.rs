@@ -442,7 +442,7 @@ impl Replica {
                         self.handle_heartbeat(m.from, commit_index, read_round)
                     }
                     MessageBody::Snapshot { meta, offset, data, last } => {
-                        self.handle_snapshot_chunk(m.from, meta, offset, data, last)
+                        self.handle_snapshot_chunk(m.from, *meta, offset, data, last)
                     }
                     _ => unreachable!(),
                 }

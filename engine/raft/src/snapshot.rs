@@ -98,7 +98,7 @@ impl Replica {
             pr.snapshot_sent_offset = end;
             pr.snapshot_last_sent = last;
             let data = snapshot.data.slice(offset as usize..end as usize);
-            self.send(to, MessageBody::Snapshot { meta: snapshot.meta.clone(), offset, data, last });
+            self.send(to, MessageBody::Snapshot { meta: Box::new(snapshot.meta.clone()), offset, data, last });
             if last {
                 return;
             }

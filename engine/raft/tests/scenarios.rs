@@ -238,7 +238,12 @@ fn a_snapshot_the_follower_already_holds_does_not_truncate_its_newer_entries() {
         from: 1,
         to: 2,
         term,
-        body: smr_raft::MessageBody::Snapshot { meta, offset: 0, data: Bytes::from_static(b"s"), last: true },
+        body: smr_raft::MessageBody::Snapshot {
+            meta: Box::new(meta),
+            offset: 0,
+            data: Bytes::from_static(b"s"),
+            last: true,
+        },
     };
     c.deliver(m);
     assert_eq!(c.node(2).last_index(), last, "entries after the snapshot were kept");
