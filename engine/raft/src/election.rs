@@ -64,10 +64,21 @@ impl Replica {
     /// Whether this follower heard from a live leader within the minimum election timeout, in
     /// which case it refuses to help a candidate depose it.
     pub(crate) fn in_leader_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader.is_some()
-            && self.role == Role::Follower
-            && self.election_elapsed < self.config.election_ticks
+        if !self.config.check_quorum {
+            return false;
+        }
+        // A replica that just restarted does not know whether it acknowledged a leader a moment
+        // before it crashed, so for one election timeout it behaves as if it had: otherwise a
+        // leader's lease could be broken by a quorum that includes a freshly restarted node.
+        if self.now < self.restart_lease_guard_ticks {
+            return true;
+        }
+        match self.role {
+            Role::Follower => self.leader.is_some() && self.election_elapsed < self.config.election_ticks,
+            // A leader within its CheckQuorum period ignores disruptive (pre)votes too, as etcd does.
+            Role::Leader => true,
+            Role::PreCandidate | Role::Candidate => false,
+        }
     }
 
     pub(crate) fn campaign(&mut self, kind: Campaign) {
@@ -165,9 +176,12 @@ impl Replica {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.lease_until = 0;
+        self.lease_revoked = false;
         let next = self.log.last_index() + 1;
         let me = self.config.id;
         self.progress = self.conf.members().into_iter().map(|id| Progress::new(id, next)).collect();
+        // Members the committed configuration still has (removed by an uncommitted change).
+        self.refresh_progress();
         if self.progress(me).is_none() {
             // Only a voter campaigns, so this is unreachable; keep the tracker total anyway.
             self.progress.push(Progress::new(me, next));

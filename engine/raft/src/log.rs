@@ -139,12 +139,13 @@ impl RaftLog {
 
     /// Appends entries received from the leader after `prev_index`, which must match. Entries
     /// already present with the same term are skipped; the first conflicting one truncates the
-    /// rest of the log (§5.3). Returns the index of the last entry of the message.
+    /// rest of the log (§5.3). Returns the index of the last entry of the message, and the first
+    /// index written (if anything was), from which the log changed.
     ///
     /// # Panics
     /// If the conflict lies at or below the commit index: committed entries never change, so
     /// that would be a bug in the leader or in this replica.
-    pub(crate) fn append_from_leader(&mut self, prev_index: Index, entries: &[Entry]) -> Index {
+    pub(crate) fn append_from_leader(&mut self, prev_index: Index, entries: &[Entry]) -> (Index, Option<Index>) {
         let last_new = prev_index + entries.len() as Index;
         let mut first_new = None;
         for (offset, entry) in entries.iter().enumerate() {
@@ -177,7 +178,7 @@ impl RaftLog {
                 self.push(entry.clone());
             }
         }
-        last_new
+        (last_new, first_new.map(|offset| entries[offset].index))
     }
 
     /// Drops every entry at or after `index`.
@@ -245,8 +246,10 @@ impl RaftLog {
         self.base_index = index;
         self.base_term = term;
         self.unstable_from = index + 1;
-        // Durable only once the ready carrying the snapshot is reported persisted.
-        self.persisted_index = self.persisted_index.min(index);
+        // Durable only once the ready carrying the snapshot is reported persisted. Until then
+        // nothing beyond the old commit index may count as durable: entries this replica held
+        // past it may conflict with the snapshot, and must never be applied.
+        self.persisted_index = self.persisted_index.min(self.commit_index);
         self.commit_index = self.commit_index.max(index);
     }
 
@@ -282,8 +285,8 @@ mod tests {
     #[test]
     fn conflicting_suffix_is_truncated_and_replaced() {
         let mut log = log_of(&[1, 1, 2, 2]);
-        let last = log.append_from_leader(2, &[entry(3, 3), entry(4, 3), entry(5, 3)]);
-        assert_eq!(last, 5);
+        let (last, first_written) = log.append_from_leader(2, &[entry(3, 3), entry(4, 3), entry(5, 3)]);
+        assert_eq!((last, first_written), (5, Some(3)));
         assert_eq!(log.term(3), Some(3));
         assert_eq!(log.last_index(), 5);
         assert_eq!(log.persisted_index(), 2, "durable copy of replaced entries no longer counts");
@@ -293,8 +296,8 @@ mod tests {
     fn duplicate_append_changes_nothing() {
         let mut log = log_of(&[1, 1, 2]);
         log.take_unstable();
-        let last = log.append_from_leader(1, &[entry(2, 1)]);
-        assert_eq!(last, 2);
+        let (last, first_written) = log.append_from_leader(1, &[entry(2, 1)]);
+        assert_eq!((last, first_written), (2, None));
         assert_eq!(log.last_index(), 3, "an old append must not truncate newer matching entries");
         assert!(!log.has_unstable());
     }

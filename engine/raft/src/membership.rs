@@ -26,7 +26,8 @@ impl Replica {
             return Err(Error::ConfChangeInProgress { index: self.pending_conf_index });
         }
         if self.conf.is_joint() && change != ConfChange::LeaveJoint {
-            return Err(Error::ConfChangeInProgress { index: self.conf_index });
+            let joint_at = self.conf_history.last().map_or(0, |(at, _)| *at);
+            return Err(Error::ConfChangeInProgress { index: joint_at });
         }
         if let ConfChange::Bootstrap { .. } = change {
             return Err(Error::ConfChange(crate::conf_change::ConfChangeError::AlreadyBootstrapped));
@@ -34,36 +35,67 @@ impl Replica {
         change.apply(&self.conf)?;
         let id = self.propose_entry(EntryKind::ConfChange, change.encode())?;
         self.pending_conf_index = id.index;
+        self.apply_conf_entries_from(id.index);
         Ok(id)
     }
 
-    /// Applies the membership change committed at `index`. Runs on every replica as its
-    /// commit index passes the entry, so all replicas go through the same configurations.
-    pub(crate) fn apply_conf_entry(&mut self, index: Index, data: &[u8]) {
-        // An entry that does not decode or apply is skipped on every replica alike (they all see
-        // the same entry and the same configuration), so skipping keeps them in agreement. The
-        // leader validated it when proposing, so this does not happen short of a bug.
-        let Ok(change) = ConfChange::decode(data) else { return };
-        let Ok(next) = change.apply(&self.conf) else { return };
-        self.conf = next;
-        self.conf_history.push((index, self.conf.clone()));
-        self.out.conf_changed = true;
-        if self.role != Role::Leader {
-            return;
+    /// Applies, in order, every membership change entry from `index` to the end of the log,
+    /// after dropping the configurations of entries at or after `index` (a truncated suffix).
+    /// Runs whenever entries are appended, so the configuration in force is always the latest
+    /// one in the log.
+    pub(crate) fn apply_conf_entries_from(&mut self, index: Index) {
+        let before = self.conf.clone();
+        while self.conf_history.len() > 1 && self.conf_history.last().is_some_and(|(at, _)| *at >= index) {
+            self.conf_history.pop();
         }
+        self.conf = self.conf_history.last().expect("the base configuration is always there").1.clone();
+        let first = index.max(self.log.first_index());
+        let changes: Vec<(Index, bytes::Bytes)> = (first..=self.log.last_index())
+            .filter_map(|i| self.log.entry(i))
+            .filter(|e| e.kind == EntryKind::ConfChange)
+            .map(|e| (e.index, e.data.clone()))
+            .collect();
+        for (at, data) in changes {
+            // An entry that does not decode or apply is skipped on every replica alike (they all
+            // see the same entry after the same configuration), so skipping keeps them in
+            // agreement. The leader validated it when proposing, so this takes a bug.
+            let Ok(change) = ConfChange::decode(&data) else { continue };
+            let Ok(next) = change.apply(&self.conf) else { continue };
+            self.conf = next;
+            self.conf_history.push((at, self.conf.clone()));
+        }
+        if self.conf != before {
+            self.out.conf_changed = true;
+            if self.role == Role::Leader {
+                self.refresh_progress();
+                self.maybe_commit();
+            }
+        }
+    }
+
+    /// The leader tracks every member of the configuration in force, and also those of the
+    /// committed one until the change that removes them commits (they must still learn it).
+    pub(crate) fn refresh_progress(&mut self) {
+        let mut members = self.conf.members();
+        members.extend(self.conf_at(self.log.commit_index()).members());
+        members.sort_unstable();
+        members.dedup();
         let next_index = self.log.last_index() + 1;
-        let members = self.conf.members();
         self.progress.retain(|p| members.contains(&p.id));
         for id in members {
             if self.progress(id).is_none() {
                 self.progress.push(Progress::new(id, next_index));
             }
         }
-        if !self.conf.is_voter(self.config.id) {
-            // The leader was removed: the configuration without it is committed (thesis §4.2.2),
-            // so it steps down and lets the remaining voters elect a leader. It first tells the
-            // followers the commit index, so they leave the joint configuration too instead of
-            // waiting for a new leader to commit it again.
+    }
+
+    /// Runs on the leader after its commit index moved past a membership change: tracks the
+    /// right peers, and steps down once a configuration without it is committed (thesis
+    /// §4.2.2), after telling everyone, removed members included, the commit index.
+    pub(crate) fn on_conf_committed(&mut self) {
+        self.refresh_progress();
+        let committed = self.pending_conf_index <= self.log.commit_index();
+        if committed && !self.conf.is_voter(self.config.id) {
             let commit = self.log.commit_index();
             let me = self.config.id;
             let targets: Vec<(u64, Index)> =
@@ -93,5 +125,6 @@ impl Replica {
         self.uncommitted_bytes += entry.size_bytes();
         self.log.push(entry);
         self.pending_conf_index = index;
+        self.apply_conf_entries_from(index);
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct Progress {
     /// `match_index` when the previous heartbeat answer came: a pipeline that has not moved
     /// between two answers is stalled.
     pub(crate) match_at_last_heartbeat: Index,
+    /// Heartbeat answers in a row that found the pipeline stalled.
+    pub(crate) stalled_heartbeats: u32,
     /// Heard from since the last CheckQuorum round.
     pub(crate) recent_active: bool,
     /// The highest heartbeat round this peer acknowledged (ReadIndex and lease).
@@ -112,6 +114,7 @@ impl Progress {
             inflights: Inflights::default(),
             commit_sent: 0,
             match_at_last_heartbeat: 0,
+            stalled_heartbeats: 0,
             recent_active: false,
             acked_round: 0,
             snapshot_index: 0,

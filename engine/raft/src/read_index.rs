@@ -86,6 +86,10 @@ impl Replica {
     /// a ready: serve the read once the state machine has applied its index. On a follower the
     /// request is forwarded to the leader.
     ///
+    /// A read fails visibly (in `Ready::failed_reads`) when the leader loses leadership with it
+    /// pending, or refuses a forwarded one. A forwarded read or its answer can also be lost on
+    /// the network: the caller must time reads out itself.
+    ///
     /// # Errors
     /// [`Error::NotLeader`] when no leader is known; [`Error::TooManyPendingReads`] beyond
     /// `pending_reads_max`.
@@ -159,6 +163,7 @@ impl Replica {
             return;
         }
         if self.config.lease_reads
+            && !self.lease_revoked
             && let Some(&(_, sent)) = self.reads.sent.iter().find(|&&(r, _)| r == quorum_round)
         {
             self.lease_until = self.lease_until.max(sent + u64::from(self.config.lease_ticks));

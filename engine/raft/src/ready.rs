@@ -79,10 +79,13 @@ impl Ready {
 
 /// A chunk of a snapshot streamed by the leader.
 ///
-/// The caller appends `data` at `offset` of a pending snapshot for `meta`. When `last` is set
-/// the snapshot is complete, and BEFORE reporting the ready persisted the caller must install it:
-/// restore the state machine from it, make it the durable base of the log, and discard every log
-/// entry (the core's view of the log already starts after `meta.index`).
+/// The caller appends `data` at `offset` of a pending snapshot for `meta` (the snapshot store,
+/// with `meta.conf`, is the caller's: the log keeps only the base index and term). When `last`
+/// is set the snapshot is complete, and BEFORE reporting the ready persisted, and before applying
+/// anything from its own log again, the caller must install it: restore the state machine from
+/// it, make it the durable base of the log, and discard every log entry (the core's view of the
+/// log already starts after `meta.index`; its `commit_index` does not pass the old commit index
+/// until the install is reported durable).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotChunk {
     pub meta: SnapshotMeta,

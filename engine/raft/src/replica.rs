@@ -82,13 +82,15 @@ pub struct Replica {
     // Volatile state.
     pub(crate) role: Role,
     pub(crate) leader: Option<NodeId>,
-    /// Membership in force: as of `conf_index`.
+    /// Membership in force: the one of the latest membership change in the log, committed or
+    /// not (Raft §6: "a server always uses the latest configuration in its log"). It changes
+    /// when a change entry is appended, and goes back when a conflicting suffix holding one is
+    /// truncated. Taking effect at append rather than at commit is what keeps a replica that
+    /// restarts with a lagging commit hint from running an outdated membership.
     pub(crate) conf: ConfState,
-    /// Conf change entries are applied to `conf` as the commit index passes them.
-    /// Invariant: `conf_index <= log.commit_index()`.
-    pub(crate) conf_index: Index,
-    /// `(index, conf)` for every configuration in force since the log base, to answer "which
-    /// membership did the state at index i have" when a snapshot is taken there.
+    /// `(index, conf)` of every configuration since the log base, oldest first; the first is the
+    /// base's. Answers "which membership did the log at index i have" (snapshots, truncation).
+    /// Invariant: `conf == conf_history.last().1`.
     pub(crate) conf_history: Vec<(Index, ConfState)>,
     pub(crate) applied: Index,
 
@@ -112,8 +114,15 @@ pub struct Replica {
     pub(crate) reads: ReadQueue,
     /// The leader may serve lease reads while `now < lease_until` (see `Config::lease_reads`).
     pub(crate) lease_until: u64,
+    /// Set once the leader sent TimeoutNow in its term: the target may become leader at once,
+    /// so no lease may be trusted for the rest of the term.
+    pub(crate) lease_revoked: bool,
+    /// After a restart, votes are refused until `now` reaches this (see `in_leader_lease`).
+    pub(crate) restart_lease_guard_ticks: u64,
 
     pub(crate) snapshot: Option<LocalSnapshot>,
+    /// `need_snapshot` was raised and `on_snapshot` has not answered it yet.
+    pub(crate) snapshot_requested: bool,
     /// The latest snapshot's metadata, even when its data is not held here.
     pub(crate) snapshot_meta: SnapshotMeta,
     /// A snapshot being received: its metadata and the next offset expected.
@@ -146,6 +155,7 @@ impl Replica {
         let mut replica = Replica::empty(config, RaftLog::restore(0, 0, Vec::new(), 0), ConfState::default(), 0);
         replica.term = 1;
         replica.log.push(Entry { index: 1, term: 1, kind: EntryKind::ConfChange, data: change.encode() });
+        replica.apply_conf_entries_from(1);
         // The founding entry is identical on every founder, so it is committed by fiat.
         replica.advance_commit(1);
         replica.become_follower(1, None);
@@ -218,15 +228,18 @@ impl Replica {
         replica.applied = applied.max(meta.index);
         replica.snapshot_meta = meta.clone();
         replica.snapshot = data.map(|data| LocalSnapshot { meta, data });
+        replica.apply_conf_entries_from(replica.log.first_index());
         replica.advance_commit(commit);
         replica.emitted_hard_state = hard_state;
         replica.emitted_commit = replica.applied.min(replica.log.commit_index());
         replica.become_follower(replica.term, None);
+        replica.restart_lease_guard_ticks = u64::from(replica.config.election_ticks);
         replica.out.role_changed = true;
         Ok(replica)
     }
 
     fn empty(config: Config, log: RaftLog, conf: ConfState, conf_index: Index) -> Replica {
+        // `conf_index` is where `conf` comes from: the log base.
         let rng = Rng::new(config.seed);
         let election_ticks = config.election_ticks;
         let base = log.base_index();
@@ -238,7 +251,6 @@ impl Replica {
             leader: None,
             conf_history: vec![(conf_index, conf.clone())],
             conf,
-            conf_index,
             applied: base,
             progress: Vec::new(),
             votes: Vec::new(),
@@ -251,7 +263,10 @@ impl Replica {
             transfer: None,
             reads: ReadQueue::default(),
             lease_until: 0,
+            lease_revoked: false,
+            restart_lease_guard_ticks: 0,
             snapshot: None,
+            snapshot_requested: false,
             snapshot_meta: SnapshotMeta { index: base, term: log.base_term(), conf: ConfState::default() },
             incoming_snapshot: None,
             out: Outbox::default(),
@@ -296,8 +311,14 @@ impl Replica {
         self.role == Role::Leader
     }
 
+    /// The membership in force: the latest in the log, committed or not.
     pub fn conf(&self) -> &ConfState {
         &self.conf
+    }
+
+    /// The membership as of the commit index.
+    pub fn committed_conf(&self) -> ConfState {
+        self.conf_at(self.log.commit_index())
     }
 
     pub fn commit_index(&self) -> Index {
@@ -631,28 +652,22 @@ impl Replica {
         self.progress.iter().find(|p| p.id == id)
     }
 
-    /// Moves the commit index forward (both roles), applying membership changes it passes.
+    /// Moves the commit index forward (both roles).
     pub(crate) fn advance_commit(&mut self, index: Index) {
         let old = self.log.commit_index();
         if !self.log.commit_to(index) {
             return;
         }
-        let mut freed = 0u64;
-        let mut conf_changes = Vec::new();
-        for i in (old + 1)..=index {
-            let Some(entry) = self.log.entry(i) else { continue };
-            freed += entry.size_bytes();
-            if entry.kind == EntryKind::ConfChange && i > self.conf_index {
-                conf_changes.push((i, entry.data.clone()));
-            }
-        }
-        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
-        for (i, data) in conf_changes {
-            self.apply_conf_entry(i, &data);
-        }
-        self.conf_index = self.conf_index.max(index);
         if self.role == Role::Leader {
-            self.on_leader_commit();
+            let mut freed = 0u64;
+            for i in (old + 1)..=index {
+                if let Some(entry) = self.log.entry(i) {
+                    freed += entry.size_bytes();
+                }
+            }
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
+            let conf_committed = self.conf_history.iter().any(|(at, _)| *at > old && *at <= index);
+            self.on_leader_commit(conf_committed);
         }
     }
 

@@ -151,7 +151,11 @@ impl Replica {
             return;
         }
         if self.log.matches(prev_log_index, prev_log_term) {
-            let last_new = self.log.append_from_leader(prev_log_index, &entries);
+            let (last_new, first_written) = self.log.append_from_leader(prev_log_index, &entries);
+            if let Some(first) = first_written {
+                // Entries changed from `first` on: the configuration follows the log.
+                self.apply_conf_entries_from(first);
+            }
             // Only what this message proved to match may be committed (§5.3, rule 5).
             self.advance_commit(commit_index.min(last_new));
             self.send_after_persist(
@@ -215,6 +219,7 @@ impl Replica {
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         let inflight_appends_max = self.config.inflight_appends_max as usize;
         let last_index = self.log.last_index();
+        let stall_heartbeats_max = (self.config.election_ticks / self.config.heartbeat_ticks).max(2);
         let Some(pr) = self.progress_mut(from) else { return };
         pr.recent_active = true;
         // Let a probe that went unanswered go again.
@@ -226,21 +231,31 @@ impl Replica {
         if pr.state == ProgressState::Replicate && pr.inflights.count() >= inflight_appends_max {
             pr.inflights.free_first();
         }
-        // A pipeline that made no progress over a whole heartbeat interval while there is more
-        // to send lost an append whose successors were lost too (or never sent): nothing else
-        // would ever resend it. Start probing again from where the follower's log is known to
-        // end.
+        // A pipeline that made no progress for about an election timeout of heartbeat answers
+        // while there is more to send lost an append whose successors were lost too (or never
+        // sent): nothing else would ever resend it. Start probing again from where the
+        // follower's log is known to end. (Counting a whole election timeout, not one heartbeat,
+        // keeps a follower with a slow disk, whose acknowledgements wait for its fsync while its
+        // heartbeat answers do not, from being reset needlessly.)
         if pr.state == ProgressState::Replicate
             && pr.match_index < last_index
             && pr.match_index == pr.match_at_last_heartbeat
         {
-            pr.become_probe();
+            pr.stalled_heartbeats += 1;
+            if pr.stalled_heartbeats >= stall_heartbeats_max {
+                pr.become_probe();
+                pr.stalled_heartbeats = 0;
+            }
+        } else {
+            pr.stalled_heartbeats = 0;
         }
         pr.match_at_last_heartbeat = pr.match_index;
         if read_round > pr.acked_round {
             pr.acked_round = read_round;
             self.on_round_acked();
         }
+        // A TimeoutNow that was lost is sent again while the target stays caught up.
+        self.maybe_send_timeout_now(from);
     }
 
     pub(crate) fn broadcast_heartbeat(&mut self) {
@@ -276,9 +291,15 @@ impl Replica {
     }
 
     /// Runs on the leader after its commit index moved.
-    pub(crate) fn on_leader_commit(&mut self) {
+    pub(crate) fn on_leader_commit(&mut self, conf_committed: bool) {
         if self.committed_in_current_term() {
             self.release_reads_waiting_for_commit();
+        }
+        if conf_committed {
+            self.on_conf_committed();
+            if self.role != Role::Leader {
+                return;
+            }
         }
         self.maybe_leave_joint();
         // A membership change just applied may have changed what a quorum is.

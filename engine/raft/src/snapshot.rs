@@ -24,6 +24,7 @@ impl Replica {
             return Err(Error::SnapshotOutOfRange { index, first: self.log.first_index(), applied: self.applied });
         }
         let meta = SnapshotMeta { index, term, conf: self.conf_at(index) };
+        self.snapshot_requested = false;
         self.snapshot_meta = meta.clone();
         self.snapshot = Some(LocalSnapshot { meta, data });
         Ok(())
@@ -52,8 +53,15 @@ impl Replica {
 
     pub(crate) fn start_snapshot_transfer(&mut self, to: NodeId) {
         let Some(snapshot_index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
-            // The entries are gone and no snapshot data is at hand: ask the caller for one.
-            self.out.need_snapshot = true;
+            // The entries are gone and no snapshot data is at hand: ask the caller for one, once,
+            // and park the follower until `on_snapshot` hands it over.
+            if let Some(pr) = self.progress_mut(to) {
+                pr.become_snapshot(0);
+            }
+            if !self.snapshot_requested {
+                self.snapshot_requested = true;
+                self.out.need_snapshot = true;
+            }
             return;
         };
         if let Some(pr) = self.progress_mut(to) {
@@ -64,6 +72,10 @@ impl Replica {
 
     pub(crate) fn snapshot_sendable(&self, pr: &Progress) -> bool {
         let Some(snapshot) = &self.snapshot else { return false };
+        if snapshot.meta.index < self.log.base_index() {
+            // Older than the log's base: useless to a follower that needs what was compacted.
+            return false;
+        }
         if snapshot.meta.index != pr.snapshot_index {
             return true;
         }
@@ -73,7 +85,10 @@ impl Replica {
 
     pub(crate) fn send_snapshot_chunks(&mut self, to: NodeId) {
         let Some(snapshot) = self.snapshot.clone() else {
-            self.out.need_snapshot = true;
+            if !self.snapshot_requested {
+                self.snapshot_requested = true;
+                self.out.need_snapshot = true;
+            }
             return;
         };
         let chunk_max = self.config.snapshot_chunk_bytes_max;
@@ -219,7 +234,6 @@ impl Replica {
         self.incoming_snapshot = None;
         self.log.reset_to_snapshot(meta.index, meta.term);
         self.conf = meta.conf.clone();
-        self.conf_index = meta.index;
         self.conf_history = vec![(meta.index, meta.conf.clone())];
         self.out.conf_changed = true;
         self.applied = self.applied.max(meta.index);

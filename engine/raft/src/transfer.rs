@@ -45,6 +45,10 @@ impl Replica {
         }
         let caught_up = self.progress(target).is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
+            // The target may win an election at once, breaking through followers' leases: no
+            // lease read may be served on this leadership any more (thesis §6.4.1).
+            self.lease_until = 0;
+            self.lease_revoked = true;
             self.send(target, MessageBody::TimeoutNow);
         }
     }

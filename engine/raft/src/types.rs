@@ -73,8 +73,9 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 32;
 /// The state a replica must persist durably before it sends any message that depends on it.
 ///
 /// Invariant: `term` and `vote` never go backwards on a node; a vote is only ever given for the
-/// current term. `commit` is a hint: it may lag behind the real commit index (it is only ever
-/// written together with term or vote), but it is never ahead of it.
+/// current term. `commit` is a hint: it may lag behind the real commit index (it may be written
+/// lazily), but it never exceeds the real commit index nor the last index persisted in the same
+/// or an earlier ready. Nothing depends on it for safety: membership follows the log itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     pub term: Term,

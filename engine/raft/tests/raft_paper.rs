@@ -20,7 +20,7 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 /// §5.1: "If a server receives a request with a stale term number, it rejects the request."
 #[test]
 fn a_request_with_a_stale_term_is_rejected() {
-    let mut c = Cluster::new(3);
+    let mut c = Cluster::with_config(3, no_lease);
     c.elect(1);
     c.elect(2);
     let term = c.node(2).term();

@@ -551,7 +551,7 @@ impl Sim {
     fn membership_step(&mut self) -> Result<(), Violation> {
         let Some(leader) = self.leader() else { return Ok(()) };
         let conf = self.nodes[&leader].replica.as_ref().expect("up").conf().clone();
-        let choice = self.rng.range(0, 3);
+        let choice = self.rng.range(0, 4);
         let change = match choice {
             0 if self.next_node_id <= self.founders + JOINERS_MAX => {
                 let id = self.next_node_id;
@@ -572,6 +572,12 @@ impl Sim {
             2 if conf.voters.len() > 3 => {
                 let victim = *self.rng.pick(&conf.voters).expect("non-empty");
                 ConfChange::Change { ops: vec![ConfChangeOp::Remove(victim)] }
+            }
+            // Replace: promote a learner and remove a voter in one change (leader included).
+            3 if !conf.learners.is_empty() && conf.voters.len() >= 3 => {
+                let learner = *self.rng.pick(&conf.learners).expect("non-empty");
+                let victim = *self.rng.pick(&conf.voters).expect("non-empty");
+                ConfChange::Change { ops: vec![ConfChangeOp::AddVoter(learner), ConfChangeOp::Remove(victim)] }
             }
             _ => return Ok(()),
         };
@@ -672,7 +678,7 @@ impl Sim {
             .values()
             .filter_map(|n| n.replica.as_ref())
             .max_by_key(|r| r.commit_index())
-            .map(|r| r.conf().members())
+            .map(|r| r.committed_conf().members())
         else {
             return;
         };
@@ -682,7 +688,7 @@ impl Sim {
         // Only nodes that were members once and are no longer: a node that joined but whose
         // addition has not committed yet must be left alone.
         let ever_members: Vec<NodeId> =
-            self.nodes.values().filter_map(|n| n.replica.as_ref()).flat_map(|r| r.conf().members()).collect();
+            self.nodes.values().filter_map(|n| n.replica.as_ref()).flat_map(|r| r.committed_conf().members()).collect();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             if !best.contains(&id) && ever_members.contains(&id) && !self.retired.contains(&id) {
