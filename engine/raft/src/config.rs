@@ -118,7 +118,10 @@ impl Config {
         if self.inflight_bytes_max < self.append_bytes_max {
             return fail(
                 "inflight_bytes_max",
-                format!("must be at least append_bytes_max ({})", self.append_bytes_max),
+                format!(
+                    "must be at least append_bytes_max ({})",
+                    self.append_bytes_max
+                ),
             );
         }
         if self.proposal_bytes_max == 0 {
@@ -127,7 +130,10 @@ impl Config {
         if self.uncommitted_bytes_max < self.proposal_bytes_max {
             return fail(
                 "uncommitted_bytes_max",
-                format!("must be at least proposal_bytes_max ({})", self.proposal_bytes_max),
+                format!(
+                    "must be at least proposal_bytes_max ({})",
+                    self.proposal_bytes_max
+                ),
             );
         }
         if self.snapshot_chunk_bytes_max == 0 {

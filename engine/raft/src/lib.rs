@@ -19,6 +19,6 @@ pub use config::{Config, ConfigError};
 pub use message::{Message, MessageBody};
 pub use ready::{ReadState, Ready, Role, RoleState, SnapshotChunk};
 pub use types::{
-    ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId, ReadContext,
-    SnapshotMeta, Term,
+    ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId,
+    ReadContext, SnapshotMeta, Term,
 };

@@ -118,7 +118,9 @@ impl MessageBody {
     /// Bytes this message counts for against flow-control limits.
     pub fn size_bytes(&self) -> u64 {
         match self {
-            MessageBody::Append { entries, .. } => 64 + entries.iter().map(Entry::size_bytes).sum::<u64>(),
+            MessageBody::Append { entries, .. } => {
+                64 + entries.iter().map(Entry::size_bytes).sum::<u64>()
+            }
             MessageBody::Snapshot { data, .. } => 64 + data.len() as u64,
             _ => 64,
         }

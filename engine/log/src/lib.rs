@@ -1,0 +1,56 @@
+//! # smr-log: the durable log
+//!
+//! The log of one Raft group on one node, on its own disk directory. It **owns** the segment
+//! files (preallocated and zero-filled ahead of need by a background thread), the state file
+//! (term, vote, commit hint, and the snapshot the log starts after), the write path (io_uring
+//! writes with group-commit `fdatasync`, or the `pwrite` + `fdatasync` fallback), recovery, and
+//! zero-copy reads from read-only mappings of the segments.
+//!
+//! It **must never**:
+//! - report an entry or a hard state durable (through [`Durable`]) before an `fdatasync` that
+//!   was ordered after its write has completed;
+//! - retry a failed `fsync` or continue after one ([`LogError::SyncFailed`] is fatal: the kernel
+//!   may already have dropped the dirty pages, so a second `fsync` could succeed and lie);
+//! - skip or truncate past a bad record that is followed by records proving it was durable
+//!   ([`LogError::Corruption`] names the segment, offset and index instead);
+//! - use a segment or state file of another cluster, node or group;
+//! - rewrite bytes in place that a reader may be reading (truncation starts a new segment);
+//! - allocate from a length read from disk before checking it against its `*_max`.
+//!
+//! ## Shape
+//!
+//! [`Log`] is driven by one owner thread (the log writer stage): [`Log::submit`] queues the
+//! writes of one `Ready` (a conflicting suffix is replaced, then the hard state follows the
+//! entries), [`Log::wait`] / [`Log::poll`] collect completions, and [`Durable`] says which
+//! submit tokens and indexes are durable. [`LogReader`] reads durable entries from any thread.
+//! [`Log::compact`] and [`Log::install_snapshot`] are synchronous control-plane operations.
+//!
+//! ## Files
+//!
+//! `dir/state` (two 4 KiB slots, see `state.rs`) and `dir/{sequence:020}.seg` segments
+//! (`segment.rs` for the header, `record.rs` for records, `recovery.rs` for what a crash may
+//! leave and how it is read back).
+
+mod config;
+mod error;
+mod fallback;
+mod io;
+mod log;
+mod prealloc;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod state;
+mod uring;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
+pub use error::{
+    EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError,
+};
+pub use log::{Durable, Log, Recovered};
+pub use reader::{EntryRef, LogReader, stored_record_bytes};
+pub use state::DurableState;
