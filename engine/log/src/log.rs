@@ -559,6 +559,13 @@ impl Log {
             self.shared
                 .durable_index
                 .store(self.durable.index, Ordering::Release);
+            #[cfg(test)]
+            if let Some(trace) = self.seams.trace.as_mut() {
+                trace.push(crate::tests::trace::TraceOp::Durable {
+                    index: self.durable.index,
+                    token: self.durable.token,
+                });
+            }
             self.activate_next()?;
         }
 
@@ -915,6 +922,7 @@ impl Log {
             if let Some(trace) = self.seams.trace.as_mut() {
                 trace.push(crate::tests::trace::TraceOp::Durable {
                     index: self.durable.index,
+                    token: self.durable.token,
                 });
             }
         }

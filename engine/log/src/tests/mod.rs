@@ -3,6 +3,7 @@
 pub(crate) mod trace;
 
 mod basic;
+mod crash;
 
 use std::path::Path;
 

@@ -7,7 +7,6 @@ pub(crate) enum FileId {
     State,
 }
 
-#[allow(dead_code)] // Read by the crash-state tests.
 /// One traced operation, in the order the log issued or observed it.
 #[derive(Clone, Debug)]
 pub(crate) enum TraceOp {
@@ -22,6 +21,9 @@ pub(crate) enum TraceOp {
     SyncIssued { job: u64, files: Vec<FileId> },
     /// The job completed successfully.
     SyncDone { job: u64 },
-    /// The log reported entries through `index` durable.
-    Durable { index: u64 },
+    /// The log reported entries through `index` and submits through `token` durable (also
+    /// traced when a truncation lowers the watermark).
+    Durable { index: u64, token: u64 },
+    /// A marker the test inserts between its own steps.
+    Mark,
 }
