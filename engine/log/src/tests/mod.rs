@@ -3,7 +3,9 @@
 pub(crate) mod trace;
 
 mod basic;
+mod corruption;
 mod crash;
+mod faults;
 
 use std::path::Path;
 
