@@ -17,7 +17,8 @@ use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
 use crate::segment::{
-    SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, segment_path, sync_dir,
+    SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files,
+    segment_path, sync_dir,
 };
 use crate::state::{DurableState, StateFile};
 use crate::uring::UringIo;
@@ -38,6 +39,19 @@ pub struct Durable {
     pub token: u64,
     /// Every entry at or below this index is durable.
     pub index: Index,
+}
+
+/// Counters of the write path, for metrics (entries per fsync) and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries submitted since open.
+    pub entries_submitted: u64,
+    /// Payload bytes submitted since open.
+    pub payload_bytes_submitted: u64,
+    /// Bytes handed to the I/O path (headers and padding included).
+    pub bytes_written: u64,
+    /// Sync jobs (group commits) completed.
+    pub syncs_completed: u64,
 }
 
 /// What the log held when it was opened.
@@ -127,6 +141,8 @@ pub(crate) struct TestSeams {
 pub struct Log {
     dir: PathBuf,
     config: LogConfig,
+    /// Declared before `writes`: dropping the backend waits for in-flight operations, which
+    /// may still read the buffers that `writes` owns.
     io: Box<dyn Backend>,
     state: StateFile,
     state_file: Arc<File>,
@@ -163,6 +179,7 @@ pub struct Log {
     durable: Durable,
     frontier: Position,
     failed: Option<String>,
+    stats: LogStats,
     buffers: Vec<Vec<u8>>,
     completions: Vec<Completion>,
     #[cfg(test)]
@@ -211,6 +228,7 @@ impl Log {
         config.validate()?;
         fs::create_dir_all(dir).map_err(|e| LogError::io("create_dir", dir, e))?;
         let io = choose_io(&config)?;
+        remove_temp_files(dir)?;
         let mut found = list_segments(dir)?;
         let state = match StateFile::open(dir, &config)? {
             Some(state) => state,
@@ -363,6 +381,7 @@ impl Log {
                 offset: 0,
             },
             failed: None,
+            stats: LogStats::default(),
             buffers: Vec::new(),
             completions: Vec::new(),
             #[cfg(test)]
@@ -425,6 +444,11 @@ impl Log {
     /// The durable hard state.
     pub fn hard_state(&self) -> HardState {
         self.state.current().hard_state
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.stats
     }
 
     /// True while writes or syncs are outstanding.
@@ -599,6 +623,8 @@ impl Log {
                 .push(entry.index, self.tail.offset);
             self.tail.offset += size;
             push_term(&mut self.term_runs, entry.index, entry.term);
+            self.stats.entries_submitted += 1;
+            self.stats.payload_bytes_submitted += entry.data.len() as u64;
             self.last_index = entry.index;
             self.last_term = entry.term;
         }
@@ -810,6 +836,7 @@ impl Log {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.stats.bytes_written += buffer.len() as u64;
         let write = InflightWrite {
             submit,
             buffer,
@@ -1047,6 +1074,7 @@ impl Log {
                             self.state.committed(state);
                         }
                         self.last_job_done = Some((sync.covers, sync.number));
+                        self.stats.syncs_completed += 1;
                         self.advance(sync.covers, sync.number);
                         Ok(())
                     }

@@ -151,7 +151,24 @@ pub(crate) fn check_header(
     Ok(())
 }
 
-/// Every final-named segment in `dir`, sorted by sequence; stale `.tmp` files are deleted.
+/// Deletes the `.tmp` files of interrupted preallocations: never renamed, so they never held a
+/// record. Only at open, before the preallocator starts.
+pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), LogError> {
+    let entries = fs::read_dir(dir).map_err(|e| LogError::io("read_dir", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io("read_dir", dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.ends_with(TEMP_SUFFIX))
+        {
+            fs::remove_file(entry.path()).map_err(|e| LogError::io("remove", entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every final-named segment in `dir`, sorted by sequence.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut found = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| LogError::io("read_dir", dir, e))?;
@@ -159,11 +176,6 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError>
         let entry = entry.map_err(|e| LogError::io("read_dir", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(TEMP_SUFFIX) {
-            // An interrupted preallocation: it was never renamed, so it never held a record.
-            fs::remove_file(entry.path()).map_err(|e| LogError::io("remove", entry.path(), e))?;
-            continue;
-        }
         let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
             continue;
         };
@@ -352,6 +364,7 @@ mod tests {
         )
         .expect("write");
         create_segment(dir.path(), &config(), 1).expect("create");
+        remove_temp_files(dir.path()).expect("remove");
         let listed = list_segments(dir.path()).expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, 1);

@@ -253,3 +253,17 @@ impl Backend for UringIo {
         "io_uring"
     }
 }
+
+impl Drop for UringIo {
+    /// Waits for every outstanding operation: the kernel may still be copying from a write's
+    /// buffer, which the log frees right after this backend (field order in `Log`).
+    fn drop(&mut self) {
+        let mut sink = Vec::new();
+        while !self.writes.is_empty() || self.job.is_some() {
+            if self.wait(&mut sink, true).is_err() {
+                break;
+            }
+            sink.clear();
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod basic;
 mod corruption;
 mod crash;
 mod faults;
+mod lifecycle;
 
 use std::path::Path;
 
