@@ -91,8 +91,12 @@ pub enum LogError {
         last: Index,
     },
     /// An earlier fatal error stopped the log; nothing more is written or acknowledged.
+    /// `exit_code` is the first fatal error's.
     #[error("the log stopped after a fatal error: {reason}")]
-    Stopped { reason: String },
+    Stopped { reason: String, exit_code: i32 },
+    /// Another process (or another `Log` in this one) has this directory open.
+    #[error("{path} is locked by another open log; two writers would corrupt it")]
+    Locked { path: PathBuf },
 }
 
 impl LogError {
@@ -105,16 +109,28 @@ impl LogError {
     /// The distinct exit code for a fatal error, `None` for a refusal.
     pub fn exit_code(&self) -> Option<i32> {
         match self {
-            LogError::SyncFailed { .. } | LogError::Stopped { .. } => Some(EXIT_CODE_SYNC_FAILED),
+            LogError::SyncFailed { .. } => Some(EXIT_CODE_SYNC_FAILED),
+            LogError::Stopped { exit_code, .. } => Some(*exit_code),
             LogError::Corruption { .. } => Some(EXIT_CODE_CORRUPTION),
             LogError::Foreign { .. } => Some(EXIT_CODE_FOREIGN_DATA),
-            LogError::Io { .. } | LogError::UringUnavailable { .. } => Some(EXIT_CODE_IO),
+            LogError::Io { .. } | LogError::UringUnavailable { .. } | LogError::Locked { .. } => {
+                Some(EXIT_CODE_IO)
+            }
             LogError::NoSpace { .. }
             | LogError::Config { .. }
             | LogError::TooLarge { .. }
             | LogError::NotContiguous { .. }
             | LogError::TokenOrder { .. }
             | LogError::Unavailable { .. } => None,
+        }
+    }
+
+    /// The error for a helper thread that is gone (it only ends when the log drops it, so this
+    /// means it panicked).
+    pub(crate) fn thread_gone(which: &str) -> LogError {
+        LogError::Stopped {
+            reason: format!("the {which} thread is gone"),
+            exit_code: EXIT_CODE_IO,
         }
     }
 

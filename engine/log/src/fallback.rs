@@ -105,9 +105,7 @@ impl Backend for FallbackIo {
             .as_ref()
             .expect("open")
             .send(job)
-            .map_err(|_| LogError::Stopped {
-                reason: "the fallback sync thread is gone".into(),
-            })
+            .map_err(|_| LogError::thread_gone("fallback sync"))
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
@@ -125,9 +123,7 @@ impl Backend for FallbackIo {
                 }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
-                    return Err(LogError::Stopped {
-                        reason: "the fallback sync thread is gone".into(),
-                    });
+                    return Err(LogError::thread_gone("fallback sync"));
                 }
             }
         }

@@ -178,12 +178,15 @@ pub struct Log {
     last_job_done: Option<(u64, u64)>,
     durable: Durable,
     frontier: Position,
-    failed: Option<String>,
+    /// The first fatal error: (message, exit code).
+    failed: Option<(String, i32)>,
     stats: LogStats,
     buffers: Vec<Vec<u8>>,
     completions: Vec<Completion>,
     #[cfg(test)]
     pub(crate) seams: TestSeams,
+    /// Holds the directory's exclusive lock for as long as the log is open.
+    _lock: File,
 }
 
 fn choose_io(config: &LogConfig) -> Result<Box<dyn Backend>, LogError> {
@@ -228,6 +231,7 @@ impl Log {
         config.validate()?;
         fs::create_dir_all(dir).map_err(|e| LogError::io("create_dir", dir, e))?;
         let io = choose_io(&config)?;
+        let lock = lock_dir(dir)?;
         remove_temp_files(dir)?;
         let mut found = list_segments(dir)?;
         let state = match StateFile::open(dir, &config)? {
@@ -387,6 +391,7 @@ impl Log {
             #[cfg(test)]
             seams: TestSeams::default(),
             config,
+            _lock: lock,
         };
         if plan.tail.is_none() {
             // A fresh log: its first segment is made here, once, not on the append path.
@@ -508,8 +513,9 @@ impl Log {
 
     fn check_running(&self) -> Result<(), LogError> {
         match &self.failed {
-            Some(reason) => Err(LogError::Stopped {
+            Some((reason, exit_code)) => Err(LogError::Stopped {
                 reason: reason.clone(),
+                exit_code: *exit_code,
             }),
             None => Ok(()),
         }
@@ -519,7 +525,8 @@ impl Log {
     fn fail(&mut self, error: LogError) -> LogError {
         tracing::error!("smr-log: fatal: {error}");
         if self.failed.is_none() {
-            self.failed = Some(error.to_string());
+            let exit_code = error.exit_code().unwrap_or(crate::error::EXIT_CODE_IO);
+            self.failed = Some((error.to_string(), exit_code));
         }
         error
     }
@@ -1228,6 +1235,29 @@ impl Log {
         }
         sync_dir(&self.dir).map_err(|e| self.fail(e))
     }
+}
+
+/// Takes an exclusive `flock` on `dir/lock`: two writers on one log would interleave records.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    // SAFETY: flock takes a file descriptor that `file` keeps open for the call's duration.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Locked { path });
+        }
+        return Err(LogError::io("flock", &path, error));
+    }
+    Ok(file)
 }
 
 fn push_term(runs: &mut VecDeque<(Index, Term)>, index: Index, term: Term) {

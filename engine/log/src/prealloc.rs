@@ -63,9 +63,7 @@ impl Preallocator {
             .as_ref()
             .expect("running")
             .send(sequence)
-            .map_err(|_| LogError::Stopped {
-                reason: "the preallocation thread is gone".into(),
-            })?;
+            .map_err(|_| LogError::thread_gone("preallocation"))?;
         self.outstanding += 1;
         Ok(())
     }
@@ -87,9 +85,7 @@ impl Preallocator {
                 Ok(Some(made))
             }
             Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(LogError::Stopped {
-                reason: "the preallocation thread is gone".into(),
-            }),
+            Err(TryRecvError::Disconnected) => Err(LogError::thread_gone("preallocation")),
         }
     }
 }

@@ -91,20 +91,14 @@ fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
     let mut orphans = Vec::new();
     let mut nonzero_end = stop;
     let mut at = stop;
-    let align = RECORD_ALIGN_BYTES as u64;
-    while at + align <= bytes.len() as u64 {
-        let block = &bytes[at as usize..(at + align) as usize];
-        if block.iter().all(|&b| b == 0) {
-            at += align;
-            continue;
-        }
-        nonzero_end = at + align;
-        if let Ok(record) = check_record(bytes, at, entry_bytes_max) {
+    while let Some(block) = next_nonzero_block(bytes, at) {
+        nonzero_end = block + RECORD_ALIGN_BYTES as u64;
+        if let Ok(record) = check_record(bytes, block, entry_bytes_max) {
             nonzero_end = record.end;
             orphans.push(record);
             at = record.end;
         } else {
-            at += align;
+            at = block + RECORD_ALIGN_BYTES as u64;
         }
     }
     SegmentScan {
@@ -114,6 +108,17 @@ fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
         orphans,
         nonzero_end,
     }
+}
+
+/// The offset of the first 16-byte block at or after `from` (16-aligned) that is not all zero.
+/// The zero tail of a segment is most of it, so this is the loop recovery spends its time in:
+/// 16 bytes per comparison.
+fn next_nonzero_block(bytes: &[u8], from: u64) -> Option<u64> {
+    let from = usize::try_from(from).ok()?;
+    let rest = bytes.get(from..)?;
+    rest.chunks_exact(RECORD_ALIGN_BYTES)
+        .position(|block| u128::from_ne_bytes(block.try_into().expect("16 bytes")) != 0)
+        .map(|i| (from + i * RECORD_ALIGN_BYTES) as u64)
 }
 
 /// The records of one segment that belong to the recovered log.

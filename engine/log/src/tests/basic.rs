@@ -214,3 +214,12 @@ fn refused_submits_change_nothing() {
         .expect("the log still accepts the right entry");
     assert_eq!(log.sync_all().expect("sync").index, 2);
 }
+
+#[test]
+fn second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(crate::IoMode::Auto);
+    let (_log, _) = open(dir.path(), &config);
+    let error = crate::Log::open(dir.path(), config.clone()).expect_err("locked");
+    assert!(matches!(error, crate::LogError::Locked { .. }), "{error}");
+}
