@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::error::LogError;
-use crate::io::{Backend, Completion, SyncJob};
+use crate::io::{Backend, Completion, SyncJob, WakerInner};
 
 #[derive(Debug)]
 pub(crate) struct FallbackIo {
@@ -23,12 +23,18 @@ pub(crate) struct FallbackIo {
     results: Receiver<Completion>,
     syncer: Option<JoinHandle<()>>,
     sync_outstanding: bool,
+    /// Kept to hand out wakers; `Some` once one was made.
+    wake_sender: SyncSender<Completion>,
+    waker_made: bool,
 }
 
 impl FallbackIo {
     pub(crate) fn new() -> Result<FallbackIo, LogError> {
         let (jobs, job_rx) = sync_channel::<SyncJob>(1);
-        let (result_tx, results) = sync_channel::<Completion>(1);
+        // Two slots: one sync result and one wake, so a pending wake never holds up the sync
+        // thread's report.
+        let (result_tx, results) = sync_channel::<Completion>(2);
+        let wake_sender = result_tx.clone();
         let syncer = std::thread::Builder::new()
             .name("smr-log-sync".into())
             .spawn(move || {
@@ -53,6 +59,8 @@ impl FallbackIo {
             results,
             syncer: Some(syncer),
             sync_outstanding: false,
+            wake_sender,
+            waker_made: false,
         })
     }
 }
@@ -110,24 +118,32 @@ impl Backend for FallbackIo {
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
         out.extend(self.done.drain(..));
-        if self.sync_outstanding {
-            let received = if block && out.is_empty() {
+        let mut block = block && out.is_empty() && (self.sync_outstanding || self.waker_made);
+        loop {
+            let received = if block {
                 self.results.recv().map_err(|_| TryRecvError::Disconnected)
             } else {
                 self.results.try_recv()
             };
             match received {
                 Ok(completion) => {
-                    self.sync_outstanding = false;
+                    if matches!(completion, Completion::Sync { .. }) {
+                        self.sync_outstanding = false;
+                    }
                     out.push(completion);
+                    block = false;
                 }
-                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
                     return Err(LogError::thread_gone("fallback sync"));
                 }
             }
         }
-        Ok(())
+    }
+
+    fn waker(&mut self) -> Result<WakerInner, LogError> {
+        self.waker_made = true;
+        Ok(WakerInner::Channel(self.wake_sender.clone()))
     }
 
     fn name(&self) -> &'static str {

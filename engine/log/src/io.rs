@@ -27,6 +27,8 @@ pub(crate) enum Completion {
         id: u64,
         result: Result<(), (Option<usize>, io::Error)>,
     },
+    /// A [`crate::LogWaker`] was woken.
+    Wake,
 }
 
 /// The state-file step of a sync job.
@@ -68,6 +70,47 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
     /// least one completion is available (the caller only blocks when something is outstanding).
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError>;
 
+    /// Makes a waker that ends a blocking [`Backend::wait`] from another thread; from then on
+    /// `wait` with `block` also blocks when nothing is outstanding (an idle log stage sleeps
+    /// until there is work).
+    fn waker(&mut self) -> Result<WakerInner, LogError>;
+
     /// A short name for logs and benchmark tables.
     fn name(&self) -> &'static str;
+}
+
+/// How a waker reaches its backend.
+#[derive(Debug, Clone)]
+pub(crate) enum WakerInner {
+    /// io_uring: an eventfd the ring keeps a read armed on.
+    Eventfd(Arc<std::os::fd::OwnedFd>),
+    /// Fallback: the channel the sync thread reports on.
+    Channel(std::sync::mpsc::SyncSender<Completion>),
+}
+
+/// Wakes the log's owner thread out of [`crate::Log::wait`], e.g. when the Raft core hands it a
+/// new ready. Cheap to clone; `Send` and `Sync`.
+#[derive(Debug, Clone)]
+pub struct LogWaker {
+    pub(crate) inner: WakerInner,
+}
+
+impl LogWaker {
+    /// Wakes the owner thread (at most one pending wake is kept; extra wakes coalesce).
+    pub fn wake(&self) {
+        match &self.inner {
+            WakerInner::Eventfd(fd) => {
+                use std::os::fd::AsRawFd;
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to an eventfd kept open by the Arc.
+                // An error (counter saturated) means a wake is pending already: ignoring it is
+                // the coalescing this method promises.
+                let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+            }
+            WakerInner::Channel(sender) => {
+                // Full means a result or a wake is already waiting: the owner wakes anyway.
+                let _ = sender.try_send(Completion::Wake);
+            }
+        }
+    }
 }

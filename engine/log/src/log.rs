@@ -11,7 +11,7 @@ use smr_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 use crate::config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 use crate::error::LogError;
 use crate::fallback::FallbackIo;
-use crate::io::{Backend, Completion, StateWrite, SyncJob};
+use crate::io::{Backend, Completion, LogWaker, StateWrite, SyncJob};
 use crate::prealloc::Preallocator;
 use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
@@ -180,6 +180,7 @@ pub struct Log {
     frontier: Position,
     /// The first fatal error: (message, exit code).
     failed: Option<(String, i32)>,
+    waker_made: bool,
     stats: LogStats,
     buffers: Vec<Vec<u8>>,
     completions: Vec<Completion>,
@@ -385,6 +386,7 @@ impl Log {
                 offset: 0,
             },
             failed: None,
+            waker_made: false,
             stats: LogStats::default(),
             buffers: Vec::new(),
             completions: Vec::new(),
@@ -459,6 +461,18 @@ impl Log {
     /// True while writes or syncs are outstanding.
     pub fn has_outstanding(&self) -> bool {
         !self.submits.is_empty() || !self.writes.is_empty() || self.sync.is_some()
+    }
+
+    /// A waker for another thread: [`LogWaker::wake`] ends a blocking [`Log::wait`]. Once a
+    /// waker exists, [`Log::wait`] also blocks when nothing is outstanding, so the log stage can
+    /// sleep until the core hands it work or the disk completes something, without spinning.
+    ///
+    /// # Errors
+    /// Fatal I/O errors (no eventfd).
+    pub fn waker(&mut self) -> Result<LogWaker, LogError> {
+        let inner = self.io.waker().map_err(|e| self.fail(e))?;
+        self.waker_made = true;
+        Ok(LogWaker { inner })
     }
 
     /// A read handle for another thread.
@@ -966,7 +980,7 @@ impl Log {
     fn process(&mut self, block: bool) -> Result<(), LogError> {
         self.check_running()?;
         let mut completions = std::mem::take(&mut self.completions);
-        let block = block && (!self.writes.is_empty() || self.sync.is_some());
+        let block = block && (!self.writes.is_empty() || self.sync.is_some() || self.waker_made);
         let waited = self.io.wait(&mut completions, block);
         if let Err(error) = waited {
             return Err(self.fail(error));
@@ -1058,6 +1072,7 @@ impl Log {
                     }
                 }
             }
+            Completion::Wake => Ok(()),
             Completion::Sync { id, result } => {
                 let sync = self
                     .sync
@@ -1106,8 +1121,9 @@ impl Log {
         Ok(self.durable)
     }
 
-    /// Waits (blocking, no spinning) until at least one operation completes, when any is
-    /// outstanding, and returns the durable watermark.
+    /// Waits (blocking, no spinning) until at least one operation completes or a
+    /// [`LogWaker`] wakes it, and returns the durable watermark. Without a waker it returns at
+    /// once when nothing is outstanding.
     ///
     /// # Errors
     /// Fatal errors only ([`LogError::is_fatal`]).

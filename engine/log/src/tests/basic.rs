@@ -223,3 +223,26 @@ fn second_open_of_the_same_directory_is_refused() {
     let error = crate::Log::open(dir.path(), config.clone()).expect_err("locked");
     assert!(matches!(error, crate::LogError::Locked { .. }), "{error}");
 }
+
+#[test]
+fn idle_wait_sleeps_until_woken_on_both_io_paths() {
+    for mode in io_modes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), &small_config(mode));
+        let waker = log.waker().expect("waker");
+        let started = std::time::Instant::now();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            waker.wake();
+        });
+        log.wait().expect("woken");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(40),
+            "{mode:?}: it slept until woken"
+        );
+        thread.join().expect("waker thread");
+        // Still a working log afterwards, and waits for I/O still end on completion.
+        log.submit(1, &[entry(1, 1, 10)], None).expect("submit");
+        assert_eq!(log.sync_all().expect("sync").index, 1);
+    }
+}
