@@ -3,8 +3,8 @@
 //! Writes into the page cache are quick and complete at once; the `fdatasync` is what takes
 //! 100 µs or more, so it runs on a helper thread while the writer keeps accepting appends that
 //! gather for the next sync: the same group commit as the io_uring path. Every write is complete
-//! before the job that covers it is even queued, which gives the ordering io_uring needs a drain
-//! for. Channels are bounded: one job in flight, one result waiting.
+//! before the job that covers it is even queued, which gives the ordering that io_uring needs a
+//! link chain or a wait for completions for. Channels are bounded: one job in flight, one result waiting.
 
 use std::collections::VecDeque;
 use std::io;

@@ -6,8 +6,8 @@
 //!
 //! - a **write** of a buffer at an offset of a file. The buffer is owned by the log until the
 //!   write's completion is collected (buffers move into the operation and come back).
-//! - a **sync job**: `fdatasync` every listed file, ordered after EVERY write submitted before
-//!   the job; then, if given, write the state slot and `fdatasync` the state file, in that order.
+//! - a **sync job**: `fdatasync` every listed file, ordered after EVERY write handed in before
+//!   the job (the backend links them or waits for their completion); then, if given, write the state slot and `fdatasync` the state file, in that order.
 //!   The job completes once all of it is done, or fails at its first failing step.
 
 use std::fs::File;

@@ -439,7 +439,7 @@ fn no_acknowledged_entry_is_lost_in_any_crash_state() {
     let mut total = 0;
     for mode in super::io_modes() {
         let config = crash_config(mode);
-        for seed in 0..24u64 {
+        for seed in 0..48u64 {
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 40, false);
             let mut rng = Rng::new(seed ^ 0xC0FFEE);
@@ -453,7 +453,7 @@ fn no_acknowledged_entry_is_lost_in_any_crash_state() {
         }
     }
     eprintln!("crash states checked: {total}");
-    assert!(total > 50_000, "explored {total} states");
+    assert!(total > 100_000, "explored {total} states");
 }
 
 #[test]
