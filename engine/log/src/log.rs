@@ -557,6 +557,9 @@ impl Log {
     /// Refusals that change nothing: [`LogError::TokenOrder`], [`LogError::NotContiguous`],
     /// [`LogError::TooLarge`], [`LogError::NoSpace`]. Fatal: [`LogError::SyncFailed`],
     /// [`LogError::Io`], [`LogError::Stopped`].
+    ///
+    /// # Panics
+    /// When `hard_state` moves the term backwards (a caller bug: Raft never does).
     pub fn submit(
         &mut self,
         token: u64,
@@ -570,6 +573,15 @@ impl Log {
                 previous: self.last_token,
             });
         }
+        if let Some(hard_state) = hard_state {
+            // A caller bug, not a disk condition: Raft never moves the term back.
+            assert!(
+                hard_state.term >= self.state_latest.hard_state.term,
+                "hard state term went back from {} to {}",
+                self.state_latest.hard_state.term,
+                hard_state.term
+            );
+        }
         let truncate_from = self.check_entries(entries)?;
 
         // Every segment this submit needs must be ready before anything changes, so that a full
@@ -577,7 +589,9 @@ impl Log {
         let segments_needed = self.segments_needed(entries, truncate_from.is_some());
         self.ensure_spares(segments_needed)?;
         let writes_needed = segments_needed + usize::from(!entries.is_empty());
-        while self.writes.len() + writes_needed > self.config.inflight_writes_max as usize {
+        while !self.writes.is_empty()
+            && self.writes.len() + writes_needed > self.config.inflight_writes_max as usize
+        {
             self.process(true)?;
             self.check_running()?;
         }
