@@ -54,4 +54,3 @@ pub use error::{
 pub use io::LogWaker;
 pub use log::{Durable, Log, LogStats, Recovered};
 pub use reader::{EntryRef, LogReader, stored_record_bytes};
-pub use state::DurableState;

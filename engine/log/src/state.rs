@@ -49,15 +49,15 @@ const _: () = assert!(size_of::<StateSlotLayout>() == STATE_SLOT_USED_BYTES);
 
 /// What the state file keeps durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DurableState {
+pub(crate) struct DurableState {
     /// Term, vote and commit hint.
-    pub hard_state: HardState,
+    pub(crate) hard_state: HardState,
     /// The log starts after this index (0 for a log that was never compacted).
-    pub snapshot_index: Index,
+    pub(crate) snapshot_index: Index,
     /// Term of the entry at `snapshot_index`.
-    pub snapshot_term: Term,
+    pub(crate) snapshot_term: Term,
     /// Segments with a lower sequence belong to a discarded prefix or log and are deleted at open.
-    pub segment_sequence_min: u64,
+    pub(crate) segment_sequence_min: u64,
 }
 
 fn encode_slot(config: &LogConfig, state: &DurableState, generation: u64) -> Vec<u8> {
