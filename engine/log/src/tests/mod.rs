@@ -4,8 +4,9 @@ pub(crate) mod trace;
 
 mod basic;
 mod corruption;
-mod crash;
+pub(crate) mod crash;
 mod faults;
+mod fuzz;
 mod lifecycle;
 
 use std::path::Path;
