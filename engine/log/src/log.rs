@@ -383,6 +383,18 @@ impl Log {
             sync_dir(dir)?;
         }
 
+        // What recovery just read may be only in the page cache: after a crash of the process
+        // (not of the machine) the writes it never synced are still visible. Everything this
+        // process reports durable must be on disk, so sync it all before trusting any of it.
+        for file in &files {
+            file.sync()?;
+        }
+        state
+            .file
+            .sync_data()
+            .map_err(|e| crate::segment::sync_error(&state.path, e))?;
+        sync_dir(dir)?;
+
         let first_index = durable_state.snapshot_index + 1;
         let shared = Arc::new(Shared::new(first_index));
         let mut segments = Vec::new();
