@@ -25,6 +25,34 @@
 //! submit tokens and indexes are durable. [`LogReader`] reads durable entries from any thread.
 //! [`Log::compact`] and [`Log::install_snapshot`] are synchronous control-plane operations.
 //!
+//! ## Driving it (the log writer stage)
+//!
+//! ```no_run
+//! use smr_log::{Log, LogConfig};
+//! # fn next_ready() -> Option<smr_raft::Ready> { None }
+//! # fn main() -> Result<(), smr_log::LogError> {
+//! let (mut log, recovered) = Log::open("/var/lib/smr/group-0".as_ref(), LogConfig::new(7, 1, 0))?;
+//! // Hand `recovered` (hard state, snapshot, last index) and the entries to the Raft core;
+//! // `log.entries(..)` + `EntryRef::to_entry()` give them zero-copy.
+//! let waker = log.waker()?; // the core's thread calls waker.wake() after queueing a ready
+//! loop {
+//!     while let Some(ready) = next_ready() {
+//!         if let Some(chunk) = ready.snapshot.as_ref().filter(|c| c.last) {
+//!             log.install_snapshot(&chunk.meta)?; // after the state machine restored it
+//!         }
+//!         log.submit(ready.number, &ready.entries, ready.hard_state)?;
+//!     }
+//!     let durable = log.wait()?; // sleeps until the disk or the waker has something
+//!     // Every ready numbered <= durable.token is durable: send its persisted_messages and
+//!     // call on_persisted(durable.token).
+//!     # let _ = (durable, &waker); break;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! An error with [`LogError::is_fatal`] stops the process with [`LogError::exit_code`]; any
+//! other error is a refusal that changed nothing (a full disk, a bad submit).
+//!
 //! ## Files
 //!
 //! `dir/state` (two 4 KiB slots, see `state.rs`) and `dir/{sequence:020}.seg` segments

@@ -246,3 +246,31 @@ fn idle_wait_sleeps_until_woken_on_both_io_paths() {
         assert_eq!(log.sync_all().expect("sync").index, 1);
     }
 }
+
+#[test]
+fn entries_stop_at_bytes_max_but_always_return_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = open(dir.path(), &small_config(crate::IoMode::Auto));
+    let entries: Vec<_> = (1..=10).map(|i| entry(i, 1, 1000)).collect();
+    log.submit(1, &entries, None).expect("submit");
+    log.sync_all().expect("sync");
+    // Each entry counts 1000 + 32 bytes.
+    assert_eq!(log.entries(1, 10, 3 * 1032).expect("entries").len(), 3);
+    assert_eq!(log.entries(1, 10, 3 * 1032 - 1).expect("entries").len(), 2);
+    assert_eq!(
+        log.entries(4, 10, 1).expect("entries").len(),
+        1,
+        "a large entry never stalls"
+    );
+    assert_eq!(
+        log.entries(9, 100, u64::MAX).expect("entries").len(),
+        2,
+        "stops at the end"
+    );
+    assert!(
+        log.entries(11, 11, u64::MAX).is_err(),
+        "beyond the durable end"
+    );
+    let owned = log.entries(5, 5, u64::MAX).expect("entries")[0].to_entry();
+    assert_eq!(owned, entries[4], "to_entry is the entry, zero-copy");
+}
