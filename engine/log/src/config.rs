@@ -39,6 +39,10 @@ pub struct LogConfig {
     pub submit_bytes_max: u64,
     /// Most writes submitted and not yet completed; `submit` waits for completions beyond it.
     pub inflight_writes_max: u32,
+    /// Most submits not yet durable; `submit` waits for the disk beyond it. Their writes
+    /// complete quickly, so without this bound a caller faster than `fdatasync` could queue
+    /// without limit behind one sync.
+    pub pending_submits_max: u32,
     /// Empty segments kept preallocated and zero-filled ahead of the writer.
     pub spare_segments_max: u32,
     /// Which I/O path to use.
@@ -57,6 +61,7 @@ impl LogConfig {
             entry_bytes_max: 16 << 20,
             submit_bytes_max: 64 << 20,
             inflight_writes_max: 256,
+            pending_submits_max: 4096,
             spare_segments_max: 2,
             io_mode: IoMode::Auto,
         }
@@ -118,6 +123,12 @@ impl LogConfig {
             return bad(
                 "inflight_writes_max",
                 format!("{} is not in 1..=4096", self.inflight_writes_max),
+            );
+        }
+        if self.pending_submits_max == 0 || self.pending_submits_max > 1 << 20 {
+            return bad(
+                "pending_submits_max",
+                format!("{} is not in 1..=1048576", self.pending_submits_max),
             );
         }
         if self.spare_segments_max == 0 || self.spare_segments_max > 64 {

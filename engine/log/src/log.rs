@@ -628,8 +628,9 @@ impl Log {
 
     /// Queues the writes of one ready: `entries` (replacing any existing entries from
     /// `entries[0].index` on: a conflicting suffix) and `hard_state`. Returns without waiting
-    /// for the disk, except when `inflight_writes_max` writes are outstanding or no preallocated
-    /// segment is ready (then it waits for the disk, which is the backpressure).
+    /// for the disk, except when `inflight_writes_max` writes or `pending_submits_max` submits
+    /// are outstanding or no preallocated segment is ready (then it waits for the disk, which is
+    /// the backpressure).
     ///
     /// `token` identifies the submit in [`Durable::token`] (the ready number fits); tokens must
     /// increase.
@@ -670,6 +671,10 @@ impl Log {
         let segments_needed = self.segments_needed(entries, truncate_from.is_some());
         self.ensure_spares(segments_needed)?;
         let writes_needed = segments_needed + usize::from(!entries.is_empty());
+        while self.submits.len() >= self.config.pending_submits_max as usize {
+            self.maybe_sync()?;
+            self.process(true)?;
+        }
         while !self.writes.is_empty()
             && self.writes.len() + writes_needed > self.config.inflight_writes_max as usize
         {
@@ -1345,6 +1350,13 @@ impl Log {
             }
         }
         sync_dir(&self.dir).map_err(|e| self.fail(e))
+    }
+}
+
+#[cfg(test)]
+impl Log {
+    pub(crate) fn pending_submits(&self) -> usize {
+        self.submits.len()
     }
 }
 

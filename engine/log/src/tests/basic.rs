@@ -274,3 +274,19 @@ fn entries_stop_at_bytes_max_but_always_return_one() {
     let owned = log.entries(5, 5, u64::MAX).expect("entries")[0].to_entry();
     assert_eq!(owned, entries[4], "to_entry is the entry, zero-copy");
 }
+
+#[test]
+fn submits_beyond_pending_submits_max_wait_for_the_disk_instead_of_queueing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(crate::IoMode::Auto);
+    config.pending_submits_max = 4;
+    let (mut log, _) = open(dir.path(), &config);
+    for i in 1..=50u64 {
+        log.submit(i, &[entry(i, 1, 100)], None).expect("submit");
+        assert!(
+            log.pending_submits() <= 4,
+            "at most 4 submits wait for a sync"
+        );
+    }
+    assert_eq!(log.sync_all().expect("sync").token, 50);
+}
