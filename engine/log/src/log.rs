@@ -259,8 +259,8 @@ pub struct Log {
     _lock: File,
 }
 
-fn choose_io(config: &LogConfig) -> Result<Box<dyn Backend>, LogError> {
-    let forced = std::env::var(FORCE_FALLBACK_ENV).is_ok_and(|v| v == "1");
+/// Picks the I/O path; `forced` is [`FORCE_FALLBACK_ENV`] set to `1`.
+fn choose_io(config: &LogConfig, forced: bool) -> Result<Box<dyn Backend>, LogError> {
     match config.io_mode {
         IoMode::Fallback => Ok(Box::new(FallbackIo::new()?)),
         IoMode::Uring => match UringIo::new(config.inflight_writes_max) {
@@ -300,7 +300,8 @@ impl Log {
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, Recovered), LogError> {
         config.validate()?;
         fs::create_dir_all(dir).map_err(|e| LogError::io("create_dir", dir, e))?;
-        let io = choose_io(&config)?;
+        let forced = std::env::var(FORCE_FALLBACK_ENV).is_ok_and(|v| v == "1");
+        let io = choose_io(&config, forced)?;
         let lock = lock_dir(dir)?;
         remove_temp_files(dir)?;
         let mut found = list_segments(dir)?;
@@ -1386,5 +1387,40 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
 fn push_term(runs: &mut VecDeque<(Index, Term)>, index: Index, term: Term) {
     if runs.back().is_none_or(|&(_, last)| last != term) {
         runs.push_back((index, term));
+    }
+}
+
+#[cfg(test)]
+mod choose_io_tests {
+    use super::*;
+
+    #[test]
+    fn forced_fallback_is_used_under_auto_and_ignored_by_explicit_modes() {
+        let config = crate::tests::small_config(IoMode::Auto);
+        assert_eq!(
+            choose_io(&config, true).expect("io").name(),
+            "pwrite+fdatasync"
+        );
+        let uring_here = crate::uring::UringIo::new(8).is_ok();
+        let auto = choose_io(&config, false).expect("io").name();
+        assert_eq!(
+            auto,
+            if uring_here {
+                "io_uring"
+            } else {
+                "pwrite+fdatasync"
+            }
+        );
+        let mut fallback = config.clone();
+        fallback.io_mode = IoMode::Fallback;
+        assert_eq!(
+            choose_io(&fallback, false).expect("io").name(),
+            "pwrite+fdatasync"
+        );
+        if uring_here {
+            let mut uring = config;
+            uring.io_mode = IoMode::Uring;
+            assert_eq!(choose_io(&uring, true).expect("io").name(), "io_uring");
+        }
     }
 }
