@@ -769,7 +769,9 @@ impl Log {
             writes_left,
             issued_after_jobs: self.jobs_issued,
         });
-        self.maybe_sync()
+        // The sync is issued when the owner next waits or polls, not here: everything it submits
+        // before that (a whole drained queue of readies) then shares one fsync.
+        Ok(())
     }
 
     /// Checks that `entries` continue the log; returns the truncation point if they replace a
@@ -1077,9 +1079,17 @@ impl Log {
         }
     }
 
-    /// Collects completions; with `block`, waits for at least one when anything is outstanding.
+    /// Issues a sync if one is due, then collects completions; with `block`, waits for at least
+    /// one when anything is outstanding.
+    ///
+    /// Group commit policy: a sync job is issued here, on entry, when none is running. Not when
+    /// the previous one completes: its submitters are about to submit again, and issuing at once
+    /// would split a closed loop of N appenders into two halves that alternate (N/2 records per
+    /// fsync, each appender served every other fsync). Issuing on the owner's next wait lets
+    /// everything submitted in between share the fsync.
     fn process(&mut self, block: bool) -> Result<(), LogError> {
         self.check_running()?;
+        self.maybe_sync()?;
         let mut completions = std::mem::take(&mut self.completions);
         let block = block && (!self.writes.is_empty() || self.sync.is_some() || self.waker_made);
         let waited = self.io.wait(&mut completions, block);
@@ -1094,8 +1104,7 @@ impl Log {
             }
         }
         self.completions = completions;
-        result?;
-        self.maybe_sync()
+        result
     }
 
     fn complete(&mut self, completion: Completion) -> Result<(), LogError> {
