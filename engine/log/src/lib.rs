@@ -21,8 +21,10 @@
 //!
 //! [`Log`] is driven by one owner thread (the log writer stage): [`Log::submit`] queues the
 //! writes of one `Ready` (a conflicting suffix is replaced, then the hard state follows the
-//! entries), [`Log::wait`] / [`Log::poll`] collect completions, and [`Durable`] says which
-//! submit tokens and indexes are durable. [`LogReader`] reads durable entries from any thread.
+//! entries), [`Log::wait`] / [`Log::poll`] issue the group-commit `fdatasync` for everything
+//! submitted since the last one (when none is running) and collect completions, and [`Durable`]
+//! says which submit tokens and indexes are durable. Submitting a whole drained queue of readies
+//! before waiting is what lets them share one `fdatasync`. [`LogReader`] reads durable entries from any thread.
 //! [`Log::compact`] and [`Log::install_snapshot`] are synchronous control-plane operations.
 //!
 //! ## Driving it (the log writer stage)
@@ -52,6 +54,18 @@
 //!
 //! An error with [`LogError::is_fatal`] stops the process with [`LogError::exit_code`]; any
 //! other error is a refusal that changed nothing (a full disk, a bad submit).
+//!
+//! ## Where this differs from a textbook log, and why
+//!
+//! - Every record claims the durable frontier at the time it was written; recovery uses the
+//!   claims to tell a torn tail (cut) from corruption (stop). See `recovery.rs`.
+//! - A conflicting suffix is never overwritten in place: the replacement goes into a new segment
+//!   that overrides the older records from its first index on. In-place overwrites would leave
+//!   stale records after a shorter new tail that recovery could chain back in.
+//! - The `fdatasync` is ordered after its writes by an `IO_LINK` chain, or by waiting for the
+//!   writes' completions, never by `IO_DRAIN` (see `uring.rs`).
+//! - Open syncs everything it recovered: after a process crash, writes never synced are still
+//!   visible in the page cache, and must not be reported durable by the next process.
 //!
 //! ## Files
 //!
