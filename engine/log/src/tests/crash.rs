@@ -461,7 +461,7 @@ fn crash_during_a_suffix_truncation_never_resurrects_or_loses_acknowledged_entri
     let mut total = 0;
     for mode in super::io_modes() {
         let config = crash_config(mode);
-        for seed in 0..24u64 {
+        for seed in 0..48u64 {
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 30, true);
             let mut rng = Rng::new(seed ^ 0xBEEF);
@@ -475,7 +475,7 @@ fn crash_during_a_suffix_truncation_never_resurrects_or_loses_acknowledged_entri
         }
     }
     eprintln!("crash states checked (truncation): {total}");
-    assert!(total > 10_000, "explored {total} states");
+    assert!(total > 40_000, "explored {total} states");
 }
 
 /// The smallest workload, exhaustively at sector granularity: every subset of every unsynced
