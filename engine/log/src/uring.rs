@@ -180,7 +180,7 @@ impl UringIo {
 
     /// Pushes a job's steps as one chain, after `link_before` (writes to chain in front of it).
     fn start_job(&mut self, job: SyncJob, link_before: Vec<u64>) -> Result<(), LogError> {
-        let steps = job.files.len() + if job.state.is_some() { 2 } else { 0 };
+        let steps = job_steps(&job);
         assert!(
             steps > 0 && steps <= JOB_STEPS_MAX,
             "a sync job has 1..={JOB_STEPS_MAX} steps, not {steps}"
@@ -247,11 +247,28 @@ impl UringIo {
             .deferred
             .as_ref()
             .is_some_and(|(_, barrier)| !self.writes.keys().any(|id| id < barrier));
-        if ready && self.job.is_none() {
+        let steps = self.deferred.as_ref().map_or(0, |(job, _)| job_steps(job));
+        if ready && self.job.is_none() && self.make_room(steps)? {
             let (job, _) = self.deferred.take().expect("checked");
             self.start_job(job, Vec::new())?;
         }
         Ok(())
+    }
+
+    /// Makes room for `entries` consecutive submission-queue entries. A link chain must reach
+    /// the kernel in one submission: a chain cut by a full queue would run its second half
+    /// unordered. `false` when the kernel could not take the queued entries (its completion
+    /// queue is full); the caller then takes the path that needs no chain.
+    fn make_room(&mut self, entries: usize) -> Result<bool, LogError> {
+        let free = |ring: &mut IoUring| {
+            let queue = ring.submission();
+            queue.capacity() - queue.len()
+        };
+        if free(&mut self.ring) >= entries {
+            return Ok(true);
+        }
+        self.submit(0)?;
+        Ok(free(&mut self.ring) >= entries)
     }
 
     fn arm_wake(&mut self) -> Result<(), LogError> {
@@ -310,6 +327,11 @@ impl UringIo {
     }
 }
 
+/// Submission-queue entries of a job: one fdatasync per file, and the state write and its sync.
+fn job_steps(job: &SyncJob) -> usize {
+    job.files.len() + if job.state.is_some() { 2 } else { 0 }
+}
+
 impl Backend for UringIo {
     unsafe fn write(
         &mut self,
@@ -340,7 +362,8 @@ impl Backend for UringIo {
             self.job.is_none() && self.deferred.is_none(),
             "the log keeps at most one sync job outstanding"
         );
-        if self.writes.len() == self.pending.len() {
+        let chain = self.pending.len() + job_steps(&job);
+        if self.writes.len() == self.pending.len() && self.make_room(chain)? {
             // Nothing is in the kernel yet: chain the writes and the job in one submission.
             let link = std::mem::take(&mut self.pending);
             self.start_job(job, link)
