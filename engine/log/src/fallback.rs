@@ -10,11 +10,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::LogError;
 use crate::io::{Backend, Completion, SyncJob, WakerInner};
+
+/// How often a blocked wait checks that the sync thread is alive (it only dies by panicking).
+const SYNC_THREAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct FallbackIo {
@@ -121,7 +125,18 @@ impl Backend for FallbackIo {
         let mut block = block && out.is_empty() && (self.sync_outstanding || self.waker_made);
         loop {
             let received = if block {
-                self.results.recv().map_err(|_| TryRecvError::Disconnected)
+                // This backend holds a sender itself (for wakers), so the channel never reports a
+                // dead sync thread: look at the thread every second while waiting instead.
+                match self.results.recv_timeout(SYNC_THREAD_CHECK_INTERVAL) {
+                    Ok(completion) => Ok(completion),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.syncer.as_ref().is_none_or(|t| t.is_finished()) {
+                            return Err(LogError::thread_gone("fallback sync"));
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => Err(TryRecvError::Disconnected),
+                }
             } else {
                 self.results.try_recv()
             };
