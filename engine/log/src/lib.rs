@@ -1,0 +1,98 @@
+//! # smr-log: the durable log
+//!
+//! The log of one Raft group on one node, on its own disk directory. It **owns** the segment
+//! files (preallocated and zero-filled ahead of need by a background thread), the state file
+//! (term, vote, commit hint, and the snapshot the log starts after), the write path (io_uring
+//! writes with group-commit `fdatasync`, or the `pwrite` + `fdatasync` fallback), recovery, and
+//! zero-copy reads from read-only mappings of the segments.
+//!
+//! It **must never**:
+//! - report an entry or a hard state durable (through [`Durable`]) before an `fdatasync` that
+//!   was ordered after its write has completed;
+//! - retry a failed `fsync` or continue after one ([`LogError::SyncFailed`] is fatal: the kernel
+//!   may already have dropped the dirty pages, so a second `fsync` could succeed and lie);
+//! - skip or truncate past a bad record that is followed by records proving it was durable
+//!   ([`LogError::Corruption`] names the segment, offset and index instead);
+//! - use a segment or state file of another cluster, node or group;
+//! - rewrite bytes in place that a reader may be reading (truncation starts a new segment);
+//! - allocate from a length read from disk before checking it against its `*_max`.
+//!
+//! ## Shape
+//!
+//! [`Log`] is driven by one owner thread (the log writer stage): [`Log::submit`] queues the
+//! writes of one `Ready` (a conflicting suffix is replaced, then the hard state follows the
+//! entries), [`Log::wait`] / [`Log::poll`] issue the group-commit `fdatasync` for everything
+//! submitted since the last one (when none is running) and collect completions, and [`Durable`]
+//! says which submit tokens and indexes are durable. Submitting a whole drained queue of readies
+//! before waiting is what lets them share one `fdatasync`. [`LogReader`] reads durable entries from any thread.
+//! [`Log::compact`] and [`Log::install_snapshot`] are synchronous control-plane operations.
+//!
+//! ## Driving it (the log writer stage)
+//!
+//! ```no_run
+//! use smr_log::{Log, LogConfig};
+//! # fn next_ready() -> Option<smr_raft::Ready> { None }
+//! # fn main() -> Result<(), smr_log::LogError> {
+//! let (mut log, recovered) = Log::open("/var/lib/smr/group-0".as_ref(), LogConfig::new(7, 1, 0))?;
+//! // Hand `recovered` (hard state, snapshot, last index) and the entries to the Raft core;
+//! // `log.entries(..)` + `EntryRef::to_entry()` give them zero-copy.
+//! let waker = log.waker()?; // the core's thread calls waker.wake() after queueing a ready
+//! loop {
+//!     while let Some(ready) = next_ready() {
+//!         if let Some(chunk) = ready.snapshot.as_ref().filter(|c| c.last) {
+//!             log.install_snapshot(&chunk.meta)?; // after the state machine restored it
+//!         }
+//!         log.submit(ready.number, &ready.entries, ready.hard_state)?;
+//!     }
+//!     let durable = log.wait()?; // sleeps until the disk or the waker has something
+//!     // Every ready numbered <= durable.token is durable: send its persisted_messages and
+//!     // call on_persisted(durable.token).
+//!     # let _ = (durable, &waker); break;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! An error with [`LogError::is_fatal`] stops the process with [`LogError::exit_code`]; any
+//! other error is a refusal that changed nothing (a full disk, a bad submit).
+//!
+//! ## Where this differs from a textbook log, and why
+//!
+//! - Every record claims the durable frontier at the time it was written; recovery uses the
+//!   claims to tell a torn tail (cut) from corruption (stop). See `recovery.rs`.
+//! - A conflicting suffix is never overwritten in place: the replacement goes into a new segment
+//!   that overrides the older records from its first index on. In-place overwrites would leave
+//!   stale records after a shorter new tail that recovery could chain back in.
+//! - The `fdatasync` is ordered after its writes by an `IO_LINK` chain, or by waiting for the
+//!   writes' completions, never by `IO_DRAIN` (see `uring.rs`).
+//! - Open syncs everything it recovered: after a process crash, writes never synced are still
+//!   visible in the page cache, and must not be reported durable by the next process.
+//!
+//! ## Files
+//!
+//! `dir/state` (two 4 KiB slots, see `state.rs`) and `dir/{sequence:020}.seg` segments
+//! (`segment.rs` for the header, `record.rs` for records, `recovery.rs` for what a crash may
+//! leave and how it is read back).
+
+mod config;
+mod error;
+mod fallback;
+mod io;
+mod log;
+mod prealloc;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod state;
+mod uring;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
+pub use error::{
+    EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError,
+};
+pub use io::LogWaker;
+pub use log::{Durable, Log, LogStats, Recovered, Verification, verify};
+pub use reader::{EntryRef, LogReader, stored_record_bytes};
