@@ -26,10 +26,7 @@ fn random_bytes(len: usize, seed: u64) -> Bytes {
 
 fn append_to_durable(c: &mut Criterion) {
     let mut group = c.benchmark_group("append_to_durable");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for mode in [IoMode::Uring, IoMode::Fallback] {
         for (count, size) in [(1usize, 4096usize), (64, 4096), (16, 65536)] {
             // Under the current directory: the disk measured is the project's, not /tmp's.
@@ -50,12 +47,7 @@ fn append_to_durable(c: &mut Criterion) {
                     let entries: Vec<Entry> = (0..count)
                         .map(|_| {
                             index += 1;
-                            Entry {
-                                index,
-                                term: 1,
-                                kind: EntryKind::Normal,
-                                data: payload.clone(),
-                            }
+                            Entry { index, term: 1, kind: EntryKind::Normal, data: payload.clone() }
                         })
                         .collect();
                     token += 1;

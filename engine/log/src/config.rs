@@ -76,22 +76,15 @@ impl LogConfig {
         if self.node_id == 0 {
             return bad("node_id", "0 is never a valid node id".into());
         }
-        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 2 * SEGMENT_HEADER_BYTES
-        {
+        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 2 * SEGMENT_HEADER_BYTES {
             return bad(
                 "segment_bytes",
-                format!(
-                    "{} must be a multiple of 4096 and at least 8192",
-                    self.segment_bytes
-                ),
+                format!("{} must be a multiple of 4096 and at least 8192", self.segment_bytes),
             );
         }
         // Record offsets are claimed in 16-byte units in a u32 (see record.rs): 64 GiB.
         if self.segment_bytes > 64 << 30 {
-            return bad(
-                "segment_bytes",
-                format!("{} exceeds 64 GiB", self.segment_bytes),
-            );
+            return bad("segment_bytes", format!("{} exceeds 64 GiB", self.segment_bytes));
         }
         let record_room = self.segment_bytes - SEGMENT_HEADER_BYTES;
         let largest_record = crate::record::record_bytes(self.entry_bytes_max as usize) as u64;
@@ -107,35 +100,20 @@ impl LogConfig {
         if self.submit_bytes_max < largest_record {
             return bad(
                 "submit_bytes_max",
-                format!(
-                    "{} is below one largest record ({largest_record} bytes)",
-                    self.submit_bytes_max
-                ),
+                format!("{} is below one largest record ({largest_record} bytes)", self.submit_bytes_max),
             );
         }
         if self.submit_bytes_max > 1 << 30 {
-            return bad(
-                "submit_bytes_max",
-                format!("{} exceeds 1 GiB", self.submit_bytes_max),
-            );
+            return bad("submit_bytes_max", format!("{} exceeds 1 GiB", self.submit_bytes_max));
         }
         if self.inflight_writes_max == 0 || self.inflight_writes_max > 4096 {
-            return bad(
-                "inflight_writes_max",
-                format!("{} is not in 1..=4096", self.inflight_writes_max),
-            );
+            return bad("inflight_writes_max", format!("{} is not in 1..=4096", self.inflight_writes_max));
         }
         if self.pending_submits_max == 0 || self.pending_submits_max > 1 << 20 {
-            return bad(
-                "pending_submits_max",
-                format!("{} is not in 1..=1048576", self.pending_submits_max),
-            );
+            return bad("pending_submits_max", format!("{} is not in 1..=1048576", self.pending_submits_max));
         }
         if self.spare_segments_max == 0 || self.spare_segments_max > 64 {
-            return bad(
-                "spare_segments_max",
-                format!("{} is not in 1..=64", self.spare_segments_max),
-            );
+            return bad("spare_segments_max", format!("{} is not in 1..=64", self.spare_segments_max));
         }
         Ok(())
     }
@@ -147,9 +125,7 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        LogConfig::new(1, 1, 0)
-            .validate()
-            .expect("defaults are valid");
+        LogConfig::new(1, 1, 0).validate().expect("defaults are valid");
     }
 
     #[test]
@@ -160,21 +136,9 @@ mod tests {
         assert!(error.contains("segment_bytes"), "{error}");
         let mut config = LogConfig::new(1, 1, 0);
         config.entry_bytes_max = config.segment_bytes;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("entry_bytes_max")
-        );
+        assert!(config.validate().unwrap_err().to_string().contains("entry_bytes_max"));
         let mut config = LogConfig::new(1, 0, 0);
         config.node_id = 0;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("node_id")
-        );
+        assert!(config.validate().unwrap_err().to_string().contains("node_id"));
     }
 }

@@ -34,20 +34,11 @@ pub enum LogError {
     NoSpace { path: PathBuf },
     /// Any other I/O error. Fatal for writes.
     #[error("{op} of {path} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
     /// A bad record followed by valid ones, a bad segment header or state file: the log stops
     /// and never skips or truncates past it.
     #[error("corruption in {path} at offset {offset} (index {index}): {detail}")]
-    Corruption {
-        path: PathBuf,
-        offset: u64,
-        index: Index,
-        detail: String,
-    },
+    Corruption { path: PathBuf, offset: u64, index: Index, detail: String },
     /// A segment or state file written by another cluster, node or group.
     #[error(
         "{path} belongs to cluster {cluster_id}, node {node_id}, group {group_id}, not to this log (cluster {expected_cluster_id}, node {expected_node_id}, group {expected_group_id}); refusing to use it"
@@ -70,12 +61,7 @@ pub enum LogError {
     /// An entry's payload is larger than `entry_bytes_max`, or a submit larger than
     /// `submit_bytes_max`. Nothing was written.
     #[error("{what} of {bytes} bytes exceeds {limit_name} = {limit}")]
-    TooLarge {
-        what: &'static str,
-        bytes: u64,
-        limit_name: &'static str,
-        limit: u64,
-    },
+    TooLarge { what: &'static str, bytes: u64, limit_name: &'static str, limit: u64 },
     /// Entries that do not continue the log (a gap, indexes out of order, a term going back).
     /// Nothing was written.
     #[error("entries do not continue the log: {detail}")]
@@ -85,11 +71,7 @@ pub enum LogError {
     TokenOrder { token: u64, previous: u64 },
     /// A read of an index outside what is durable and not compacted.
     #[error("index {index} is not available: the log holds {first}..={last} durably")]
-    Unavailable {
-        index: Index,
-        first: Index,
-        last: Index,
-    },
+    Unavailable { index: Index, first: Index, last: Index },
     /// An earlier fatal error stopped the log; nothing more is written or acknowledged.
     /// `exit_code` is the first fatal error's.
     #[error("the log stopped after a fatal error: {reason}")]
@@ -113,9 +95,7 @@ impl LogError {
             LogError::Stopped { exit_code, .. } => Some(*exit_code),
             LogError::Corruption { .. } => Some(EXIT_CODE_CORRUPTION),
             LogError::Foreign { .. } => Some(EXIT_CODE_FOREIGN_DATA),
-            LogError::Io { .. } | LogError::UringUnavailable { .. } | LogError::Locked { .. } => {
-                Some(EXIT_CODE_IO)
-            }
+            LogError::Io { .. } | LogError::UringUnavailable { .. } | LogError::Locked { .. } => Some(EXIT_CODE_IO),
             LogError::NoSpace { .. }
             | LogError::Config { .. }
             | LogError::TooLarge { .. }
@@ -128,20 +108,13 @@ impl LogError {
     /// The error for a helper thread that is gone (it only ends when the log drops it, so this
     /// means it panicked).
     pub(crate) fn thread_gone(which: &str) -> LogError {
-        LogError::Stopped {
-            reason: format!("the {which} thread is gone"),
-            exit_code: EXIT_CODE_IO,
-        }
+        LogError::Stopped { reason: format!("the {which} thread is gone"), exit_code: EXIT_CODE_IO }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> LogError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             return LogError::NoSpace { path: path.into() };
         }
-        LogError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        LogError::Io { op, path: path.into(), source }
     }
 }

@@ -44,19 +44,12 @@ impl FallbackIo {
             .spawn(move || {
                 while let Ok(job) = job_rx.recv() {
                     let result = run_job(&job);
-                    if result_tx
-                        .send(Completion::Sync { id: job.id, result })
-                        .is_err()
-                    {
+                    if result_tx.send(Completion::Sync { id: job.id, result }).is_err() {
                         return;
                     }
                 }
             })
-            .map_err(|e| LogError::Io {
-                op: "spawn sync thread",
-                path: Default::default(),
-                source: e,
-            })?;
+            .map_err(|e| LogError::Io { op: "spawn sync thread", path: Default::default(), source: e })?;
         Ok(FallbackIo {
             done: VecDeque::new(),
             jobs: Some(jobs),
@@ -74,10 +67,7 @@ fn run_job(job: &SyncJob) -> Result<(), (Option<usize>, io::Error)> {
         file.sync_data().map_err(|e| (Some(i), e))?;
     }
     if let Some(state) = &job.state {
-        state
-            .file
-            .write_all_at(&state.bytes, state.offset)
-            .map_err(|e| (None, e))?;
+        state.file.write_all_at(&state.bytes, state.offset).map_err(|e| (None, e))?;
         state.file.sync_data().map_err(|e| (None, e))?;
     }
     Ok(())
@@ -108,16 +98,9 @@ impl Backend for FallbackIo {
     }
 
     fn sync(&mut self, job: SyncJob) -> Result<(), LogError> {
-        assert!(
-            !self.sync_outstanding,
-            "the log keeps at most one sync job outstanding"
-        );
+        assert!(!self.sync_outstanding, "the log keeps at most one sync job outstanding");
         self.sync_outstanding = true;
-        self.jobs
-            .as_ref()
-            .expect("open")
-            .send(job)
-            .map_err(|_| LogError::thread_gone("fallback sync"))
+        self.jobs.as_ref().expect("open").send(job).map_err(|_| LogError::thread_gone("fallback sync"))
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {

@@ -23,10 +23,7 @@ pub(crate) enum Completion {
     Write { id: u64, result: io::Result<usize> },
     /// A sync job finished. On failure, `failed_path_index` names the failing file in the job's
     /// file list (`None` for the state file).
-    Sync {
-        id: u64,
-        result: Result<(), (Option<usize>, io::Error)>,
-    },
+    Sync { id: u64, result: Result<(), (Option<usize>, io::Error)> },
     /// A [`crate::LogWaker`] was woken.
     Wake,
 }

@@ -90,9 +90,7 @@ mod uring;
 mod tests;
 
 pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
-pub use error::{
-    EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError,
-};
+pub use error::{EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError};
 pub use io::LogWaker;
 pub use log::{Durable, Log, LogStats, Recovered, Verification, verify};
 pub use reader::{EntryRef, LogReader, stored_record_bytes};

@@ -17,8 +17,7 @@ use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
 use crate::segment::{
-    SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files,
-    segment_path, sync_dir,
+    SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files, segment_path, sync_dir,
 };
 use crate::state::{DurableState, StateFile};
 use crate::uring::UringIo;
@@ -109,14 +108,8 @@ pub fn verify(dir: &Path, config: &LogConfig) -> Result<Verification, LogError> 
             files.push(SegmentFile::open(&path, sequence, config)?);
         }
     }
-    let images: Vec<SegmentImage<'_>> = files
-        .iter()
-        .map(|f| SegmentImage {
-            sequence: f.sequence,
-            path: &f.path,
-            bytes: &f.map[..],
-        })
-        .collect();
+    let images: Vec<SegmentImage<'_>> =
+        files.iter().map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..] }).collect();
     let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
     Ok(Verification {
         hard_state: durable_state.hard_state,
@@ -124,11 +117,7 @@ pub fn verify(dir: &Path, config: &LogConfig) -> Result<Verification, LogError> 
         snapshot_term: durable_state.snapshot_term,
         last_index: plan.last_index,
         last_term: plan.last_term,
-        segments: plan
-            .chains
-            .iter()
-            .map(|c| (c.sequence, c.records.len()))
-            .collect(),
+        segments: plan.chains.iter().map(|c| (c.sequence, c.records.len())).collect(),
         torn_tail: plan.torn.map(|t| {
             format!(
                 "torn tail at {} offset {} (index {}; {} valid record(s) after it)",
@@ -269,9 +258,7 @@ fn choose_io(config: &LogConfig, forced: bool) -> Result<Box<dyn Backend>, LogEr
         },
         IoMode::Auto if forced => {
             if !FALLBACK_ANNOUNCED.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "smr-log: {FORCE_FALLBACK_ENV}=1: writing through pwrite + fdatasync, not io_uring"
-                );
+                tracing::warn!("smr-log: {FORCE_FALLBACK_ENV}=1: writing through pwrite + fdatasync, not io_uring");
             }
             Ok(Box::new(FallbackIo::new()?))
         }
@@ -308,10 +295,7 @@ impl Log {
         let state = match StateFile::open(dir, &config)? {
             Some(state) => state,
             None if found.is_empty() => {
-                let state = DurableState {
-                    segment_sequence_min: 1,
-                    ..DurableState::default()
-                };
+                let state = DurableState { segment_sequence_min: 1, ..DurableState::default() };
                 StateFile::create(dir, &config, state)?
             }
             None => {
@@ -327,11 +311,8 @@ impl Log {
 
         // Segments below the minimum belong to a prefix or a log that a compaction or snapshot
         // install already discarded durably; the crash came before their deletion.
-        let stale: Vec<(u64, PathBuf)> = found
-            .iter()
-            .filter(|(sequence, _)| *sequence < durable_state.segment_sequence_min)
-            .cloned()
-            .collect();
+        let stale: Vec<(u64, PathBuf)> =
+            found.iter().filter(|(sequence, _)| *sequence < durable_state.segment_sequence_min).cloned().collect();
         if !stale.is_empty() {
             for (_, path) in &stale {
                 fs::remove_file(path).map_err(|e| LogError::io("remove", path, e))?;
@@ -344,14 +325,8 @@ impl Log {
         for (sequence, path) in &found {
             files.push(SegmentFile::open(path, *sequence, &config)?);
         }
-        let images: Vec<SegmentImage<'_>> = files
-            .iter()
-            .map(|f| SegmentImage {
-                sequence: f.sequence,
-                path: &f.path,
-                bytes: &f.map[..],
-            })
-            .collect();
+        let images: Vec<SegmentImage<'_>> =
+            files.iter().map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..] }).collect();
         let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
         drop(images);
 
@@ -369,10 +344,7 @@ impl Log {
         }
         // Make the cut durable before anything new is written where the torn bytes were.
         if let Some((sequence, from, to)) = plan.zero_range {
-            let file = files
-                .iter()
-                .find(|f| f.sequence == sequence)
-                .expect("the plan names an open segment");
+            let file = files.iter().find(|f| f.sequence == sequence).expect("the plan names an open segment");
             file.write_at(&vec![0u8; (to - from) as usize], from)?;
             file.sync()?;
         }
@@ -390,45 +362,26 @@ impl Log {
         for file in &files {
             file.sync()?;
         }
-        state
-            .file
-            .sync_data()
-            .map_err(|e| crate::segment::sync_error(&state.path, e))?;
+        state.file.sync_data().map_err(|e| crate::segment::sync_error(&state.path, e))?;
         sync_dir(dir)?;
 
         let first_index = durable_state.snapshot_index + 1;
         let shared = Arc::new(Shared::new(first_index));
         let mut segments = Vec::new();
-        let mut by_sequence: HashMap<u64, SegmentFile> =
-            files.into_iter().map(|f| (f.sequence, f)).collect();
+        let mut by_sequence: HashMap<u64, SegmentFile> = files.into_iter().map(|f| (f.sequence, f)).collect();
         let mut term_runs: VecDeque<(Index, Term)> = VecDeque::new();
         for chain in &plan.chains {
-            let file = by_sequence
-                .remove(&chain.sequence)
-                .expect("the plan names open segments");
+            let file = by_sequence.remove(&chain.sequence).expect("the plan names open segments");
             let view = Arc::new(SegmentView::new(file.sequence, Arc::clone(&file.map)));
             for &(index, term, offset) in &chain.records {
                 view.push(index, offset);
                 push_term(&mut term_runs, index, term);
             }
-            segments.push(Live {
-                view,
-                file: Arc::new(file.file),
-                path: file.path,
-            });
+            segments.push(Live { view, file: Arc::new(file.file), path: file.path });
         }
-        let highest = found
-            .iter()
-            .map(|(s, _)| *s)
-            .max()
-            .unwrap_or(0)
-            .max(durable_state.segment_sequence_min.saturating_sub(1));
-        let state_file = Arc::new(
-            state
-                .file
-                .try_clone()
-                .map_err(|e| LogError::io("dup", &state.path, e))?,
-        );
+        let highest =
+            found.iter().map(|(s, _)| *s).max().unwrap_or(0).max(durable_state.segment_sequence_min.saturating_sub(1));
+        let state_file = Arc::new(state.file.try_clone().map_err(|e| LogError::io("dup", &state.path, e))?);
         let prealloc = Preallocator::start(dir, &config)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -440,10 +393,7 @@ impl Log {
             segments,
             views: Vec::new(),
             shared,
-            tail: plan.tail.unwrap_or(Position {
-                sequence: 0,
-                offset: SEGMENT_HEADER_BYTES,
-            }),
+            tail: plan.tail.unwrap_or(Position { sequence: 0, offset: SEGMENT_HEADER_BYTES }),
             last_index: plan.last_index,
             last_term: plan.last_term,
             term_runs: VecDeque::new(),
@@ -459,14 +409,8 @@ impl Log {
             sync: None,
             jobs_issued: 0,
             last_job_done: None,
-            durable: Durable {
-                token: 0,
-                index: plan.last_index,
-            },
-            frontier: Position {
-                sequence: 0,
-                offset: 0,
-            },
+            durable: Durable { token: 0, index: plan.last_index },
+            frontier: Position { sequence: 0, offset: 0 },
             failed: None,
             waker_made: false,
             stats: LogStats::default(),
@@ -571,9 +515,7 @@ impl Log {
             return None;
         }
         let run = self.term_runs.partition_point(|&(start, _)| start <= index);
-        self.term_runs
-            .get(run.checked_sub(1)?)
-            .map(|&(_, term)| term)
+        self.term_runs.get(run.checked_sub(1)?).map(|&(_, term)| term)
     }
 
     /// Durable entries `index_min..=index_max`, at most `bytes_max` by [`Entry::size_bytes`]
@@ -582,37 +524,19 @@ impl Log {
     ///
     /// # Errors
     /// [`LogError::Unavailable`] when `index_min` is compacted away or not durable.
-    pub fn entries(
-        &self,
-        index_min: Index,
-        index_max: Index,
-        bytes_max: u64,
-    ) -> Result<Vec<EntryRef<'_>>, LogError> {
+    pub fn entries(&self, index_min: Index, index_max: Index, bytes_max: u64) -> Result<Vec<EntryRef<'_>>, LogError> {
         let (first, durable) = (self.first_index(), self.durable.index);
         if index_min < first || index_min > durable {
-            return Err(LogError::Unavailable {
-                index: index_min,
-                first,
-                last: durable,
-            });
+            return Err(LogError::Unavailable { index: index_min, first, last: durable });
         }
         let mut out = Vec::new();
-        collect(
-            &self.views,
-            index_min,
-            index_max.min(durable),
-            bytes_max,
-            &mut out,
-        );
+        collect(&self.views, index_min, index_max.min(durable), bytes_max, &mut out);
         Ok(out)
     }
 
     fn check_running(&self) -> Result<(), LogError> {
         match &self.failed {
-            Some((reason, exit_code)) => Err(LogError::Stopped {
-                reason: reason.clone(),
-                exit_code: *exit_code,
-            }),
+            Some((reason, exit_code)) => Err(LogError::Stopped { reason: reason.clone(), exit_code: *exit_code }),
             None => Ok(()),
         }
     }
@@ -643,18 +567,10 @@ impl Log {
     ///
     /// # Panics
     /// When `hard_state` moves the term backwards (a caller bug: Raft never does).
-    pub fn submit(
-        &mut self,
-        token: u64,
-        entries: &[Entry],
-        hard_state: Option<HardState>,
-    ) -> Result<(), LogError> {
+    pub fn submit(&mut self, token: u64, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), LogError> {
         self.check_running()?;
         if token <= self.last_token {
-            return Err(LogError::TokenOrder {
-                token,
-                previous: self.last_token,
-            });
+            return Err(LogError::TokenOrder { token, previous: self.last_token });
         }
         if let Some(hard_state) = hard_state {
             // A caller bug, not a disk condition: Raft never moves the term back.
@@ -676,9 +592,7 @@ impl Log {
             self.maybe_sync()?;
             self.process(true)?;
         }
-        while !self.writes.is_empty()
-            && self.writes.len() + writes_needed > self.config.inflight_writes_max as usize
-        {
+        while !self.writes.is_empty() && self.writes.len() + writes_needed > self.config.inflight_writes_max as usize {
             self.process(true)?;
             self.check_running()?;
         }
@@ -692,19 +606,13 @@ impl Log {
             for live in &self.segments {
                 live.view.truncate_from(from);
             }
-            while self
-                .term_runs
-                .back()
-                .is_some_and(|&(start, _)| start >= from)
-            {
+            while self.term_runs.back().is_some_and(|&(start, _)| start >= from) {
                 self.term_runs.pop_back();
             }
             self.last_index = from - 1;
             self.last_term = self.term(from - 1).unwrap_or(0);
             self.durable.index = self.durable.index.min(from - 1);
-            self.shared
-                .durable_index
-                .store(self.durable.index, Ordering::Release);
+            self.shared.durable_index.store(self.durable.index, Ordering::Release);
             #[cfg(test)]
             if let Some(trace) = self.seams.trace.as_mut() {
                 trace.push(crate::tests::trace::TraceOp::Durable {
@@ -738,11 +646,7 @@ impl Log {
                 self.tail,
                 Some(self.frontier),
             );
-            self.segments
-                .last()
-                .expect("a tail segment")
-                .view
-                .push(entry.index, self.tail.offset);
+            self.segments.last().expect("a tail segment").view.push(entry.index, self.tail.offset);
             self.tail.offset += size;
             push_term(&mut self.term_runs, entry.index, entry.term);
             self.stats.entries_submitted += 1;
@@ -838,11 +742,7 @@ impl Log {
 
     fn segments_needed(&self, entries: &[Entry], truncates: bool) -> usize {
         let mut needed = usize::from(truncates);
-        let mut offset = if truncates {
-            SEGMENT_HEADER_BYTES
-        } else {
-            self.tail.offset
-        };
+        let mut offset = if truncates { SEGMENT_HEADER_BYTES } else { self.tail.offset };
         for entry in entries {
             let size = record_bytes(entry.data.len()) as u64;
             if offset + size > self.config.segment_bytes {
@@ -859,20 +759,14 @@ impl Log {
         while let Some((sequence, made)) = self.prealloc.take(false)? {
             self.took_spare(sequence, made)?;
         }
-        while self.spares.len() + self.prealloc.outstanding()
-            < self.config.spare_segments_max as usize
-        {
+        while self.spares.len() + self.prealloc.outstanding() < self.config.spare_segments_max as usize {
             self.prealloc.request(self.next_sequence)?;
             self.next_sequence += 1;
         }
         Ok(())
     }
 
-    fn took_spare(
-        &mut self,
-        sequence: u64,
-        made: Result<PathBuf, LogError>,
-    ) -> Result<(), LogError> {
+    fn took_spare(&mut self, sequence: u64, made: Result<PathBuf, LogError>) -> Result<(), LogError> {
         match made {
             Ok(_) => {
                 self.spares.push_back(sequence);
@@ -904,15 +798,8 @@ impl Log {
         let path = segment_path(&self.dir, sequence);
         let file = SegmentFile::open(&path, sequence, &self.config).map_err(|e| self.fail(e))?;
         let view = Arc::new(SegmentView::new(sequence, Arc::clone(&file.map)));
-        self.segments.push(Live {
-            view,
-            file: Arc::new(file.file),
-            path,
-        });
-        self.tail = Position {
-            sequence,
-            offset: SEGMENT_HEADER_BYTES,
-        };
+        self.segments.push(Live { view, file: Arc::new(file.file), path });
+        self.tail = Position { sequence, offset: SEGMENT_HEADER_BYTES };
         self.publish();
         // Best effort: a full disk shows up when a segment is actually needed.
         match self.refill_spares() {
@@ -924,12 +811,8 @@ impl Log {
     fn publish(&mut self) {
         self.views = self.segments.iter().map(|l| Arc::clone(&l.view)).collect();
         self.shared.publish(self.views.clone());
-        self.shared
-            .first_index
-            .store(self.first_index(), Ordering::Release);
-        self.shared
-            .durable_index
-            .store(self.durable.index, Ordering::Release);
+        self.shared.first_index.store(self.first_index(), Ordering::Release);
+        self.shared.durable_index.store(self.durable.index, Ordering::Release);
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -944,31 +827,15 @@ impl Log {
     }
 
     fn issue_write(&mut self, submit: u64, buffer: Vec<u8>, at: Position) -> Result<(), LogError> {
-        let live = self
-            .segments
-            .iter()
-            .find(|l| l.view.sequence == at.sequence)
-            .expect("writes go to live segments");
+        let live = self.segments.iter().find(|l| l.view.sequence == at.sequence).expect("writes go to live segments");
         let (file, path) = (Arc::clone(&live.file), live.path.clone());
-        if !self
-            .dirty
-            .iter()
-            .any(|(sequence, _, _)| *sequence == at.sequence)
-        {
-            self.dirty
-                .push((at.sequence, Arc::clone(&file), path.clone()));
+        if !self.dirty.iter().any(|(sequence, _, _)| *sequence == at.sequence) {
+            self.dirty.push((at.sequence, Arc::clone(&file), path.clone()));
         }
         let id = self.next_id;
         self.next_id += 1;
         self.stats.bytes_written += buffer.len() as u64;
-        let write = InflightWrite {
-            submit,
-            buffer,
-            done: 0,
-            file,
-            path,
-            offset: at.offset,
-        };
+        let write = InflightWrite { submit, buffer, done: 0, file, path, offset: at.offset };
         #[cfg(test)]
         if let Some(trace) = self.seams.trace.as_mut() {
             trace.push(crate::tests::trace::TraceOp::Write {
@@ -1010,25 +877,14 @@ impl Log {
         self.state_pending = false;
         let state_write = state.map(|state| {
             let (offset, bytes) = self.state.prepare(&self.config, &state);
-            StateWrite {
-                file: Arc::clone(&self.state_file),
-                offset,
-                bytes,
-            }
+            StateWrite { file: Arc::clone(&self.state_file), offset, bytes }
         });
         #[cfg(test)]
         if let Some(trace) = self.seams.trace.as_mut() {
             use crate::tests::trace::{FileId, TraceOp};
-            let mut files: Vec<FileId> = dirty
-                .iter()
-                .map(|(sequence, _, _)| FileId::Segment(*sequence))
-                .collect();
+            let mut files: Vec<FileId> = dirty.iter().map(|(sequence, _, _)| FileId::Segment(*sequence)).collect();
             if let Some(write) = &state_write {
-                trace.push(TraceOp::Write {
-                    file: FileId::State,
-                    offset: write.offset,
-                    bytes: write.bytes.clone(),
-                });
+                trace.push(TraceOp::Write { file: FileId::State, offset: write.offset, bytes: write.bytes.clone() });
                 files.push(FileId::State);
             }
             trace.push(TraceOp::SyncIssued { job: number, files });
@@ -1038,12 +894,8 @@ impl Log {
             files: dirty.iter().map(|(_, file, _)| Arc::clone(file)).collect(),
             state: state_write,
         };
-        self.sync = Some(SyncInFlight {
-            number,
-            covers,
-            files: dirty.into_iter().map(|(_, _, path)| path).collect(),
-            state,
-        });
+        self.sync =
+            Some(SyncInFlight { number, covers, files: dirty.into_iter().map(|(_, _, path)| path).collect(), state });
         self.io.sync(job).map_err(|e| self.fail(e))
     }
 
@@ -1066,9 +918,7 @@ impl Log {
             if let Some(floor) = self.submits.iter().filter_map(|s| s.truncated_from).min() {
                 self.durable.index = self.durable.index.min(floor - 1);
             }
-            self.shared
-                .durable_index
-                .store(self.durable.index, Ordering::Release);
+            self.shared.durable_index.store(self.durable.index, Ordering::Release);
             #[cfg(test)]
             if let Some(trace) = self.seams.trace.as_mut() {
                 trace.push(crate::tests::trace::TraceOp::Durable {
@@ -1110,18 +960,11 @@ impl Log {
     fn complete(&mut self, completion: Completion) -> Result<(), LogError> {
         match completion {
             Completion::Write { id, result } => {
-                let mut write = self
-                    .writes
-                    .remove(&id)
-                    .expect("completions match issued writes");
+                let mut write = self.writes.remove(&id).expect("completions match issued writes");
                 let left = write.buffer.len() - write.done;
                 match result {
                     Ok(written) if written == left => {
-                        let submit = self
-                            .submits
-                            .iter_mut()
-                            .find(|s| s.number == write.submit)
-                            .expect("pending");
+                        let submit = self.submits.iter_mut().find(|s| s.number == write.submit).expect("pending");
                         submit.writes_left -= 1;
                         self.return_buffer(write.buffer);
                         if let Some((covers, job)) = self.last_job_done {
@@ -1133,67 +976,42 @@ impl Log {
                         // A short write: issue the rest. It is covered only by a job issued
                         // after it, which `issued_after_jobs` records.
                         write.done += written;
-                        let submit = self
-                            .submits
-                            .iter_mut()
-                            .find(|s| s.number == write.submit)
-                            .expect("pending");
+                        let submit = self.submits.iter_mut().find(|s| s.number == write.submit).expect("pending");
                         submit.issued_after_jobs = self.jobs_issued;
-                        let sequence = self
-                            .segments
-                            .iter()
-                            .find(|l| Arc::ptr_eq(&l.file, &write.file))
-                            .map(|l| l.view.sequence);
+                        let sequence =
+                            self.segments.iter().find(|l| Arc::ptr_eq(&l.file, &write.file)).map(|l| l.view.sequence);
                         if let Some(sequence) = sequence
                             && !self.dirty.iter().any(|(s, _, _)| *s == sequence)
                         {
-                            self.dirty.push((
-                                sequence,
-                                Arc::clone(&write.file),
-                                write.path.clone(),
-                            ));
+                            self.dirty.push((sequence, Arc::clone(&write.file), write.path.clone()));
                         }
                         let offset = write.offset + write.done as u64;
                         // SAFETY: as in `issue_write`: the buffer stays in `self.writes`,
                         // unmodified, until this id's completion is collected.
-                        let (ptr, len) =
-                            unsafe { (write.buffer.as_ptr().add(write.done), left - written) };
+                        let (ptr, len) = unsafe { (write.buffer.as_ptr().add(write.done), left - written) };
                         let file = Arc::clone(&write.file);
                         self.writes.insert(id, write);
                         // SAFETY: see above; the pointer range lies inside the kept buffer.
-                        unsafe { self.io.write(id, &file, offset, ptr, len) }
-                            .map_err(|e| self.fail(e))
+                        unsafe { self.io.write(id, &file, offset, ptr, len) }.map_err(|e| self.fail(e))
                     }
                     Ok(_) => {
-                        let error = std::io::Error::new(
-                            std::io::ErrorKind::WriteZero,
-                            "write returned 0 bytes",
-                        );
+                        let error = std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0 bytes");
                         Err(self.fail(LogError::io("write", write.path.clone(), error)))
                     }
                     Err(source) => {
                         // The records may be half on disk: never report them durable. Recovery
                         // after the restart cuts them as a torn tail.
-                        Err(self.fail(LogError::Io {
-                            op: "write",
-                            path: write.path.clone(),
-                            source,
-                        }))
+                        Err(self.fail(LogError::Io { op: "write", path: write.path.clone(), source }))
                     }
                 }
             }
             Completion::Wake => Ok(()),
             Completion::Sync { id, result } => {
-                let sync = self
-                    .sync
-                    .take()
-                    .expect("a sync completion belongs to the running job");
+                let sync = self.sync.take().expect("a sync completion belongs to the running job");
                 assert_eq!(sync.number, id, "one sync job at a time");
                 #[cfg(test)]
                 let result = match self.seams.fail_sync_job {
-                    Some(job) if job == id => {
-                        Err((Some(0), std::io::Error::from_raw_os_error(libc::EIO)))
-                    }
+                    Some(job) if job == id => Err((Some(0), std::io::Error::from_raw_os_error(libc::EIO))),
                     _ => result,
                 };
                 match result {
@@ -1267,11 +1085,7 @@ impl Log {
             return Ok(());
         }
         let Some(term) = self.term(index).filter(|_| index <= self.durable.index) else {
-            return Err(LogError::Unavailable {
-                index,
-                first: self.first_index(),
-                last: self.durable.index,
-            });
+            return Err(LogError::Unavailable { index, first: self.first_index(), last: self.durable.index });
         };
         // The first segment to keep: the one holding index + 1, or the tail when the log ends
         // at `index`.
@@ -1287,11 +1101,7 @@ impl Log {
         state.segment_sequence_min = keep_from;
         self.store_state(state)?;
         // Keep the run that covers the new first index; drop the runs before it.
-        while self
-            .term_runs
-            .get(1)
-            .is_some_and(|&(start, _)| start <= index + 1)
-        {
+        while self.term_runs.get(1).is_some_and(|&(start, _)| start <= index + 1) {
             self.term_runs.pop_front();
         }
         self.drop_segments_below(keep_from)
@@ -1330,11 +1140,7 @@ impl Log {
         #[cfg(test)]
         if let Some(trace) = self.seams.trace.as_mut() {
             let (offset, bytes) = self.state.prepare(&self.config, &state);
-            trace.push(crate::tests::trace::TraceOp::Write {
-                file: crate::tests::trace::FileId::State,
-                offset,
-                bytes,
-            });
+            trace.push(crate::tests::trace::TraceOp::Write { file: crate::tests::trace::FileId::State, offset, bytes });
         }
         match self.state.store(&self.config, state) {
             Ok(()) => {
@@ -1346,9 +1152,8 @@ impl Log {
     }
 
     fn drop_segments_below(&mut self, sequence: u64) -> Result<(), LogError> {
-        let (drop, keep): (Vec<Live>, Vec<Live>) = std::mem::take(&mut self.segments)
-            .into_iter()
-            .partition(|l| l.view.sequence < sequence);
+        let (drop, keep): (Vec<Live>, Vec<Live>) =
+            std::mem::take(&mut self.segments).into_iter().partition(|l| l.view.sequence < sequence);
         self.segments = keep;
         self.publish();
         if drop.is_empty() {
@@ -1406,26 +1211,13 @@ mod choose_io_tests {
     #[test]
     fn forced_fallback_is_used_under_auto_and_ignored_by_explicit_modes() {
         let config = crate::tests::small_config(IoMode::Auto);
-        assert_eq!(
-            choose_io(&config, true).expect("io").name(),
-            "pwrite+fdatasync"
-        );
+        assert_eq!(choose_io(&config, true).expect("io").name(), "pwrite+fdatasync");
         let uring_here = crate::uring::UringIo::new(8).is_ok();
         let auto = choose_io(&config, false).expect("io").name();
-        assert_eq!(
-            auto,
-            if uring_here {
-                "io_uring"
-            } else {
-                "pwrite+fdatasync"
-            }
-        );
+        assert_eq!(auto, if uring_here { "io_uring" } else { "pwrite+fdatasync" });
         let mut fallback = config.clone();
         fallback.io_mode = IoMode::Fallback;
-        assert_eq!(
-            choose_io(&fallback, false).expect("io").name(),
-            "pwrite+fdatasync"
-        );
+        assert_eq!(choose_io(&fallback, false).expect("io").name(), "pwrite+fdatasync");
         if uring_here {
             let mut uring = config;
             uring.io_mode = IoMode::Uring;

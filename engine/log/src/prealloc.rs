@@ -39,17 +39,8 @@ impl Preallocator {
                     }
                 }
             })
-            .map_err(|e| LogError::Io {
-                op: "spawn preallocation thread",
-                path: Default::default(),
-                source: e,
-            })?;
-        Ok(Preallocator {
-            requests: Some(requests),
-            made,
-            thread: Some(thread),
-            outstanding: 0,
-        })
+            .map_err(|e| LogError::Io { op: "spawn preallocation thread", path: Default::default(), source: e })?;
+        Ok(Preallocator { requests: Some(requests), made, thread: Some(thread), outstanding: 0 })
     }
 
     pub(crate) fn outstanding(&self) -> usize {
@@ -59,11 +50,7 @@ impl Preallocator {
     /// Asks for segment `sequence`. The caller keeps `outstanding()` below `spare_segments_max`,
     /// so this never blocks.
     pub(crate) fn request(&mut self, sequence: u64) -> Result<(), LogError> {
-        self.requests
-            .as_ref()
-            .expect("running")
-            .send(sequence)
-            .map_err(|_| LogError::thread_gone("preallocation"))?;
+        self.requests.as_ref().expect("running").send(sequence).map_err(|_| LogError::thread_gone("preallocation"))?;
         self.outstanding += 1;
         Ok(())
     }
@@ -74,11 +61,7 @@ impl Preallocator {
         if self.outstanding == 0 {
             return Ok(None);
         }
-        let made = if block {
-            self.made.recv().map_err(|_| TryRecvError::Disconnected)
-        } else {
-            self.made.try_recv()
-        };
+        let made = if block { self.made.recv().map_err(|_| TryRecvError::Disconnected) } else { self.made.try_recv() };
         match made {
             Ok(made) => {
                 self.outstanding -= 1;

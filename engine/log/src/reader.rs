@@ -33,8 +33,7 @@ struct OffsetTable {
 impl OffsetTable {
     fn new(capacity: usize) -> OffsetTable {
         let capacity = capacity.max(1);
-        let layout = Layout::array::<AtomicU32>(capacity)
-            .expect("segment_bytes is validated to at most 64 GiB");
+        let layout = Layout::array::<AtomicU32>(capacity).expect("segment_bytes is validated to at most 64 GiB");
         // SAFETY: the layout has a non-zero size (capacity >= 1).
         let pointer = unsafe { alloc_zeroed(layout) }.cast::<AtomicU32>();
         if pointer.is_null() {
@@ -96,14 +95,9 @@ impl SegmentView {
         if count == 0 {
             self.base.store(index, Ordering::Release);
         } else {
-            assert_eq!(
-                index,
-                self.base.load(Ordering::Relaxed) + count,
-                "indexes in a segment are consecutive"
-            );
+            assert_eq!(index, self.base.load(Ordering::Relaxed) + count, "indexes in a segment are consecutive");
         }
-        let units =
-            u32::try_from(offset / RECORD_ALIGN_BYTES as u64).expect("segment_bytes <= 64 GiB");
+        let units = u32::try_from(offset / RECORD_ALIGN_BYTES as u64).expect("segment_bytes <= 64 GiB");
         self.offsets.slots[count as usize].store(units, Ordering::Relaxed);
         self.count.store(count + 1, Ordering::Release);
     }
@@ -113,8 +107,7 @@ impl SegmentView {
         let count = self.count.load(Ordering::Relaxed);
         let base = self.base.load(Ordering::Relaxed);
         if count > 0 && index < base + count {
-            self.count
-                .store(index.saturating_sub(base), Ordering::Release);
+            self.count.store(index.saturating_sub(base), Ordering::Release);
         }
     }
 
@@ -176,10 +169,7 @@ impl Shared {
 
     /// Writer only: replaces the segment list.
     pub(crate) fn publish(&self, segments: Vec<Arc<SegmentView>>) {
-        *self
-            .segments
-            .lock()
-            .expect("no panics while holding the segment list") = segments;
+        *self.segments.lock().expect("no panics while holding the segment list") = segments;
         self.generation.fetch_add(1, Ordering::Release);
     }
 }
@@ -211,17 +201,8 @@ impl EntryRef<'_> {
     /// An owned [`Entry`] whose `data` points into the mapping (no copy): the `Bytes` holds the
     /// mapping alive, even after the segment file is deleted.
     pub fn to_entry(&self) -> Entry {
-        let owner = MappedSlice {
-            map: Arc::clone(self.map),
-            start: self.payload_offset,
-            len: self.data.len(),
-        };
-        Entry {
-            index: self.index,
-            term: self.term,
-            kind: self.kind,
-            data: Bytes::from_owner(owner),
-        }
+        let owner = MappedSlice { map: Arc::clone(self.map), start: self.payload_offset, len: self.data.len() };
+        Entry { index: self.index, term: self.term, kind: self.kind, data: Bytes::from_owner(owner) }
     }
 }
 
@@ -294,11 +275,7 @@ impl Clone for LogReader {
 
 impl LogReader {
     pub(crate) fn new(shared: Arc<Shared>) -> LogReader {
-        LogReader {
-            shared,
-            cache: Vec::new(),
-            generation: u64::MAX,
-        }
+        LogReader { shared, cache: Vec::new(), generation: u64::MAX }
     }
 
     /// Every index at or below this is durable and readable.
@@ -325,30 +302,15 @@ impl LogReader {
         let durable = self.durable_through();
         let first = self.first_index();
         if index_min < first || index_min > durable {
-            return Err(LogError::Unavailable {
-                index: index_min,
-                first,
-                last: durable,
-            });
+            return Err(LogError::Unavailable { index: index_min, first, last: durable });
         }
         let generation = self.shared.generation.load(Ordering::Acquire);
         if generation != self.generation {
-            self.cache = self
-                .shared
-                .segments
-                .lock()
-                .expect("no panics while holding the segment list")
-                .clone();
+            self.cache = self.shared.segments.lock().expect("no panics while holding the segment list").clone();
             self.generation = generation;
         }
         let mut out = Vec::new();
-        collect(
-            &self.cache,
-            index_min,
-            index_max.min(durable),
-            bytes_max,
-            &mut out,
-        );
+        collect(&self.cache, index_min, index_max.min(durable), bytes_max, &mut out);
         Ok(out)
     }
 }

@@ -89,10 +89,7 @@ fn encode_claim(own: Position, frontier: Option<Position>) -> (u8, u32) {
     let Some(frontier) = frontier else {
         return (CLAIM_NONE, 0);
     };
-    debug_assert!(
-        frontier <= own,
-        "a record cannot claim a frontier after itself"
-    );
+    debug_assert!(frontier <= own, "a record cannot claim a frontier after itself");
     let back = own.sequence - frontier.sequence;
     let units = frontier.offset / RECORD_ALIGN_BYTES as u64;
     if back >= u64::from(CLAIM_NONE) || units > u64::from(u32::MAX) {
@@ -126,13 +123,8 @@ impl RecordHeader {
         if self.claim_segment_back == CLAIM_NONE {
             return None;
         }
-        let sequence = own
-            .sequence
-            .checked_sub(u64::from(self.claim_segment_back))?;
-        let claim = Position {
-            sequence,
-            offset: u64::from(self.claim_offset_units) * RECORD_ALIGN_BYTES as u64,
-        };
+        let sequence = own.sequence.checked_sub(u64::from(self.claim_segment_back))?;
+        let claim = Position { sequence, offset: u64::from(self.claim_offset_units) * RECORD_ALIGN_BYTES as u64 };
         // A claim beyond the record itself is nonsense (only a corrupt record could carry one,
         // and it would fail its CRC); ignore it rather than trust it.
         (claim <= own).then_some(claim)
@@ -152,8 +144,7 @@ pub(crate) fn encode_record(
     frontier: Option<Position>,
 ) {
     debug_assert_eq!(own.offset % RECORD_ALIGN_BYTES as u64, 0);
-    let length =
-        u32::try_from(payload.len()).expect("payload length checked against entry_bytes_max");
+    let length = u32::try_from(payload.len()).expect("payload length checked against entry_bytes_max");
     let (back, units) = encode_claim(own, frontier);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
@@ -211,11 +202,7 @@ impl ValidRecord {
 
 /// Checks the record at `offset` of `segment` (the whole segment's bytes). Lengths are checked
 /// against `entry_bytes_max` and the segment's end before anything is read past the header.
-pub(crate) fn check_record(
-    segment: &[u8],
-    offset: u64,
-    entry_bytes_max: u64,
-) -> Result<ValidRecord, RecordFault> {
+pub(crate) fn check_record(segment: &[u8], offset: u64, entry_bytes_max: u64) -> Result<ValidRecord, RecordFault> {
     let start = offset as usize;
     let Some(header_bytes) = segment.get(start..start + RECORD_HEADER_BYTES) else {
         return Err(RecordFault::NoRoom);
@@ -238,12 +225,7 @@ pub(crate) fn check_record(
     if record_crc(&header_bytes[4..], payload) != header.crc {
         return Err(RecordFault::Crc);
     }
-    Ok(ValidRecord {
-        header,
-        kind,
-        offset,
-        end: offset + total as u64,
-    })
+    Ok(ValidRecord { header, kind, offset, end: offset + total as u64 })
 }
 
 #[cfg(test)]
@@ -252,22 +234,8 @@ mod tests {
 
     fn one(payload: &[u8], index: Index) -> Vec<u8> {
         let mut out = Vec::new();
-        let own = Position {
-            sequence: 3,
-            offset: 4096,
-        };
-        encode_record(
-            &mut out,
-            index,
-            7,
-            EntryKind::Normal,
-            payload,
-            own,
-            Some(Position {
-                sequence: 2,
-                offset: 96,
-            }),
-        );
+        let own = Position { sequence: 3, offset: 4096 };
+        encode_record(&mut out, index, 7, EntryKind::Normal, payload, own, Some(Position { sequence: 2, offset: 96 }));
         out
     }
 
@@ -282,38 +250,18 @@ mod tests {
             assert_eq!(record.header.index, 9);
             assert_eq!(record.header.term, 7);
             assert_eq!(&bytes[record.payload_range()], &payload[..]);
-            let claim = record.header.claim(Position {
-                sequence: 3,
-                offset: 4096,
-            });
-            assert_eq!(
-                claim,
-                Some(Position {
-                    sequence: 2,
-                    offset: 96
-                })
-            );
+            let claim = record.header.claim(Position { sequence: 3, offset: 4096 });
+            assert_eq!(claim, Some(Position { sequence: 2, offset: 96 }));
         }
     }
 
     #[test]
     fn crc_covers_index_term_kind_and_length() {
         let bytes = one(b"hello", 9);
-        for (at, flip) in [
-            (4usize, 1u8),
-            (8, 1),
-            (16, 1),
-            (24, 1),
-            (25, 1),
-            (28, 1),
-            (32, 1),
-        ] {
+        for (at, flip) in [(4usize, 1u8), (8, 1), (16, 1), (24, 1), (25, 1), (28, 1), (32, 1)] {
             let mut bad = bytes.clone();
             bad[at] ^= flip;
-            assert!(
-                check_record(&bad, 0, 1 << 20).is_err(),
-                "a flip at byte {at} must be caught"
-            );
+            assert!(check_record(&bad, 0, 1 << 20).is_err(), "a flip at byte {at} must be caught");
         }
     }
 
@@ -321,10 +269,7 @@ mod tests {
     fn oversized_length_is_refused_before_reading_the_payload() {
         let mut bytes = one(b"hello", 9);
         bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(
-            check_record(&bytes, 0, 1 << 20),
-            Err(RecordFault::Implausible)
-        );
+        assert_eq!(check_record(&bytes, 0, 1 << 20), Err(RecordFault::Implausible));
     }
 
     #[test]

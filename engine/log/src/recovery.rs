@@ -72,8 +72,7 @@ fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
         match check_record(bytes, offset, entry_bytes_max) {
             Ok(record) => {
                 let continues = chain.last().is_none_or(|last| {
-                    record.header.index == last.header.index + 1
-                        && record.header.term >= last.header.term
+                    record.header.index == last.header.index + 1 && record.header.term >= last.header.term
                 });
                 if !continues {
                     break false;
@@ -101,13 +100,7 @@ fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
             at = block + RECORD_ALIGN_BYTES as u64;
         }
     }
-    SegmentScan {
-        chain,
-        stop,
-        stop_clean,
-        orphans,
-        nonzero_end,
-    }
+    SegmentScan { chain, stop, stop_clean, orphans, nonzero_end }
 }
 
 /// The offset of the first 16-byte block at or after `from` (16-aligned) that is not all zero.
@@ -168,10 +161,7 @@ pub(crate) fn recover(
     segments: &[SegmentImage<'_>],
     entry_bytes_max: u64,
 ) -> Result<RecoveryPlan, LogError> {
-    let scans: Vec<SegmentScan> = segments
-        .iter()
-        .map(|s| scan_segment(s.bytes, entry_bytes_max))
-        .collect();
+    let scans: Vec<SegmentScan> = segments.iter().map(|s| scan_segment(s.bytes, entry_bytes_max)).collect();
 
     let mut chains: Vec<ChainPlan> = Vec::new();
     let (mut last_index, mut last_term) = (state.snapshot_index, state.snapshot_term);
@@ -183,16 +173,10 @@ pub(crate) fn recover(
     let mut empty_seen: Option<usize> = None;
 
     for (i, (segment, scan)) in segments.iter().zip(&scans).enumerate() {
-        let start = Position {
-            sequence: segment.sequence,
-            offset: SEGMENT_HEADER_BYTES,
-        };
+        let start = Position { sequence: segment.sequence, offset: SEGMENT_HEADER_BYTES };
         if let Some(first) = scan.chain.first() {
             if let Some(empty) = empty_seen {
-                let position = Position {
-                    sequence: segments[empty].sequence,
-                    offset: SEGMENT_HEADER_BYTES,
-                };
+                let position = Position { sequence: segments[empty].sequence, offset: SEGMENT_HEADER_BYTES };
                 anomaly = Some((position, last_index + 1, empty));
                 break;
             }
@@ -204,23 +188,18 @@ pub(crate) fn recover(
                 break;
             }
             // The term at base - 1 in the log composed so far (or the snapshot's).
-            let previous_term =
-                term_at(&chains, base - 1).unwrap_or(if base - 1 == state.snapshot_index {
-                    state.snapshot_term
-                } else {
-                    0
-                });
+            let previous_term = term_at(&chains, base - 1).unwrap_or(if base - 1 == state.snapshot_index {
+                state.snapshot_term
+            } else {
+                0
+            });
             if first.header.term < previous_term {
                 anomaly = Some((start, base, i));
                 break;
             }
             // Override: drop everything at or after `base` from the earlier segments.
             for chain in chains.iter_mut().rev() {
-                while chain
-                    .records
-                    .last()
-                    .is_some_and(|&(index, _, _)| index >= base)
-                {
+                while chain.records.last().is_some_and(|&(index, _, _)| index >= base) {
                     chain.records.pop();
                 }
             }
@@ -234,27 +213,14 @@ pub(crate) fn recover(
             if last.header.index > state.snapshot_index {
                 (last_index, last_term) = (last.header.index, last.header.term);
             }
-            chains.push(ChainPlan {
-                sequence: segment.sequence,
-                records,
-            });
-            tail = Some(Position {
-                sequence: segment.sequence,
-                offset: scan.stop,
-            });
+            chains.push(ChainPlan { sequence: segment.sequence, records });
+            tail = Some(Position { sequence: segment.sequence, offset: scan.stop });
         } else if empty_seen.is_none() {
             empty_seen = Some(i);
         }
         let trailing_bytes = scan.nonzero_end > scan.stop;
         if !scan.stop_clean || trailing_bytes {
-            anomaly = Some((
-                Position {
-                    sequence: segment.sequence,
-                    offset: scan.stop,
-                },
-                last_index + 1,
-                i,
-            ));
+            anomaly = Some((Position { sequence: segment.sequence, offset: scan.stop }, last_index + 1, i));
             break;
         }
     }
@@ -266,14 +232,8 @@ pub(crate) fn recover(
         let mut spares: Vec<u64> = segments[first_empty..].iter().map(|s| s.sequence).collect();
         if tail.is_none() && !spares.is_empty() {
             let sequence = spares.remove(0);
-            chains.push(ChainPlan {
-                sequence,
-                records: Vec::new(),
-            });
-            tail = Some(Position {
-                sequence,
-                offset: SEGMENT_HEADER_BYTES,
-            });
+            chains.push(ChainPlan { sequence, records: Vec::new() });
+            tail = Some(Position { sequence, offset: SEGMENT_HEADER_BYTES });
         }
         return Ok(RecoveryPlan {
             chains,
@@ -291,10 +251,7 @@ pub(crate) fn recover(
     let mut after: Vec<(Position, &ValidRecord)> = Vec::new();
     for (segment, scan) in segments.iter().zip(&scans).skip(at) {
         for record in scan.chain.iter().chain(&scan.orphans) {
-            let own = Position {
-                sequence: segment.sequence,
-                offset: record.offset,
-            };
+            let own = Position { sequence: segment.sequence, offset: record.offset };
             if own >= position {
                 after.push((own, record));
             }
@@ -302,22 +259,11 @@ pub(crate) fn recover(
     }
     if let Some((own, record)) = after
         .iter()
-        .filter(|(own, record)| {
-            record
-                .header
-                .claim(*own)
-                .is_some_and(|claim| claim > position)
-        })
+        .filter(|(own, record)| record.header.claim(*own).is_some_and(|claim| claim > position))
         .min_by_key(|(own, _)| *own)
     {
-        let path = segments
-            .iter()
-            .find(|s| s.sequence == position.sequence)
-            .map(|s| s.path.to_path_buf());
-        let witness = segments
-            .iter()
-            .find(|s| s.sequence == own.sequence)
-            .map(|s| s.path.display().to_string());
+        let path = segments.iter().find(|s| s.sequence == position.sequence).map(|s| s.path.to_path_buf());
+        let witness = segments.iter().find(|s| s.sequence == own.sequence).map(|s| s.path.display().to_string());
         return Err(LogError::Corruption {
             path: path.unwrap_or_default(),
             offset: position.offset,
@@ -333,23 +279,13 @@ pub(crate) fn recover(
     }
 
     // A torn tail: cut at the anomaly.
-    let tail_index = segments
-        .iter()
-        .position(|s| s.sequence == position.sequence)
-        .expect("anomaly is in a segment");
+    let tail_index = segments.iter().position(|s| s.sequence == position.sequence).expect("anomaly is in a segment");
     chains.retain(|c| c.sequence <= position.sequence);
-    if chains
-        .last()
-        .is_none_or(|c| c.sequence != position.sequence)
-    {
-        chains.push(ChainPlan {
-            sequence: position.sequence,
-            records: Vec::new(),
-        });
+    if chains.last().is_none_or(|c| c.sequence != position.sequence) {
+        chains.push(ChainPlan { sequence: position.sequence, records: Vec::new() });
     }
     let zero_to = scans[tail_index].nonzero_end.max(scans[tail_index].stop);
-    let zero_range =
-        (zero_to > position.offset).then_some((position.sequence, position.offset, zero_to));
+    let zero_range = (zero_to > position.offset).then_some((position.sequence, position.offset, zero_to));
     let mut delete = Vec::new();
     let mut spares = Vec::new();
     for (segment, scan) in segments.iter().zip(&scans).skip(tail_index + 1) {

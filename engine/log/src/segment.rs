@@ -72,10 +72,7 @@ pub(crate) fn encode_header(config: &LogConfig, sequence: u64) -> Vec<u8> {
 }
 
 fn header_crc(block: &[u8]) -> u32 {
-    crc32c::crc32c_append(
-        crc32c::crc32c(&block[0..12]),
-        &block[16..SEGMENT_HEADER_USED_BYTES],
-    )
+    crc32c::crc32c_append(crc32c::crc32c(&block[0..12]), &block[16..SEGMENT_HEADER_USED_BYTES])
 }
 
 fn read_u64(block: &[u8], at: usize) -> u64 {
@@ -87,23 +84,10 @@ fn read_u64(block: &[u8], at: usize) -> u64 {
 /// # Errors
 /// [`LogError::Foreign`] for a segment of another cluster, node or group (refused by name);
 /// [`LogError::Corruption`] for a bad magic, version, CRC, size or sequence.
-pub(crate) fn check_header(
-    path: &Path,
-    bytes: &[u8],
-    config: &LogConfig,
-    sequence: u64,
-) -> Result<(), LogError> {
-    let corrupt = |detail: String| LogError::Corruption {
-        path: path.to_path_buf(),
-        offset: 0,
-        index: 0,
-        detail,
-    };
+pub(crate) fn check_header(path: &Path, bytes: &[u8], config: &LogConfig, sequence: u64) -> Result<(), LogError> {
+    let corrupt = |detail: String| LogError::Corruption { path: path.to_path_buf(), offset: 0, index: 0, detail };
     if (bytes.len() as u64) < SEGMENT_HEADER_BYTES {
-        return Err(corrupt(format!(
-            "segment is {} bytes, shorter than its header",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("segment is {} bytes, shorter than its header", bytes.len())));
     }
     let block = &bytes[..SEGMENT_HEADER_BYTES as usize];
     if block[0..8] != SEGMENT_MAGIC {
@@ -115,15 +99,9 @@ pub(crate) fn check_header(
     }
     let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "segment format version {version}, this build reads {FORMAT_VERSION}"
-        )));
+        return Err(corrupt(format!("segment format version {version}, this build reads {FORMAT_VERSION}")));
     }
-    let (cluster_id, node_id, group_id) = (
-        read_u64(block, 16),
-        read_u64(block, 24),
-        read_u64(block, 32),
-    );
+    let (cluster_id, node_id, group_id) = (read_u64(block, 16), read_u64(block, 24), read_u64(block, 32));
     if (cluster_id, node_id, group_id) != (config.cluster_id, config.node_id, config.group_id) {
         return Err(LogError::Foreign {
             path: path.to_path_buf(),
@@ -137,9 +115,7 @@ pub(crate) fn check_header(
     }
     let header_sequence = read_u64(block, 40);
     if header_sequence != sequence {
-        return Err(corrupt(format!(
-            "header says sequence {header_sequence}, the file name {sequence}"
-        )));
+        return Err(corrupt(format!("header says sequence {header_sequence}, the file name {sequence}")));
     }
     let segment_bytes = read_u64(block, 48);
     if segment_bytes != bytes.len() as u64 {
@@ -157,11 +133,7 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), LogError> {
     let entries = fs::read_dir(dir).map_err(|e| LogError::io("read_dir", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| LogError::io("read_dir", dir, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(TEMP_SUFFIX))
-        {
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(TEMP_SUFFIX)) {
             fs::remove_file(entry.path()).map_err(|e| LogError::io("remove", entry.path(), e))?;
         }
     }
@@ -196,11 +168,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError>
 /// # Errors
 /// [`LogError::NoSpace`] when the device is full (the partial `.tmp` is removed);
 /// [`LogError::SyncFailed`] when an fsync fails; [`LogError::Io`] otherwise.
-pub(crate) fn create_segment(
-    dir: &Path,
-    config: &LogConfig,
-    sequence: u64,
-) -> Result<PathBuf, LogError> {
+pub(crate) fn create_segment(dir: &Path, config: &LogConfig, sequence: u64) -> Result<PathBuf, LogError> {
     let temp = dir.join(format!("{sequence:020}{TEMP_SUFFIX}"));
     let path = segment_path(dir, sequence);
     let result = fill_segment(&temp, config, sequence);
@@ -220,14 +188,12 @@ fn fill_segment(temp: &Path, config: &LogConfig, sequence: u64) -> Result<(), Lo
         .truncate(true)
         .open(temp)
         .map_err(|e| LogError::io("create", temp, e))?;
-    file.write_all(&encode_header(config, sequence))
-        .map_err(|e| LogError::io("write", temp, e))?;
+    file.write_all(&encode_header(config, sequence)).map_err(|e| LogError::io("write", temp, e))?;
     let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
     let mut left = config.segment_bytes - SEGMENT_HEADER_BYTES;
     while left > 0 {
         let chunk = left.min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
-        file.write_all(&zeros[..chunk])
-            .map_err(|e| LogError::io("write", temp, e))?;
+        file.write_all(&zeros[..chunk]).map_err(|e| LogError::io("write", temp, e))?;
         left -= chunk as u64;
     }
     file.sync_all().map_err(|e| sync_error(temp, e))?;
@@ -238,23 +204,15 @@ fn fill_segment(temp: &Path, config: &LogConfig, sequence: u64) -> Result<(), Lo
 /// delayed allocation), anything else is the fatal [`LogError::SyncFailed`].
 pub(crate) fn sync_error(path: &Path, source: std::io::Error) -> LogError {
     if source.raw_os_error() == Some(libc::ENOSPC) {
-        return LogError::NoSpace {
-            path: path.to_path_buf(),
-        };
+        return LogError::NoSpace { path: path.to_path_buf() };
     }
-    LogError::SyncFailed {
-        path: path.to_path_buf(),
-        source,
-    }
+    LogError::SyncFailed { path: path.to_path_buf(), source }
 }
 
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     let handle = File::open(dir).map_err(|e| LogError::io("open", dir, e))?;
-    handle.sync_all().map_err(|e| LogError::SyncFailed {
-        path: dir.to_path_buf(),
-        source: e,
-    })
+    handle.sync_all().map_err(|e| LogError::SyncFailed { path: dir.to_path_buf(), source: e })
 }
 
 /// An open segment: its file (for writes) and a read-only shared mapping (for reads).
@@ -268,29 +226,15 @@ pub(crate) struct SegmentFile {
 
 impl SegmentFile {
     /// Opens and maps segment `sequence`, checking its header.
-    pub(crate) fn open(
-        path: &Path,
-        sequence: u64,
-        config: &LogConfig,
-    ) -> Result<SegmentFile, LogError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| LogError::io("open", path, e))?;
-        let length = file
-            .metadata()
-            .map_err(|e| LogError::io("stat", path, e))?
-            .len();
+    pub(crate) fn open(path: &Path, sequence: u64, config: &LogConfig) -> Result<SegmentFile, LogError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| LogError::io("open", path, e))?;
+        let length = file.metadata().map_err(|e| LogError::io("stat", path, e))?.len();
         if length != config.segment_bytes {
             return Err(LogError::Corruption {
                 path: path.to_path_buf(),
                 offset: 0,
                 index: 0,
-                detail: format!(
-                    "segment is {length} bytes, segment_bytes is {}",
-                    config.segment_bytes
-                ),
+                detail: format!("segment is {length} bytes, segment_bytes is {}", config.segment_bytes),
             });
         }
         // SAFETY: the mapping is read-only and shared. The only writer of the file is this log
@@ -301,19 +245,12 @@ impl SegmentFile {
         // is never shrunk while mapped, so no access can fault with SIGBUS.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("mmap", path, e))?;
         check_header(path, &map, config, sequence)?;
-        Ok(SegmentFile {
-            sequence,
-            path: path.to_path_buf(),
-            file,
-            map: Arc::new(map),
-        })
+        Ok(SegmentFile { sequence, path: path.to_path_buf(), file, map: Arc::new(map) })
     }
 
     /// Writes `bytes` at `offset` synchronously (used off the hot path: recovery's zeroing).
     pub(crate) fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), LogError> {
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|e| LogError::io("pwrite", &self.path, e))
+        self.file.write_all_at(bytes, offset).map_err(|e| LogError::io("pwrite", &self.path, e))
     }
 
     pub(crate) fn sync(&self) -> Result<(), LogError> {
@@ -358,20 +295,12 @@ mod tests {
     #[test]
     fn interrupted_preallocation_leaves_no_segment() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(
-            dir.path().join(format!("{:020}{TEMP_SUFFIX}", 3)),
-            b"partial",
-        )
-        .expect("write");
+        fs::write(dir.path().join(format!("{:020}{TEMP_SUFFIX}", 3)), b"partial").expect("write");
         create_segment(dir.path(), &config(), 1).expect("create");
         remove_temp_files(dir.path()).expect("remove");
         let listed = list_segments(dir.path()).expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, 1);
-        assert_eq!(
-            fs::read_dir(dir.path()).expect("read_dir").count(),
-            1,
-            "the .tmp is gone"
-        );
+        assert_eq!(fs::read_dir(dir.path()).expect("read_dir").count(), 1, "the .tmp is gone");
     }
 }

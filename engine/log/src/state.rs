@@ -85,10 +85,7 @@ fn encode_slot(config: &LogConfig, state: &DurableState, generation: u64) -> Vec
 }
 
 fn slot_crc(block: &[u8]) -> u32 {
-    crc32c::crc32c_append(
-        crc32c::crc32c(&block[0..12]),
-        &block[16..STATE_SLOT_USED_BYTES],
-    )
+    crc32c::crc32c_append(crc32c::crc32c(&block[0..12]), &block[16..STATE_SLOT_USED_BYTES])
 }
 
 fn field(block: &[u8], i: usize) -> u64 {
@@ -96,11 +93,7 @@ fn field(block: &[u8], i: usize) -> u64 {
 }
 
 /// Decodes a slot: `Ok(None)` when it is not a valid slot (torn, zero, corrupt).
-fn decode_slot(
-    path: &Path,
-    block: &[u8],
-    config: &LogConfig,
-) -> Result<Option<(u64, DurableState)>, LogError> {
+fn decode_slot(path: &Path, block: &[u8], config: &LogConfig) -> Result<Option<(u64, DurableState)>, LogError> {
     if block[0..8] != STATE_MAGIC
         || u32::from_le_bytes(block[12..16].try_into().expect("4 bytes")) != slot_crc(block)
         || u32::from_le_bytes(block[8..12].try_into().expect("4 bytes")) != FORMAT_VERSION
@@ -121,11 +114,7 @@ fn decode_slot(
     }
     let vote = field(block, 5);
     let state = DurableState {
-        hard_state: HardState {
-            term: field(block, 4),
-            vote: (vote != 0).then_some(vote),
-            commit: field(block, 6),
-        },
+        hard_state: HardState { term: field(block, 4), vote: (vote != 0).then_some(vote), commit: field(block, 6) },
         snapshot_index: field(block, 7),
         snapshot_term: field(block, 8),
         segment_sequence_min: field(block, 9),
@@ -134,31 +123,20 @@ fn decode_slot(
 }
 
 /// Picks the state from the bytes of a whole state file (pure, so that tests can feed images).
-pub(crate) fn read_state_image(
-    path: &Path,
-    bytes: &[u8],
-    config: &LogConfig,
-) -> Result<(u64, DurableState), LogError> {
+pub(crate) fn read_state_image(path: &Path, bytes: &[u8], config: &LogConfig) -> Result<(u64, DurableState), LogError> {
     if bytes.len() as u64 != 2 * STATE_SLOT_BYTES {
         return Err(LogError::Corruption {
             path: path.to_path_buf(),
             offset: 0,
             index: 0,
-            detail: format!(
-                "state file is {} bytes, expected {}",
-                bytes.len(),
-                2 * STATE_SLOT_BYTES
-            ),
+            detail: format!("state file is {} bytes, expected {}", bytes.len(), 2 * STATE_SLOT_BYTES),
         });
     }
     let mut best: Option<(u64, DurableState)> = None;
     for slot in 0..2 {
         let start = (slot * STATE_SLOT_BYTES) as usize;
-        if let Some((generation, state)) = decode_slot(
-            path,
-            &bytes[start..start + STATE_SLOT_BYTES as usize],
-            config,
-        )? && best.is_none_or(|(g, _)| generation > g)
+        if let Some((generation, state)) = decode_slot(path, &bytes[start..start + STATE_SLOT_BYTES as usize], config)?
+            && best.is_none_or(|(g, _)| generation > g)
         {
             best = Some((generation, state));
         }
@@ -189,60 +167,33 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LogError::io("open", &path, e)),
         };
-        let length = file
-            .metadata()
-            .map_err(|e| LogError::io("stat", &path, e))?
-            .len();
+        let length = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
         if length != 2 * STATE_SLOT_BYTES {
             return Err(LogError::Corruption {
                 path,
                 offset: 0,
                 index: 0,
-                detail: format!(
-                    "state file is {length} bytes, expected {}",
-                    2 * STATE_SLOT_BYTES
-                ),
+                detail: format!("state file is {length} bytes, expected {}", 2 * STATE_SLOT_BYTES),
             });
         }
         let mut bytes = vec![0u8; (2 * STATE_SLOT_BYTES) as usize];
-        file.read_exact_at(&mut bytes, 0)
-            .map_err(|e| LogError::io("read", &path, e))?;
+        file.read_exact_at(&mut bytes, 0).map_err(|e| LogError::io("read", &path, e))?;
         let (generation, current) = read_state_image(&path, &bytes, config)?;
-        Ok(Some(StateFile {
-            path,
-            file,
-            generation,
-            current,
-        }))
+        Ok(Some(StateFile { path, file, generation, current }))
     }
 
     /// Creates the state file of a fresh log, durably (file and directory entry).
-    pub(crate) fn create(
-        dir: &Path,
-        config: &LogConfig,
-        state: DurableState,
-    ) -> Result<StateFile, LogError> {
+    pub(crate) fn create(dir: &Path, config: &LogConfig, state: DurableState) -> Result<StateFile, LogError> {
         let path = dir.join(STATE_FILE_NAME);
         let temp = dir.join(format!("{STATE_FILE_NAME}.tmp"));
         let mut bytes = encode_slot(config, &state, 1);
         bytes.resize((2 * STATE_SLOT_BYTES) as usize, 0);
         fs::write(&temp, &bytes).map_err(|e| LogError::io("write", &temp, e))?;
-        File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| sync_error(&temp, e))?;
+        File::open(&temp).and_then(|f| f.sync_all()).map_err(|e| sync_error(&temp, e))?;
         fs::rename(&temp, &path).map_err(|e| LogError::io("rename", &path, e))?;
         sync_dir(dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| LogError::io("open", &path, e))?;
-        Ok(StateFile {
-            path,
-            file,
-            generation: 1,
-            current: state,
-        })
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| LogError::io("open", &path, e))?;
+        Ok(StateFile { path, file, generation: 1, current: state })
     }
 
     pub(crate) fn current(&self) -> DurableState {
@@ -264,18 +215,10 @@ impl StateFile {
     }
 
     /// Writes and syncs an update synchronously (control plane: compaction, snapshot install).
-    pub(crate) fn store(
-        &mut self,
-        config: &LogConfig,
-        state: DurableState,
-    ) -> Result<(), LogError> {
+    pub(crate) fn store(&mut self, config: &LogConfig, state: DurableState) -> Result<(), LogError> {
         let (offset, bytes) = self.prepare(config, &state);
-        self.file
-            .write_all_at(&bytes, offset)
-            .map_err(|e| LogError::io("pwrite", &self.path, e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| sync_error(&self.path, e))?;
+        self.file.write_all_at(&bytes, offset).map_err(|e| LogError::io("pwrite", &self.path, e))?;
+        self.file.sync_data().map_err(|e| sync_error(&self.path, e))?;
         self.committed(state);
         Ok(())
     }
@@ -290,14 +233,7 @@ mod tests {
     }
 
     fn state(term: u64) -> DurableState {
-        DurableState {
-            hard_state: HardState {
-                term,
-                vote: Some(3),
-                commit: 4,
-            },
-            ..DurableState::default()
-        }
+        DurableState { hard_state: HardState { term, vote: Some(3), commit: 4 }, ..DurableState::default() }
     }
 
     #[test]
@@ -306,18 +242,14 @@ mod tests {
         let mut file = StateFile::create(dir.path(), &config(), state(1)).expect("create");
         file.store(&config(), state(2)).expect("store");
         file.store(&config(), state(3)).expect("store");
-        let reopened = StateFile::open(dir.path(), &config())
-            .expect("open")
-            .expect("exists");
+        let reopened = StateFile::open(dir.path(), &config()).expect("open").expect("exists");
         assert_eq!(reopened.current(), state(3));
         // Generation 3 is in slot 1; tear it.
         let path = dir.path().join(STATE_FILE_NAME);
         let mut bytes = fs::read(&path).expect("read");
         bytes[STATE_SLOT_BYTES as usize + 40] ^= 0x10;
         fs::write(&path, &bytes).expect("write");
-        let reopened = StateFile::open(dir.path(), &config())
-            .expect("open")
-            .expect("exists");
+        let reopened = StateFile::open(dir.path(), &config()).expect("open").expect("exists");
         assert_eq!(reopened.current(), state(2));
     }
 
@@ -332,10 +264,7 @@ mod tests {
         bytes[STATE_SLOT_BYTES as usize + 20] ^= 1;
         fs::write(&path, &bytes).expect("write");
         let error = StateFile::open(dir.path(), &config()).unwrap_err();
-        assert!(
-            matches!(error, LogError::Corruption { .. }) && error.to_string().contains("state"),
-            "{error}"
-        );
+        assert!(matches!(error, LogError::Corruption { .. }) && error.to_string().contains("state"), "{error}");
     }
 
     #[test]
@@ -343,9 +272,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         StateFile::create(dir.path(), &config(), state(1)).expect("create");
         let other = LogConfig::new(8, 2, 1);
-        assert!(matches!(
-            StateFile::open(dir.path(), &other),
-            Err(LogError::Foreign { .. })
-        ));
+        assert!(matches!(StateFile::open(dir.path(), &other), Err(LogError::Foreign { .. })));
     }
 }

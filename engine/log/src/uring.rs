@@ -119,10 +119,7 @@ impl UringIo {
         ring.submitter().register_probe(&mut probe)?;
         for code in [opcode::Write::CODE, opcode::Read::CODE, opcode::Fsync::CODE] {
             if !probe.is_supported(code) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("io_uring opcode {code} unsupported"),
-                ));
+                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring opcode {code} unsupported")));
             }
         }
         Ok(UringIo {
@@ -159,11 +156,7 @@ impl UringIo {
                 // The completion queue is full: the caller reaps and comes back.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
                 Err(e) => {
-                    return Err(LogError::Io {
-                        op: "io_uring_enter",
-                        path: Default::default(),
-                        source: e,
-                    });
+                    return Err(LogError::Io { op: "io_uring_enter", path: Default::default(), source: e });
                 }
             }
         }
@@ -181,10 +174,7 @@ impl UringIo {
     /// Pushes a job's steps as one chain, after `link_before` (writes to chain in front of it).
     fn start_job(&mut self, job: SyncJob, link_before: Vec<u64>) -> Result<(), LogError> {
         let steps = job_steps(&job);
-        assert!(
-            steps > 0 && steps <= JOB_STEPS_MAX,
-            "a sync job has 1..={JOB_STEPS_MAX} steps, not {steps}"
-        );
+        assert!(steps > 0 && steps <= JOB_STEPS_MAX, "a sync job has 1..={JOB_STEPS_MAX} steps, not {steps}");
         assert!(job.id < (1 << (62 - STEP_BITS)), "sync ids stay below 2^54");
         let job_id = job.id;
         let user_data = |step: usize| SYNC_BIT | (job_id << STEP_BITS) | step as u64;
@@ -210,28 +200,14 @@ impl UringIo {
                     .build()
                     .user_data(user_data(step)),
             );
-            entries.push(
-                opcode::Fsync::new(fd)
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data(user_data(step + 1)),
-            );
+            entries
+                .push(opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(user_data(step + 1)));
         }
         // Move the job (files and state bytes) into place before its entries reach the kernel.
-        self.job = Some(OutstandingJob {
-            job,
-            steps,
-            completed: 0,
-            failure: None,
-            cancelled: false,
-        });
+        self.job = Some(OutstandingJob { job, steps, completed: 0, failure: None, cancelled: false });
         let last = entries.len() - 1;
         for (i, entry) in entries.into_iter().enumerate() {
-            let entry = if i < last {
-                entry.flags(squeue::Flags::IO_LINK)
-            } else {
-                entry
-            };
+            let entry = if i < last { entry.flags(squeue::Flags::IO_LINK) } else { entry };
             self.push(&entry)?;
         }
         Ok(())
@@ -243,10 +219,7 @@ impl UringIo {
     }
 
     fn start_deferred_if_ready(&mut self) -> Result<(), LogError> {
-        let ready = self
-            .deferred
-            .as_ref()
-            .is_some_and(|(_, barrier)| !self.writes.keys().any(|id| id < barrier));
+        let ready = self.deferred.as_ref().is_some_and(|(_, barrier)| !self.writes.keys().any(|id| id < barrier));
         let steps = self.deferred.as_ref().map_or(0, |(job, _)| job_steps(job));
         if ready && self.job.is_none() && self.make_room(steps)? {
             let (job, _) = self.deferred.take().expect("checked");
@@ -275,27 +248,21 @@ impl UringIo {
         let Some((fd, buffer)) = self.wake.as_mut() else {
             return Ok(());
         };
-        let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), buffer.as_mut_ptr(), 8)
-            .build()
-            .user_data(WAKE_ID);
+        let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), buffer.as_mut_ptr(), 8).build().user_data(WAKE_ID);
         self.wake_armed = true;
         self.push(&entry)
     }
 
     fn reap_sync(&mut self, user_data: u64, result: i32, out: &mut Vec<Completion>) {
         let step = (user_data & ((1 << STEP_BITS) - 1)) as usize;
-        let job = self
-            .job
-            .as_mut()
-            .expect("a sync completion belongs to the outstanding job");
+        let job = self.job.as_mut().expect("a sync completion belongs to the outstanding job");
         job.completed += 1;
         let is_state_write = job.job.state.is_some() && step == job.steps - 2;
         let expected_len = job.job.state.as_ref().map_or(0, |s| s.bytes.len() as i32);
         if result == -libc::ECANCELED {
             job.cancelled = true;
         } else if result < 0 {
-            job.failure
-                .get_or_insert((step, io::Error::from_raw_os_error(-result)));
+            job.failure.get_or_insert((step, io::Error::from_raw_os_error(-result)));
         } else if is_state_write && result != expected_len {
             let error = io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -309,20 +276,16 @@ impl UringIo {
         let done = self.job.take().expect("checked above");
         let files = done.job.files.len();
         match done.failure {
-            Some((step, error)) => out.push(Completion::Sync {
-                id: done.job.id,
-                result: Err(((step < files).then_some(step), error)),
-            }),
+            Some((step, error)) => {
+                out.push(Completion::Sync { id: done.job.id, result: Err(((step < files).then_some(step), error)) })
+            }
             // Cancelled by a broken link before any fsync failed: no fsync ran to completion
             // for it, so it simply runs again once its writes are through.
             None if done.cancelled => {
                 let barrier = self.barrier();
                 self.deferred = Some((done.job, barrier));
             }
-            None => out.push(Completion::Sync {
-                id: done.job.id,
-                result: Ok(()),
-            }),
+            None => out.push(Completion::Sync { id: done.job.id, result: Ok(()) }),
         }
     }
 }
@@ -343,25 +306,14 @@ impl Backend for UringIo {
     ) -> Result<(), LogError> {
         assert!(id < WAKE_ID, "write ids stay below 2^62");
         let len = u32::try_from(len).expect("writes are bounded by submit_bytes_max <= 1 GiB");
-        let previous = self.writes.insert(
-            id,
-            WriteOp {
-                file: Arc::clone(file),
-                offset,
-                ptr,
-                len,
-            },
-        );
+        let previous = self.writes.insert(id, WriteOp { file: Arc::clone(file), offset, ptr, len });
         assert!(previous.is_none(), "write {id} is already outstanding");
         self.pending.push(id);
         Ok(())
     }
 
     fn sync(&mut self, job: SyncJob) -> Result<(), LogError> {
-        assert!(
-            self.job.is_none() && self.deferred.is_none(),
-            "the log keeps at most one sync job outstanding"
-        );
+        assert!(self.job.is_none() && self.deferred.is_none(), "the log keeps at most one sync job outstanding");
         let chain = self.pending.len() + job_steps(&job);
         if self.writes.len() == self.pending.len() && self.make_room(chain)? {
             // Nothing is in the kernel yet: chain the writes and the job in one submission.
@@ -381,11 +333,7 @@ impl Backend for UringIo {
         let outstanding = !self.writes.is_empty() || self.job.is_some() || self.wake_armed;
         self.submit(usize::from(block && outstanding))?;
         let mut rearm = false;
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (user_data, result) in cqes {
             if user_data == WAKE_ID {
                 self.wake_armed = false;
@@ -398,15 +346,8 @@ impl Backend for UringIo {
                 self.pending.push(user_data);
             } else {
                 self.writes.remove(&user_data);
-                let result = if result < 0 {
-                    Err(io::Error::from_raw_os_error(-result))
-                } else {
-                    Ok(result as usize)
-                };
-                out.push(Completion::Write {
-                    id: user_data,
-                    result,
-                });
+                let result = if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result as usize) };
+                out.push(Completion::Write { id: user_data, result });
             }
         }
         if rearm && self.wake.is_some() && !self.closing {
@@ -457,10 +398,7 @@ impl Drop for UringIo {
             && let Some((fd, _)) = &self.wake
         {
             // Complete the armed read so the kernel lets go of its buffer (not re-armed now).
-            LogWaker {
-                inner: WakerInner::Eventfd(Arc::clone(fd)),
-            }
-            .wake();
+            LogWaker { inner: WakerInner::Eventfd(Arc::clone(fd)) }.wake();
         }
         let mut sink = Vec::new();
         while !self.writes.is_empty() || self.job.is_some() || self.wake_armed {

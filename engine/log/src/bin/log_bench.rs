@@ -34,14 +34,7 @@ struct Args {
 }
 
 fn parse_list(value: &str) -> Vec<usize> {
-    value
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number: {v}"))
-        })
-        .collect()
+    value.split(',').map(|v| v.trim().parse().unwrap_or_else(|_| panic!("not a number: {v}"))).collect()
 }
 
 fn parse_args() -> Args {
@@ -58,9 +51,7 @@ fn parse_args() -> Args {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--seconds" => args.seconds = value.parse().expect("--seconds takes a number"),
-            "--recovery-mib" => {
-                args.recovery_mib = value.parse().expect("--recovery-mib takes a number")
-            }
+            "--recovery-mib" => args.recovery_mib = value.parse().expect("--recovery-mib takes a number"),
             "--sizes" => args.sizes = parse_list(&value),
             "--appenders" => args.appenders = parse_list(&value),
             "--dir" => args.dir = PathBuf::from(value),
@@ -100,10 +91,7 @@ struct Cell {
 }
 
 fn run_cell(args: &Args, mode: IoMode, size: usize, appenders: usize, pool: &Bytes) -> Cell {
-    let dir = args.dir.join(format!(
-        "log-bench-{}-{size}-{appenders}",
-        std::process::id()
-    ));
+    let dir = args.dir.join(format!("log-bench-{}-{size}-{appenders}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = LogConfig::new(1, 1, 0);
     config.io_mode = mode;
@@ -123,14 +111,8 @@ fn run_cell(args: &Args, mode: IoMode, size: usize, appenders: usize, pool: &Byt
         }
         let data = pool.slice(offset..offset + size);
         offset += size.max(1) * 7 % 4093 + 1;
-        let entry = Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data,
-        };
-        log.submit(index, std::slice::from_ref(&entry), None)
-            .expect("submit");
+        let entry = Entry { index, term: 1, kind: EntryKind::Normal, data };
+        log.submit(index, std::slice::from_ref(&entry), None).expect("submit");
         outstanding.push_back((index, Instant::now()));
     };
     let stats_before = log.stats();
@@ -143,10 +125,7 @@ fn run_cell(args: &Args, mode: IoMode, size: usize, appenders: usize, pool: &Byt
         }
         let durable = log.wait().expect("wait");
         let now = Instant::now();
-        while outstanding
-            .front()
-            .is_some_and(|&(token, _)| token <= durable.token)
-        {
+        while outstanding.front().is_some_and(|&(token, _)| token <= durable.token) {
             let (_, at) = outstanding.pop_front().expect("front");
             if appenders == 1 {
                 latencies_us.push(now.duration_since(at).as_secs_f64() * 1e6);
@@ -172,16 +151,9 @@ fn run_cell(args: &Args, mode: IoMode, size: usize, appenders: usize, pool: &Byt
 /// preallocated, fsynced file of random data (what fio's `fdatasync_prealloc_4k` measures).
 fn raw_fdatasync_us(args: &Args, pool: &Bytes) -> (f64, f64) {
     use std::os::unix::fs::FileExt;
-    let path = args
-        .dir
-        .join(format!("log-bench-probe-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("probe file");
+    let path = args.dir.join(format!("log-bench-probe-{}", std::process::id()));
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("probe file");
     let span = 8 << 20;
     file.write_all_at(&pool[..span], 0).expect("fill");
     file.sync_all().expect("sync");
@@ -191,8 +163,7 @@ fn raw_fdatasync_us(args: &Args, pool: &Bytes) -> (f64, f64) {
     while start.elapsed().as_secs_f64() < args.seconds {
         let at = (i * 4096) % span;
         let t = Instant::now();
-        file.write_all_at(&pool[at..at + 4096], at as u64)
-            .expect("write");
+        file.write_all_at(&pool[at..at + 4096], at as u64).expect("write");
         file.sync_data().expect("fdatasync");
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
         i += 1;
@@ -207,9 +178,7 @@ fn raw_fdatasync_us(args: &Args, pool: &Bytes) -> (f64, f64) {
 /// tail of the last segment scanned, everything recovered synced). Page cache warm: this is the
 /// CPU cost of recovery, not the disk's read speed.
 fn recovery(args: &Args, pool: &Bytes) -> (f64, f64) {
-    let dir = args
-        .dir
-        .join(format!("log-bench-recovery-{}", std::process::id()));
+    let dir = args.dir.join(format!("log-bench-recovery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = LogConfig::new(1, 1, 0);
     let records = (args.recovery_mib << 20) / 4096;
@@ -221,12 +190,7 @@ fn recovery(args: &Args, pool: &Bytes) -> (f64, f64) {
                 .map(|i| {
                     index += 1;
                     let at = (i * 4099) % (pool.len() - 4096);
-                    Entry {
-                        index,
-                        term: 1,
-                        kind: EntryKind::Normal,
-                        data: pool.slice(at..at + 4096),
-                    }
+                    Entry { index, term: 1, kind: EntryKind::Normal, data: pool.slice(at..at + 4096) }
                 })
                 .collect();
             log.submit(token, &entries, None).expect("submit");
@@ -268,11 +232,7 @@ fn main() {
             for &appenders in &args.appenders {
                 let mut cell = run_cell(&args, mode, size, appenders, &pool);
                 cell.latencies_us.sort_by(|a, b| a.total_cmp(b));
-                let name = if mode == IoMode::Uring {
-                    "io_uring"
-                } else {
-                    "pwrite+fdatasync"
-                };
+                let name = if mode == IoMode::Uring { "io_uring" } else { "pwrite+fdatasync" };
                 let (p50, p99) = if appenders == 1 {
                     (
                         format!("{:.0}", percentile(&cell.latencies_us, 50.0)),

@@ -10,9 +10,7 @@ fn appended_entries_survive_reopen_on_both_io_paths() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = small_config(mode);
         // 300 entries of up to 3 KiB cross several 64 KiB segments.
-        let entries: Vec<_> = (1..=300)
-            .map(|i| entry(i, 1 + i / 100, (i as usize * 37) % 3000))
-            .collect();
+        let entries: Vec<_> = (1..=300).map(|i| entry(i, 1 + i / 100, (i as usize * 37) % 3000)).collect();
         {
             let (mut log, recovered) = open(dir.path(), &config);
             assert_eq!(recovered.last_index, 0);
@@ -20,14 +18,9 @@ fn appended_entries_survive_reopen_on_both_io_paths() {
                 log.submit(token as u64 + 1, chunk, None).expect("submit");
                 log.poll().expect("poll");
             }
-            let hard_state = HardState {
-                term: 3,
-                vote: Some(2),
-                commit: 250,
-            };
+            let hard_state = HardState { term: 3, vote: Some(2), commit: 250 };
             let last_token = entries.chunks(7).count() as u64 + 1;
-            log.submit(last_token, &[], Some(hard_state))
-                .expect("submit");
+            log.submit(last_token, &[], Some(hard_state)).expect("submit");
             let durable = log.sync_all().expect("sync");
             assert_eq!(durable.token, last_token);
             assert_eq!(durable.index, 300);
@@ -35,19 +28,8 @@ fn appended_entries_survive_reopen_on_both_io_paths() {
             assert_holds(&log, &entries);
         }
         let (log, recovered) = open(dir.path(), &config);
-        assert_eq!(
-            (recovered.last_index, recovered.last_term),
-            (300, 4),
-            "{mode:?}"
-        );
-        assert_eq!(
-            recovered.hard_state,
-            HardState {
-                term: 3,
-                vote: Some(2),
-                commit: 250
-            }
-        );
+        assert_eq!((recovered.last_index, recovered.last_term), (300, 4), "{mode:?}");
+        assert_eq!(recovered.hard_state, HardState { term: 3, vote: Some(2), commit: 250 });
         assert!(recovered.torn_tail.is_none());
         assert_holds(&log, &entries);
     }
@@ -65,11 +47,7 @@ fn conflicting_suffix_is_replaced_and_stays_replaced_after_reopen() {
             log.submit(1, &old, None).expect("submit");
             log.sync_all().expect("sync");
             log.submit(2, &new, None).expect("submit");
-            assert_eq!(
-                log.durable_through(),
-                30,
-                "the truncation lowers the watermark at once"
-            );
+            assert_eq!(log.durable_through(), 30, "the truncation lowers the watermark at once");
             assert_eq!(log.sync_all().expect("sync").index, 40);
         }
         let (log, recovered) = open(dir.path(), &config);
@@ -90,30 +68,16 @@ fn compaction_drops_whole_segments_and_survives_reopen() {
             log.submit(token as u64 + 1, chunk, None).expect("submit");
         }
         log.sync_all().expect("sync");
-        let before = crate::segment::list_segments(dir.path())
-            .expect("list")
-            .len();
+        let before = crate::segment::list_segments(dir.path()).expect("list").len();
         log.compact(150).expect("compact");
-        let after = crate::segment::list_segments(dir.path())
-            .expect("list")
-            .len();
-        assert!(
-            after < before,
-            "whole segments were deleted ({before} -> {after})"
-        );
+        let after = crate::segment::list_segments(dir.path()).expect("list").len();
+        assert!(after < before, "whole segments were deleted ({before} -> {after})");
         assert_eq!(log.first_index(), 151);
         assert!(log.entries(150, 150, u64::MAX).is_err());
         assert_holds(&log, &entries[150..]);
     }
     let (log, recovered) = open(dir.path(), &config);
-    assert_eq!(
-        (
-            recovered.snapshot_index,
-            recovered.first_index,
-            recovered.last_index
-        ),
-        (150, 151, 200)
-    );
+    assert_eq!((recovered.snapshot_index, recovered.first_index, recovered.last_index), (150, 151, 200));
     assert_holds(&log, &entries[150..]);
 }
 
@@ -126,28 +90,13 @@ fn installed_snapshot_discards_the_log_and_next_index_follows_it() {
         let entries: Vec<_> = (1..=40).map(|i| entry(i, 1, 100)).collect();
         log.submit(1, &entries, None).expect("submit");
         log.sync_all().expect("sync");
-        log.install_snapshot(&SnapshotMeta {
-            index: 1000,
-            term: 5,
-            ..SnapshotMeta::default()
-        })
-        .expect("install");
-        assert_eq!(
-            (log.first_index(), log.last_index(), log.durable_through()),
-            (1001, 1000, 1000)
-        );
+        log.install_snapshot(&SnapshotMeta { index: 1000, term: 5, ..SnapshotMeta::default() }).expect("install");
+        assert_eq!((log.first_index(), log.last_index(), log.durable_through()), (1001, 1000, 1000));
         log.submit(2, &[entry(1001, 5, 64)], None).expect("submit");
         log.sync_all().expect("sync");
     }
     let (log, recovered) = open(dir.path(), &config);
-    assert_eq!(
-        (
-            recovered.snapshot_index,
-            recovered.snapshot_term,
-            recovered.last_index
-        ),
-        (1000, 5, 1001)
-    );
+    assert_eq!((recovered.snapshot_index, recovered.snapshot_term, recovered.last_index), (1000, 5, 1001));
     assert_holds(&log, &[entry(1001, 5, 64)]);
 }
 
@@ -193,25 +142,12 @@ fn refused_submits_change_nothing() {
     let config = small_config(crate::IoMode::Auto);
     let (mut log, _) = open(dir.path(), &config);
     log.submit(5, &[entry(1, 1, 10)], None).expect("submit");
-    assert!(matches!(
-        log.submit(5, &[entry(2, 1, 10)], None),
-        Err(crate::LogError::TokenOrder { .. })
-    ));
-    assert!(matches!(
-        log.submit(6, &[entry(3, 1, 10)], None),
-        Err(crate::LogError::NotContiguous { .. })
-    ));
-    assert!(matches!(
-        log.submit(6, &[entry(2, 0, 10)], None),
-        Err(crate::LogError::NotContiguous { .. })
-    ));
+    assert!(matches!(log.submit(5, &[entry(2, 1, 10)], None), Err(crate::LogError::TokenOrder { .. })));
+    assert!(matches!(log.submit(6, &[entry(3, 1, 10)], None), Err(crate::LogError::NotContiguous { .. })));
+    assert!(matches!(log.submit(6, &[entry(2, 0, 10)], None), Err(crate::LogError::NotContiguous { .. })));
     let huge = entry(2, 1, (16 << 10) + 1);
-    assert!(matches!(
-        log.submit(6, &[huge], None),
-        Err(crate::LogError::TooLarge { .. })
-    ));
-    log.submit(6, &[entry(2, 1, 10)], None)
-        .expect("the log still accepts the right entry");
+    assert!(matches!(log.submit(6, &[huge], None), Err(crate::LogError::TooLarge { .. })));
+    log.submit(6, &[entry(2, 1, 10)], None).expect("the log still accepts the right entry");
     assert_eq!(log.sync_all().expect("sync").index, 2);
 }
 
@@ -236,10 +172,7 @@ fn idle_wait_sleeps_until_woken_on_both_io_paths() {
             waker.wake();
         });
         log.wait().expect("woken");
-        assert!(
-            started.elapsed() >= std::time::Duration::from_millis(40),
-            "{mode:?}: it slept until woken"
-        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(40), "{mode:?}: it slept until woken");
         thread.join().expect("waker thread");
         // Still a working log afterwards, and waits for I/O still end on completion.
         log.submit(1, &[entry(1, 1, 10)], None).expect("submit");
@@ -257,20 +190,9 @@ fn entries_stop_at_bytes_max_but_always_return_one() {
     // Each entry counts 1000 + 32 bytes.
     assert_eq!(log.entries(1, 10, 3 * 1032).expect("entries").len(), 3);
     assert_eq!(log.entries(1, 10, 3 * 1032 - 1).expect("entries").len(), 2);
-    assert_eq!(
-        log.entries(4, 10, 1).expect("entries").len(),
-        1,
-        "a large entry never stalls"
-    );
-    assert_eq!(
-        log.entries(9, 100, u64::MAX).expect("entries").len(),
-        2,
-        "stops at the end"
-    );
-    assert!(
-        log.entries(11, 11, u64::MAX).is_err(),
-        "beyond the durable end"
-    );
+    assert_eq!(log.entries(4, 10, 1).expect("entries").len(), 1, "a large entry never stalls");
+    assert_eq!(log.entries(9, 100, u64::MAX).expect("entries").len(), 2, "stops at the end");
+    assert!(log.entries(11, 11, u64::MAX).is_err(), "beyond the durable end");
     let owned = log.entries(5, 5, u64::MAX).expect("entries")[0].to_entry();
     assert_eq!(owned, entries[4], "to_entry is the entry, zero-copy");
 }
@@ -283,10 +205,7 @@ fn submits_beyond_pending_submits_max_wait_for_the_disk_instead_of_queueing() {
     let (mut log, _) = open(dir.path(), &config);
     for i in 1..=50u64 {
         log.submit(i, &[entry(i, 1, 100)], None).expect("submit");
-        assert!(
-            log.pending_submits() <= 4,
-            "at most 4 submits wait for a sync"
-        );
+        assert!(log.pending_submits() <= 4, "at most 4 submits wait for a sync");
     }
     assert_eq!(log.sync_all().expect("sync").token, 50);
 }
@@ -308,10 +227,7 @@ fn reader_racing_truncations_only_ever_sees_intact_entries() {
             if let Ok(entries) = reader.entries(1, durable, u64::MAX) {
                 for e in &entries {
                     // Whatever the race, an entry is one that was written, intact.
-                    assert_eq!(
-                        e.data,
-                        &super::payload(e.index, e.term, 200 + e.index as usize % 50)[..]
-                    );
+                    assert_eq!(e.data, &super::payload(e.index, e.term, 200 + e.index as usize % 50)[..]);
                 }
                 reads += entries.len() as u64;
             }
@@ -321,14 +237,8 @@ fn reader_racing_truncations_only_ever_sees_intact_entries() {
     let mut last = 0u64;
     for round in 1..=60u64 {
         // Every third round replaces the last few entries with a higher term.
-        let from = if round % 3 == 0 && last > 4 {
-            last - 3
-        } else {
-            last + 1
-        };
-        let entries: Vec<_> = (from..from + 5)
-            .map(|i| entry(i, round, 200 + i as usize % 50))
-            .collect();
+        let from = if round % 3 == 0 && last > 4 { last - 3 } else { last + 1 };
+        let entries: Vec<_> = (from..from + 5).map(|i| entry(i, round, 200 + i as usize % 50)).collect();
         log.submit(round, &entries, None).expect("submit");
         log.sync_all().expect("sync");
         last = from + 4;

@@ -67,13 +67,7 @@ pub(crate) struct Recorded {
 
 /// Runs a seeded workload of `steps` submits; with `truncate`, one submit in the middle replaces
 /// a suffix.
-pub(crate) fn record_workload(
-    dir: &Path,
-    config: &LogConfig,
-    seed: u64,
-    steps: u64,
-    truncate: bool,
-) -> Recorded {
+pub(crate) fn record_workload(dir: &Path, config: &LogConfig, seed: u64, steps: u64, truncate: bool) -> Recorded {
     let mut rng = Rng::new(seed);
     let (mut log, _) = Log::open(dir, config.clone()).expect("open");
     let state_initial = std::fs::read(dir.join(STATE_FILE_NAME)).expect("state file");
@@ -91,25 +85,13 @@ pub(crate) fn record_workload(
             timeline_before = timeline.clone();
             from = last - rng.below(last.min(6));
             term += 1;
-            hard_state = Some(HardState {
-                term,
-                vote: Some(2),
-                commit: 0,
-            });
+            hard_state = Some(HardState { term, vote: Some(2), commit: 0 });
         } else if rng.below(5) == 0 {
             term += 1;
-            hard_state = Some(HardState {
-                term,
-                vote: Some(1),
-                commit: 0,
-            });
+            hard_state = Some(HardState { term, vote: Some(1), commit: 0 });
         }
         // A truncation needs at least one entry.
-        let count = if from <= last {
-            1 + rng.below(3)
-        } else {
-            rng.below(4)
-        };
+        let count = if from <= last { 1 + rng.below(3) } else { rng.below(4) };
         let entries: Vec<Entry> = (from..from + count).map(|i| entry_for(i, term)).collect();
         if from <= last {
             timeline.retain(|&i, _| i < from);
@@ -144,14 +126,7 @@ pub(crate) fn record_workload(
     }
     log.sync_all().expect("sync");
     let trace = log.seams.trace.take().expect("tracing");
-    Recorded {
-        trace,
-        state_initial,
-        hard_states,
-        truncation_at,
-        timeline_before,
-        timeline_after: timeline,
-    }
+    Recorded { trace, state_initial, hard_states, truncation_at, timeline_before, timeline_after: timeline }
 }
 
 /// For each write of the trace: whether a sync completed at or before `crash` covers it.
@@ -198,11 +173,7 @@ struct Image {
 fn base_image(recorded: &Recorded, config: &LogConfig) -> Image {
     let mut segments = BTreeMap::new();
     for op in &recorded.trace {
-        if let TraceOp::Write {
-            file: FileId::Segment(sequence),
-            ..
-        } = op
-        {
+        if let TraceOp::Write { file: FileId::Segment(sequence), .. } = op {
             segments.entry(*sequence).or_insert_with(|| {
                 let mut bytes = encode_header(config, *sequence);
                 bytes.resize(config.segment_bytes as usize, 0);
@@ -210,19 +181,13 @@ fn base_image(recorded: &Recorded, config: &LogConfig) -> Image {
             });
         }
     }
-    Image {
-        state: recorded.state_initial.clone(),
-        segments,
-    }
+    Image { state: recorded.state_initial.clone(), segments }
 }
 
 fn apply(image: &mut Image, file: FileId, offset: u64, bytes: &[u8], fate: Fate) {
     let target = match file {
         FileId::State => &mut image.state,
-        FileId::Segment(sequence) => image
-            .segments
-            .get_mut(&sequence)
-            .expect("segment in base image"),
+        FileId::Segment(sequence) => image.segments.get_mut(&sequence).expect("segment in base image"),
     };
     let offset = offset as usize;
     match fate {
@@ -263,30 +228,17 @@ fn expectation(recorded: &Recorded, crash: usize) -> Expect {
     } else {
         recorded.timeline_before.clone()
     };
-    Expect {
-        acked_index,
-        acked_token,
-        timeline,
-    }
+    Expect { acked_index, acked_token, timeline }
 }
 
 /// Recovers an image in memory and checks it against the expectation. Returns the plan.
-fn check_image(
-    image: &Image,
-    config: &LogConfig,
-    recorded: &Recorded,
-    expect: &Expect,
-    what: &str,
-) -> RecoveryPlan {
+fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &Expect, what: &str) -> RecoveryPlan {
     let state_path = Path::new("state");
     let (_, state) = read_state_image(state_path, &image.state, config)
         .unwrap_or_else(|e| panic!("{what}: the state file must always have a valid slot: {e}"));
     // The durable hard state: at least the one of the last acknowledged submit carrying one.
-    if let Some(hard_state) = recorded
-        .hard_states
-        .iter()
-        .filter(|(token, _)| **token <= expect.acked_token)
-        .max_by_key(|(token, _)| **token)
+    if let Some(hard_state) =
+        recorded.hard_states.iter().filter(|(token, _)| **token <= expect.acked_token).max_by_key(|(token, _)| **token)
     {
         assert!(
             state.hard_state.term >= hard_state.1.term,
@@ -295,23 +247,14 @@ fn check_image(
             state.hard_state
         );
     }
-    let paths: Vec<String> = image
-        .segments
-        .keys()
-        .map(|s| format!("{s:020}.seg"))
-        .collect();
+    let paths: Vec<String> = image.segments.keys().map(|s| format!("{s:020}.seg")).collect();
     let images: Vec<SegmentImage<'_>> = image
         .segments
         .iter()
         .zip(&paths)
         .map(|((sequence, bytes), path)| {
-            check_header(Path::new(path), bytes, config, *sequence)
-                .expect("headers are durable before use");
-            SegmentImage {
-                sequence: *sequence,
-                path: Path::new(path),
-                bytes,
-            }
+            check_header(Path::new(path), bytes, config, *sequence).expect("headers are durable before use");
+            SegmentImage { sequence: *sequence, path: Path::new(path), bytes }
         })
         .collect();
     let plan = match recover(&state, &images, config.entry_bytes_max) {
@@ -334,14 +277,9 @@ fn check_image(
         for &(index, term, offset) in &chain.records {
             assert_eq!(index, next, "{what}: recovered indexes are consecutive");
             next += 1;
-            let record =
-                crate::record::check_record(bytes, offset, config.entry_bytes_max).expect("valid");
+            let record = crate::record::check_record(bytes, offset, config.entry_bytes_max).expect("valid");
             let want = entry_for(index, term);
-            assert_eq!(
-                &bytes[record.payload_range()],
-                &want.data[..],
-                "{what}: payload of {index}"
-            );
+            assert_eq!(&bytes[record.payload_range()], &want.data[..], "{what}: payload of {index}");
             if index <= expect.acked_index {
                 assert_eq!(
                     Some(&term),
@@ -355,13 +293,7 @@ fn check_image(
 }
 
 /// Walks every crash point of a trace; returns the number of states checked.
-fn explore(
-    recorded: &Recorded,
-    config: &LogConfig,
-    rng: &mut Rng,
-    samples_max: usize,
-    label: &str,
-) -> usize {
+fn explore(recorded: &Recorded, config: &LogConfig, rng: &mut Rng, samples_max: usize, label: &str) -> usize {
     let base = base_image(recorded, config);
     let mut states = 0;
     for crash in 0..=recorded.trace.len() {
@@ -371,34 +303,17 @@ fn explore(
             .iter()
             .enumerate()
             .filter_map(|(at, op)| match op {
-                TraceOp::Write {
-                    file,
-                    offset,
-                    bytes,
-                } => Some((at, *file, *offset, &bytes[..])),
+                TraceOp::Write { file, offset, bytes } => Some((at, *file, *offset, &bytes[..])),
                 _ => None,
             })
             .collect();
-        let unsynced: Vec<usize> = writes
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| !durable[w.0])
-            .map(|(i, _)| i)
-            .collect();
+        let unsynced: Vec<usize> = writes.iter().enumerate().filter(|(_, w)| !durable[w.0]).map(|(i, _)| i).collect();
         let mut fates_list: Vec<Vec<Fate>> = Vec::new();
         if unsynced.len() <= 6 {
             // Exhaustive at write granularity: every subset of the unsynced writes.
             for mask in 0u64..(1 << unsynced.len()) {
                 fates_list.push(
-                    (0..unsynced.len())
-                        .map(|b| {
-                            if mask >> b & 1 == 1 {
-                                Fate::Whole
-                            } else {
-                                Fate::Lost
-                            }
-                        })
-                        .collect(),
+                    (0..unsynced.len()).map(|b| if mask >> b & 1 == 1 { Fate::Whole } else { Fate::Lost }).collect(),
                 );
             }
         }
@@ -443,13 +358,7 @@ fn no_acknowledged_entry_is_lost_in_any_crash_state() {
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 40, false);
             let mut rng = Rng::new(seed ^ 0xC0FFEE);
-            total += explore(
-                &recorded,
-                &config,
-                &mut rng,
-                24,
-                &format!("{mode:?} seed {seed}"),
-            );
+            total += explore(&recorded, &config, &mut rng, 24, &format!("{mode:?} seed {seed}"));
         }
     }
     eprintln!("crash states checked: {total}");
@@ -465,13 +374,7 @@ fn crash_during_a_suffix_truncation_never_resurrects_or_loses_acknowledged_entri
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 30, true);
             let mut rng = Rng::new(seed ^ 0xBEEF);
-            total += explore(
-                &recorded,
-                &config,
-                &mut rng,
-                16,
-                &format!("{mode:?} truncation seed {seed}"),
-            );
+            total += explore(&recorded, &config, &mut rng, 16, &format!("{mode:?} truncation seed {seed}"));
         }
     }
     eprintln!("crash states checked (truncation): {total}");
@@ -501,19 +404,11 @@ fn smallest_workload_is_exhaustive_down_to_sectors() {
                 sectors.extend((first..=last).map(|s| (at, s)));
             }
         }
-        assert!(
-            sectors.len() <= 16,
-            "the smallest workload keeps the unsynced window small"
-        );
+        assert!(sectors.len() <= 16, "the smallest workload keeps the unsynced window small");
         for mask in 0u64..(1 << sectors.len()) {
             let mut image = base.clone();
             for (at, op) in recorded.trace[..crash].iter().enumerate() {
-                let TraceOp::Write {
-                    file,
-                    offset,
-                    bytes,
-                } = op
-                else {
+                let TraceOp::Write { file, offset, bytes } = op else {
                     continue;
                 };
                 let fate = if durable[at] {
@@ -529,13 +424,7 @@ fn smallest_workload_is_exhaustive_down_to_sectors() {
                 };
                 apply(&mut image, *file, *offset, bytes, fate);
             }
-            check_image(
-                &image,
-                &config,
-                &recorded,
-                &expect,
-                &format!("crash {crash} sector mask {mask:b}"),
-            );
+            check_image(&image, &config, &recorded, &expect, &format!("crash {crash} sector mask {mask:b}"));
             states += 1;
         }
     }
@@ -560,12 +449,7 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
             let expect = expectation(&recorded, crash);
             let mut image = base.clone();
             for (at, op) in recorded.trace[..crash].iter().enumerate() {
-                let TraceOp::Write {
-                    file,
-                    offset,
-                    bytes,
-                } = op
-                else {
+                let TraceOp::Write { file, offset, bytes } = op else {
                     continue;
                 };
                 let fate = if durable[at] {
@@ -582,8 +466,7 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
             let plan = check_image(&image, &config, &recorded, &expect, "disk sample");
             let dir = tempfile::tempdir().expect("tempdir");
             write_image(dir.path(), &image);
-            let (mut log, recovered) =
-                Log::open(dir.path(), config.clone()).expect("open a crash image");
+            let (mut log, recovered) = Log::open(dir.path(), config.clone()).expect("open a crash image");
             assert_eq!(recovered.last_index, plan.last_index);
             torn += usize::from(recovered.torn_tail.is_some());
             // Append past the recovered end, then reopen: exactly the recovered prefix plus the
@@ -596,17 +479,9 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
             drop(log);
             let (log, reopened) = Log::open(dir.path(), config.clone()).expect("reopen");
             assert_eq!(reopened.last_index, next + 2);
-            assert!(
-                reopened.torn_tail.is_none(),
-                "the cut was made durable: {:?}",
-                reopened.torn_tail
-            );
+            assert!(reopened.torn_tail.is_none(), "the cut was made durable: {:?}", reopened.torn_tail);
             let got = log.entries(next, next + 2, u64::MAX).expect("entries");
-            assert!(
-                got.iter()
-                    .zip(&new)
-                    .all(|(g, w)| g.term == w.term && g.data == &w.data[..])
-            );
+            assert!(got.iter().zip(&new).all(|(g, w)| g.term == w.term && g.data == &w.data[..]));
             opened += 1;
         }
     }
@@ -617,10 +492,6 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
 fn write_image(dir: &Path, image: &Image) {
     std::fs::write(dir.join(STATE_FILE_NAME), &image.state).expect("write state");
     for (sequence, bytes) in &image.segments {
-        std::fs::write(
-            dir.join(crate::segment::segment_file_name(*sequence)),
-            bytes,
-        )
-        .expect("write segment");
+        std::fs::write(dir.join(crate::segment::segment_file_name(*sequence)), bytes).expect("write segment");
     }
 }

@@ -18,23 +18,13 @@ fn failed_fsync_is_fatal_and_acknowledges_nothing_after_it() {
         log.seams.fail_sync_job = Some(1);
         log.submit(2, &[entry(2, 1, 100)], None).expect("submit");
         let error = log.sync_all().expect_err("the fsync failure surfaces");
-        assert!(
-            matches!(error, LogError::SyncFailed { .. }),
-            "{mode:?}: {error}"
-        );
+        assert!(matches!(error, LogError::SyncFailed { .. }), "{mode:?}: {error}");
         assert!(error.is_fatal());
         assert_eq!(error.exit_code(), Some(crate::EXIT_CODE_SYNC_FAILED));
-        assert_eq!(
-            log.durable().token,
-            1,
-            "nothing after the failed fsync is reported durable"
-        );
+        assert_eq!(log.durable().token, 1, "nothing after the failed fsync is reported durable");
         assert_eq!(log.durable_through(), 1);
         // Never retried: every later call refuses.
-        assert!(matches!(
-            log.submit(3, &[entry(3, 1, 10)], None),
-            Err(LogError::Stopped { .. })
-        ));
+        assert!(matches!(log.submit(3, &[entry(3, 1, 10)], None), Err(LogError::Stopped { .. })));
         assert!(matches!(log.wait(), Err(LogError::Stopped { .. })));
         assert!(log.poll().expect_err("stopped").is_fatal());
     }
@@ -50,23 +40,12 @@ fn io_uring_and_fallback_write_identical_bytes() {
     for mode in [IoMode::Uring, IoMode::Fallback] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, recovered) = Log::open(dir.path(), small_config(mode)).expect("open");
-        assert_eq!(
-            recovered.io,
-            if mode == IoMode::Uring {
-                "io_uring"
-            } else {
-                "pwrite+fdatasync"
-            }
-        );
+        assert_eq!(recovered.io, if mode == IoMode::Uring { "io_uring" } else { "pwrite+fdatasync" });
         for token in 1..=40u64 {
-            let entries: Vec<_> = (token * 5 - 4..=token * 5)
-                .map(|i| entry(i, 1 + token / 10, (i * 97 % 2000) as usize))
-                .collect();
-            let hard_state = (token % 7 == 0).then_some(smr_raft::HardState {
-                term: 1 + token / 10,
-                vote: Some(1),
-                commit: 0,
-            });
+            let entries: Vec<_> =
+                (token * 5 - 4..=token * 5).map(|i| entry(i, 1 + token / 10, (i * 97 % 2000) as usize)).collect();
+            let hard_state =
+                (token % 7 == 0).then_some(smr_raft::HardState { term: 1 + token / 10, vote: Some(1), commit: 0 });
             log.submit(token, &entries, hard_state).expect("submit");
             // A sync per submit makes the durable-frontier claims independent of timing.
             log.sync_all().expect("sync");
@@ -75,26 +54,17 @@ fn io_uring_and_fallback_write_identical_bytes() {
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
             .expect("read_dir")
             .map(|e| e.expect("entry"))
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).expect("read"),
-                )
-            })
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read")))
             .collect();
         files.sort();
         images.push(files);
     }
     let (uring, fallback) = (&images[0], &images[1]);
-    let names =
-        |files: &Vec<(String, Vec<u8>)>| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    let names = |files: &Vec<(String, Vec<u8>)>| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     // Spares may differ in number (preallocation timing); compare the files both have.
     for (name, bytes) in uring {
         if let Some((_, other)) = fallback.iter().find(|(n, _)| n == name) {
-            assert!(
-                bytes == other,
-                "{name} differs between io_uring and the fallback"
-            );
+            assert!(bytes == other, "{name} differs between io_uring and the fallback");
         }
     }
     assert!(names(uring).len() >= 3 && names(fallback).len() >= 3);
@@ -160,8 +130,7 @@ fn full_disk(mount: &Path) {
     std::fs::remove_file(&filler).expect("free space");
     let index = appended.len() as u64 + 1;
     let batch: Vec<_> = (index..index + 8).map(|i| entry(i, 1, 1500)).collect();
-    log.submit(token, &batch, None)
-        .expect("appends resume once space is free");
+    log.submit(token, &batch, None).expect("appends resume once space is free");
     appended.extend(batch);
     log.sync_all().expect("sync");
     drop(log);

@@ -37,10 +37,7 @@ fn compaction_interrupted_before_segment_deletion_is_finished_at_open() {
     // The stale segments were deleted at open: a reopen finds only what the log holds.
     let (_, reopened) = Log::open(dir.path(), config).expect("reopen");
     assert_eq!((reopened.first_index, reopened.last_index), (151, 200));
-    assert!(
-        list_segments(dir.path()).expect("list").len()
-            < list_segments(backup.path()).expect("list").len()
-    );
+    assert!(list_segments(dir.path()).expect("list").len() < list_segments(backup.path()).expect("list").len());
 }
 
 #[test]
@@ -55,29 +52,13 @@ fn snapshot_install_interrupted_before_segment_deletion_never_resurrects_the_old
         log.submit(1, &entries, None).expect("submit");
         log.sync_all().expect("sync");
         copy_segments(dir.path(), backup.path());
-        log.install_snapshot(&SnapshotMeta {
-            index: 40,
-            term: 3,
-            ..SnapshotMeta::default()
-        })
-        .expect("install");
+        log.install_snapshot(&SnapshotMeta { index: 40, term: 3, ..SnapshotMeta::default() }).expect("install");
     }
     copy_segments(backup.path(), dir.path());
     let (mut log, recovered) = Log::open(dir.path(), config).expect("open");
-    assert_eq!(
-        (
-            recovered.snapshot_index,
-            recovered.snapshot_term,
-            recovered.last_index
-        ),
-        (40, 3, 40)
-    );
-    assert!(
-        log.entries(41, 60, u64::MAX).is_err(),
-        "old entries 41..=60 must not come back"
-    );
-    log.submit(1, &[entry(41, 3, 10)], None)
-        .expect("the log continues after the snapshot");
+    assert_eq!((recovered.snapshot_index, recovered.snapshot_term, recovered.last_index), (40, 3, 40));
+    assert!(log.entries(41, 60, u64::MAX).is_err(), "old entries 41..=60 must not come back");
+    log.submit(1, &[entry(41, 3, 10)], None).expect("the log continues after the snapshot");
     log.sync_all().expect("sync");
     assert_holds(&log, &[entry(41, 3, 10)]);
 }

@@ -41,8 +41,7 @@ pub(crate) fn io_modes() -> Vec<IoMode> {
 
 /// A payload that is not zeros and differs per index and term.
 pub(crate) fn payload(index: Index, term: Term, len: usize) -> Bytes {
-    let mut state =
-        index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ term.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) | 1;
+    let mut state = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ term.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) | 1;
     let bytes: Vec<u8> = (0..len)
         .map(|_| {
             state ^= state << 13;
@@ -55,35 +54,17 @@ pub(crate) fn payload(index: Index, term: Term, len: usize) -> Bytes {
 }
 
 pub(crate) fn entry(index: Index, term: Term, len: usize) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        data: payload(index, term, len),
-    }
+    Entry { index, term, kind: EntryKind::Normal, data: payload(index, term, len) }
 }
 
 /// Reads back every entry of the log and checks it against what `expected` says.
 pub(crate) fn assert_holds(log: &Log, expected: &[Entry]) {
-    let got = log
-        .entries(
-            expected[0].index,
-            expected.last().expect("non-empty").index,
-            u64::MAX,
-        )
-        .expect("entries");
+    let got = log.entries(expected[0].index, expected.last().expect("non-empty").index, u64::MAX).expect("entries");
     assert_eq!(got.len(), expected.len());
     for (got, want) in got.iter().zip(expected) {
-        assert_eq!(
-            (got.index, got.term, got.kind),
-            (want.index, want.term, want.kind)
-        );
+        assert_eq!((got.index, got.term, got.kind), (want.index, want.term, want.kind));
         assert_eq!(got.data, &want.data[..], "payload of {}", want.index);
-        assert_eq!(
-            got.data.as_ptr() as usize % 16,
-            0,
-            "payloads are 16-byte aligned"
-        );
+        assert_eq!(got.data.as_ptr() as usize % 16, 0, "payloads are 16-byte aligned");
     }
 }
 

@@ -11,11 +11,7 @@ pub(crate) enum FileId {
 #[derive(Clone, Debug)]
 pub(crate) enum TraceOp {
     /// A write handed to the I/O path.
-    Write {
-        file: FileId,
-        offset: u64,
-        bytes: Vec<u8>,
-    },
+    Write { file: FileId, offset: u64, bytes: Vec<u8> },
     /// A sync job issued: it covers every earlier write to `files` (including a state write
     /// traced just before it).
     SyncIssued { job: u64, files: Vec<FileId> },
