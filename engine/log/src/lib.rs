@@ -39,10 +39,13 @@
 //! let waker = log.waker()?; // the core's thread calls waker.wake() after queueing a ready
 //! loop {
 //!     while let Some(ready) = next_ready() {
-//!         if let Some(chunk) = ready.snapshot.as_ref().filter(|c| c.last) {
+//!         if let Some(chunk) = ready.snapshot_chunks.iter().find(|c| c.last) {
 //!             log.install_snapshot(&chunk.meta)?; // after the state machine restored it
 //!         }
-//!         log.submit(ready.number, &ready.entries, ready.hard_state)?;
+//!         // A commit-only hard state (`sync == false`) may wait: the commit hint is lazy, and
+//!         // writing the state file costs an fsync of its own.
+//!         let hard_state = ready.hard_state.filter(|_| ready.sync);
+//!         log.submit(ready.number, &ready.entries, hard_state)?;
 //!     }
 //!     let durable = log.wait()?; // sleeps until the disk or the waker has something
 //!     // Every ready numbered <= durable.token is durable: send its persisted_messages and
