@@ -33,8 +33,24 @@ struct Args {
     dir: PathBuf,
 }
 
-fn parse_list(value: &str) -> Vec<usize> {
-    value.split(',').map(|v| v.trim().parse().unwrap_or_else(|_| panic!("not a number: {v}"))).collect()
+const USAGE: &str = "usage: log_bench [--seconds S] [--sizes 64,4096] [--appenders 1,16,256] \
+[--io both|uring|fallback] [--dir DIR] [--recovery-mib 256]";
+
+/// A bad flag ends the run with a message that names it and the usage, never a panic.
+fn bad_flag(message: String) -> ! {
+    eprintln!("log_bench: {message}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn parse_list(flag: &str, value: &str) -> Vec<usize> {
+    let list: Vec<usize> = value
+        .split(',')
+        .map(|v| v.trim().parse().unwrap_or_else(|_| bad_flag(format!("{flag}: not a number: {v:?}"))))
+        .collect();
+    if list.contains(&0) {
+        bad_flag(format!("{flag}: values must be positive"));
+    }
+    list
 }
 
 fn parse_args() -> Args {
@@ -44,26 +60,39 @@ fn parse_args() -> Args {
         sizes: vec![64, 512, 4096, 16384, 65536],
         appenders: vec![1, 4, 16, 64, 256],
         modes: vec![IoMode::Uring, IoMode::Fallback],
-        dir: std::env::current_dir().expect("current dir"),
+        dir: std::env::current_dir().unwrap_or_else(|e| bad_flag(format!("no current directory: {e}"))),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().unwrap_or_else(|| bad_flag(format!("{flag} needs a value")));
         match flag.as_str() {
-            "--seconds" => args.seconds = value.parse().expect("--seconds takes a number"),
-            "--recovery-mib" => args.recovery_mib = value.parse().expect("--recovery-mib takes a number"),
-            "--sizes" => args.sizes = parse_list(&value),
-            "--appenders" => args.appenders = parse_list(&value),
+            "--seconds" => {
+                args.seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0)
+                    .unwrap_or_else(|| bad_flag(format!("--seconds takes a positive number, not {value:?}")))
+            }
+            "--recovery-mib" => {
+                args.recovery_mib =
+                    value.parse().unwrap_or_else(|_| bad_flag(format!("--recovery-mib takes a number, not {value:?}")))
+            }
+            "--sizes" => args.sizes = parse_list("--sizes", &value),
+            "--appenders" => args.appenders = parse_list("--appenders", &value),
             "--dir" => args.dir = PathBuf::from(value),
             "--io" => {
                 args.modes = match value.as_str() {
                     "both" => vec![IoMode::Uring, IoMode::Fallback],
                     "uring" => vec![IoMode::Uring],
                     "fallback" => vec![IoMode::Fallback],
-                    other => panic!("--io takes both, uring or fallback, not {other}"),
+                    other => bad_flag(format!("--io takes both, uring or fallback, not {other:?}")),
                 }
             }
-            other => panic!("unknown flag {other}"),
+            other => bad_flag(format!("unknown flag {other:?}")),
         }
     }
     args
