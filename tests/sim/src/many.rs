@@ -80,7 +80,14 @@ pub fn run_many(start: u64, end: u64, threads: usize, stop_at_first_violation: b
     }
 }
 
-/// The command that replays `seed`.
+/// The command that replays `seed` (with the planted-bug feature this build has, if any).
 pub fn replay_command(seed: u64) -> String {
-    format!("cargo run --release -p smr-sim -- --seed {seed}")
+    let features = if cfg!(feature = "planted-bug-vote-without-log-check") {
+        " --features planted-bug-vote-without-log-check"
+    } else if cfg!(feature = "planted-bug-commit-prior-term") {
+        " --features planted-bug-commit-prior-term"
+    } else {
+        ""
+    };
+    format!("cargo run --release -p smr-sim{features} -- --seed {seed}")
 }
