@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use smr_raft::NodeId;
+use smr_raft::{ClusterId, NodeId};
 use thiserror::Error;
 
 use crate::config::NetConfig;
@@ -50,7 +50,7 @@ const REFUSE_TEXT_BYTES_MAX: usize = 200;
 /// Who this node is, and the secret every member of its cluster shares.
 #[derive(Clone)]
 pub struct Identity {
-    pub cluster_id: u64,
+    pub cluster_id: ClusterId,
     pub node_id: NodeId,
     /// The shared cluster secret. At least 16 bytes; never logged.
     pub secret: Vec<u8>,
@@ -134,7 +134,7 @@ pub enum HandshakeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub version: u16,
-    pub cluster_id: u64,
+    pub cluster_id: ClusterId,
     pub from: NodeId,
     pub to: NodeId,
     pub nonce: [u8; NONCE_BYTES],

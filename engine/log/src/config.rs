@@ -1,6 +1,6 @@
 //! Every knob and limit of the log, validated once at open.
 
-use smr_raft::{GroupId, NodeId};
+use smr_raft::{ClusterId, GroupId, NodeId};
 
 use crate::error::LogError;
 use crate::segment::SEGMENT_HEADER_BYTES;
@@ -25,7 +25,7 @@ pub enum IoMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// Written into every segment and the state file; a file of another cluster is refused.
-    pub cluster_id: u64,
+    pub cluster_id: ClusterId,
     /// This node; never 0.
     pub node_id: NodeId,
     /// The Raft group this log belongs to.
@@ -52,7 +52,7 @@ pub struct LogConfig {
 impl LogConfig {
     /// Defaults for production: 64 MiB segments, 16 MiB entries, 64 MiB per submit, two spare
     /// segments (one is always being consumed while the next is filled).
-    pub fn new(cluster_id: u64, node_id: NodeId, group_id: GroupId) -> LogConfig {
+    pub fn new(cluster_id: ClusterId, node_id: NodeId, group_id: GroupId) -> LogConfig {
         LogConfig {
             cluster_id,
             node_id,

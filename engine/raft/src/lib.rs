@@ -55,6 +55,6 @@ pub use ready::{ReadState, Ready, Role, RoleState, SnapshotChunk};
 pub use replica::{EntryId, Replica, Restore};
 pub use status::{PeerState, PeerStatus, Status};
 pub use types::{
-    ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId, ReadContext, SnapshotMeta,
-    Term,
+    ClusterId, ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId, ReadContext,
+    SnapshotMeta, Term,
 };

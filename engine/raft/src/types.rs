@@ -5,6 +5,9 @@
 
 use bytes::Bytes;
 
+/// A cluster's identity: every segment, handshake and snapshot names it, so that data or peers of
+/// another cluster are refused by name.
+pub type ClusterId = u64;
 /// A replica's identity inside one cluster. `0` is never a valid node id.
 pub type NodeId = u64;
 /// A Raft term. Terms start at 1; term 0 belongs to the empty log before any election.
