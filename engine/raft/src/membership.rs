@@ -44,12 +44,21 @@ impl Replica {
     /// Runs whenever entries are appended, so the configuration in force is always the latest
     /// one in the log.
     pub(crate) fn apply_conf_entries_from(&mut self, index: Index) {
+        // The common case on a follower's append path: no configuration was truncated and none
+        // arrived. Checked without allocating.
+        let truncated = self.conf_history.len() > 1 && self.conf_history.last().is_some_and(|(at, _)| *at >= index);
+        let first = index.max(self.log.first_index());
+        let arrived = (first..=self.log.last_index())
+            .filter_map(|i| self.log.entry(i))
+            .any(|e| e.kind == EntryKind::ConfChange);
+        if !truncated && !arrived {
+            return;
+        }
         let before = self.conf.clone();
         while self.conf_history.len() > 1 && self.conf_history.last().is_some_and(|(at, _)| *at >= index) {
             self.conf_history.pop();
         }
         self.conf = self.conf_history.last().expect("the base configuration is always there").1.clone();
-        let first = index.max(self.log.first_index());
         let changes: Vec<(Index, bytes::Bytes)> = (first..=self.log.last_index())
             .filter_map(|i| self.log.entry(i))
             .filter(|e| e.kind == EntryKind::ConfChange)
