@@ -83,6 +83,10 @@ fn main() -> ExitCode {
         "checked {} client operations; injected {} crashes, {} partitions, {} membership changes; {} leaders elected",
         summary.operations, summary.crashes, summary.partitions, summary.membership_changes, summary.leaders_elected
     );
+    println!(
+        "exercised: {} snapshots installed, {} linearizable reads served, {} leadership transfers",
+        summary.snapshots_installed, summary.reads_served, summary.transfers
+    );
     if summary.failures.is_empty() == expect_violation { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
@@ -105,6 +109,9 @@ impl std::fmt::Debug for Summary<'_> {
             .field("crashes", &r.crashes)
             .field("partitions", &r.partitions)
             .field("membership_changes", &r.membership_changes)
+            .field("snapshots_installed", &r.snapshots_installed)
+            .field("reads_served", &r.reads_served)
+            .field("transfers", &r.transfers)
             .field("options", &r.options)
             .finish()
     }

@@ -19,6 +19,9 @@ pub struct Summary {
     pub partitions: u64,
     pub membership_changes: u64,
     pub leaders_elected: u64,
+    pub snapshots_installed: u64,
+    pub reads_served: u64,
+    pub transfers: u64,
     pub elapsed: Duration,
 }
 
@@ -34,7 +37,7 @@ impl Summary {
 pub fn run_many(start: u64, end: u64, threads: usize, stop_at_first_violation: bool) -> Summary {
     let started = Instant::now();
     let next = AtomicU64::new(start);
-    let totals = [(); 6].map(|_| AtomicU64::new(0));
+    let totals = [(); 9].map(|_| AtomicU64::new(0));
     let failures = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -52,6 +55,9 @@ pub fn run_many(start: u64, end: u64, threads: usize, stop_at_first_violation: b
                         report.partitions,
                         report.membership_changes,
                         report.leaders_elected as u64,
+                        report.snapshots_installed,
+                        report.reads_served,
+                        report.transfers,
                     ]) {
                         total.fetch_add(value, Ordering::Relaxed);
                     }
@@ -65,8 +71,17 @@ pub fn run_many(start: u64, end: u64, threads: usize, stop_at_first_violation: b
             });
         }
     });
-    let [simulated_us, operations, crashes, partitions, membership_changes, leaders_elected] =
-        totals.map(|t| t.into_inner());
+    let [
+        simulated_us,
+        operations,
+        crashes,
+        partitions,
+        membership_changes,
+        leaders_elected,
+        snapshots_installed,
+        reads_served,
+        transfers,
+    ] = totals.map(|t| t.into_inner());
     Summary {
         seeds: end.saturating_sub(start),
         failures: failures.into_inner().expect("not poisoned"),
@@ -76,6 +91,9 @@ pub fn run_many(start: u64, end: u64, threads: usize, stop_at_first_violation: b
         partitions,
         membership_changes,
         leaders_elected,
+        snapshots_installed,
+        reads_served,
+        transfers,
         elapsed: started.elapsed(),
     }
 }

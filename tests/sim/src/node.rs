@@ -58,6 +58,8 @@ pub struct SimNode {
     /// This node's tick period: clocks run at slightly different rates (see
     /// `Options::clock_skew_permille`).
     pub tick_us: u64,
+    /// Snapshots received from a leader and installed (across lives), for coverage reports.
+    pub snapshots_installed: u64,
     /// Increments on every crash, so events scheduled for an earlier life are ignored.
     pub life: u64,
     /// Writes accepted by the writes not yet proposed (the sequencer's queue).
@@ -93,6 +95,7 @@ impl SimNode {
             disk: SimDisk::default(),
             kv: kv::new_state(),
             tick_us: 10_000,
+            snapshots_installed: 0,
             life: 0,
             queued: Vec::new(),
             waiting_writes: BTreeMap::new(),
@@ -224,6 +227,7 @@ impl SimNode {
                 let mut kv = kv::new_state();
                 kv.restore(&mut data.as_slice()).expect("the leader sent a whole snapshot");
                 self.kv = kv;
+                self.snapshots_installed += 1;
             }
             self.disk.write(Write::SnapshotChunk {
                 meta: chunk.meta,

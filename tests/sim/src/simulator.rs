@@ -52,6 +52,12 @@ pub struct Report {
     pub crashes: u64,
     pub partitions: u64,
     pub membership_changes: u64,
+    /// Snapshots streamed to and installed on a lagging replica.
+    pub snapshots_installed: u64,
+    /// Linearizable reads served (ReadIndex or lease, on leaders and followers).
+    pub reads_served: u64,
+    /// TimeoutNow messages delivered (leadership transfers that got to the campaign step).
+    pub transfers: u64,
     pub violation: Option<Violation>,
     pub history: Vec<HistoryOp>,
 }
@@ -85,6 +91,8 @@ struct Sim {
     crashes: u64,
     partitions: u64,
     membership_changes: u64,
+    reads_served: u64,
+    transfers: u64,
 }
 
 /// Runs the simulation of `seed` to the end and reports.
@@ -123,6 +131,9 @@ pub fn run_with(seed: u64, options: Options, rng: SimRng) -> Report {
         crashes: sim.crashes,
         partitions: sim.partitions,
         membership_changes: sim.membership_changes,
+        snapshots_installed: sim.nodes.values().map(|n| n.snapshots_installed).sum(),
+        reads_served: sim.reads_served,
+        transfers: sim.transfers,
         violation,
         history: sim.history,
         options: sim.options,
@@ -159,6 +170,8 @@ impl Sim {
             crashes: 0,
             partitions: 0,
             membership_changes: 0,
+            reads_served: 0,
+            transfers: 0,
             options,
         }
     }
@@ -254,6 +267,9 @@ impl Sim {
             }
             Event::Deliver(m) => {
                 let to = m.to;
+                if matches!(m.body, smr_raft::MessageBody::TimeoutNow) {
+                    self.transfers += 1;
+                }
                 let Some(n) = self.nodes.get_mut(&to) else { return Ok(()) };
                 let Some(replica) = n.replica.as_mut() else { return Ok(()) };
                 replica.step(m).expect("the simulator addresses messages correctly");
@@ -420,7 +436,10 @@ impl Sim {
     fn client_reply(&mut self, index: usize, reply: Reply) -> Result<(), Violation> {
         let (seq, outcome, leader) = match reply {
             Reply::Written { seq, result, .. } => (seq, Some(Outcome::Written(result)), None),
-            Reply::Read { seq, value, .. } => (seq, Some(Outcome::Read(value)), None),
+            Reply::Read { seq, value, .. } => {
+                self.reads_served += 1;
+                (seq, Some(Outcome::Read(value)), None)
+            }
             Reply::NotLeader { seq, leader, .. } => (seq, None, leader),
         };
         let client = &mut self.clients[index];

@@ -38,6 +38,10 @@ fn every_seed_keeps_every_safety_and_liveness_property() {
         summary.crashes > 0 && summary.partitions > 0 && summary.membership_changes > 0,
         "the faults were injected"
     );
+    assert!(
+        summary.snapshots_installed > 0 && summary.reads_served > 0 && summary.transfers > 0,
+        "snapshots, reads and transfers were exercised: {summary:?}"
+    );
 }
 
 #[test]
