@@ -48,9 +48,8 @@ impl Replica {
         // arrived. Checked without allocating.
         let truncated = self.conf_history.len() > 1 && self.conf_history.last().is_some_and(|(at, _)| *at >= index);
         let first = index.max(self.log.first_index());
-        let arrived = (first..=self.log.last_index())
-            .filter_map(|i| self.log.entry(i))
-            .any(|e| e.kind == EntryKind::ConfChange);
+        let arrived =
+            (first..=self.log.last_index()).filter_map(|i| self.log.entry(i)).any(|e| e.kind == EntryKind::ConfChange);
         if !truncated && !arrived {
             return;
         }
