@@ -1,0 +1,386 @@
+//! Everything one node is configured with, in one struct, validated once at start-up.
+//!
+//! [`NodeConfig`] gathers the configs of the parts (the Raft core's, the log's, the transport's)
+//! with the runtime's own: who the members are, where the data lives, how the pipeline batches,
+//! and which stage runs on which core. `config_file.rs` reads it from TOML; [`NodeConfig::validate`]
+//! checks every field and the limits that must agree across parts (an append must fit a frame,
+//! an entry must fit a record).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use smr_apply::{KvConfig, SessionConfig};
+use smr_log::LogConfig;
+use smr_net::NetConfig;
+use smr_raft::{ClusterId, GroupId, NodeId};
+
+use crate::placement::Placement;
+
+/// A member of the cluster as the configuration knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    /// Where its peer transport listens.
+    pub peer_address: SocketAddr,
+    /// Where it serves clients (given to clients in `NotLeader` redirects).
+    pub client_address: SocketAddr,
+}
+
+/// What to do when the data directory is empty. Ignored when it holds a node already: a node
+/// with data always restarts from it, and never re-bootstraps or re-joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialState {
+    /// Refuse to start on an empty data directory: an operator must say which of the two below
+    /// is meant, so that a wiped directory is never silently reused under an old id.
+    Refuse,
+    /// Found a new cluster whose voters are every member in `members`.
+    New,
+    /// Join an existing cluster: start empty and wait for its leader to add this node.
+    Join,
+}
+
+/// The runtime's own knobs: the pipeline between the stages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Period of the Raft core's clock. Election and heartbeat timeouts are counted in ticks.
+    pub tick_ms: u64,
+    /// Most bytes of client commands the sequencer packs into one entry.
+    pub batch_bytes_max: usize,
+    /// Most client commands in one entry.
+    pub batch_commands_max: usize,
+    /// How long the sequencer may hold a batch that is not full, waiting for more commands.
+    /// 0 proposes whatever arrived together (natural batching: under load, commands pile up
+    /// while the previous batch is being written, so batches grow without any wait).
+    pub linger_us_max: u64,
+    /// Client requests waiting for the core (the channel from the client connections).
+    pub client_requests_max: usize,
+    /// Readies waiting for the log writer. When full the core stops taking client commands.
+    pub log_queue_max: usize,
+    /// Work items waiting for the apply stage. When more than half full the core stops taking
+    /// client commands, so the queue never fills and the core never blocks on it.
+    pub apply_queue_max: usize,
+    /// A client request with no outcome after this long is answered `TimedOut` (forwarded reads
+    /// and proposals lost to a leader change are the usual cause).
+    pub request_timeout_ms: u64,
+    /// Take a snapshot once the log holds this many bytes of entries past the last snapshot.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept in the log behind a snapshot, so that a follower slightly behind gets entries
+    /// rather than the whole snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Largest snapshot this node accepts from a leader or loads from disk.
+    pub snapshot_bytes_max: u64,
+    /// Spin instead of blocking when a stage is idle. Only for dedicated cores: with stages
+    /// sharing cores (the default), spinning starves the others.
+    pub busy_poll: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> PipelineConfig {
+        PipelineConfig {
+            tick_ms: 10,
+            batch_bytes_max: 1 << 20,
+            batch_commands_max: 4096,
+            linger_us_max: 0,
+            client_requests_max: 65_536,
+            log_queue_max: 4096,
+            apply_queue_max: 65_536,
+            request_timeout_ms: 5_000,
+            snapshot_log_bytes: 256 << 20,
+            snapshot_keep_entries: 1024,
+            snapshot_bytes_max: 4 << 30,
+            busy_poll: false,
+        }
+    }
+}
+
+/// Everything a node is started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub cluster_id: ClusterId,
+    pub group_id: GroupId,
+    /// Holds `identity`, `log/` and `snapshots/`.
+    pub data_dir: PathBuf,
+    /// Shared by every member; proves membership in the peer handshake. At least 16 bytes.
+    pub secret: Vec<u8>,
+    pub peer_listen: SocketAddr,
+    pub client_listen: SocketAddr,
+    /// The members this node knows at start: itself and the others. For `InitialState::New`
+    /// they are the founding voters. Members added later are learned from the log.
+    pub members: Vec<Member>,
+    pub initial_state: InitialState,
+    pub raft: smr_raft::Config,
+    pub log: LogConfig,
+    pub net: NetConfig,
+    pub pipeline: PipelineConfig,
+    pub placement: Placement,
+    pub sessions: SessionConfig,
+    pub kv: KvConfig,
+}
+
+/// A field that is wrong, named the way the TOML file names it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("config: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl NodeConfig {
+    /// A config with every default, for a node `node_id` of a cluster whose members are
+    /// `members` (this node among them).
+    pub fn new(node_id: NodeId, cluster_id: ClusterId, data_dir: PathBuf, members: Vec<Member>) -> NodeConfig {
+        let me = members.iter().find(|m| m.id == node_id);
+        let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        NodeConfig {
+            node_id,
+            cluster_id,
+            group_id: 0,
+            data_dir,
+            secret: Vec::new(),
+            peer_listen: me.map_or(unspecified, |m| m.peer_address),
+            client_listen: me.map_or(unspecified, |m| m.client_address),
+            members,
+            initial_state: InitialState::Refuse,
+            raft: smr_raft::Config::new(node_id, 0),
+            log: LogConfig::new(cluster_id, node_id, 0),
+            net: NetConfig::default(),
+            pipeline: PipelineConfig::default(),
+            placement: Placement::default(),
+            sessions: SessionConfig::default(),
+            kv: KvConfig::default(),
+        }
+    }
+
+    /// Copies the identity fields into the parts' configs, which carry their own copies.
+    pub fn sync_identity(&mut self) {
+        self.raft.id = self.node_id;
+        self.raft.group = self.group_id;
+        self.log.node_id = self.node_id;
+        self.log.cluster_id = self.cluster_id;
+        self.log.group_id = self.group_id;
+    }
+
+    /// Checks every field, the parts' configs, and the limits that must agree between parts.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`], naming the field as the TOML file spells it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::new("node_id", "must not be 0"));
+        }
+        if self.cluster_id == 0 {
+            return Err(ConfigError::new("cluster_id", "must not be 0 (choose a random 64-bit number per cluster)"));
+        }
+        if self.secret.len() < 16 {
+            return Err(ConfigError::new("secret", format!("must be at least 16 bytes, got {}", self.secret.len())));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must be set"));
+        }
+        let mut ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::new("members", format!("node {} is listed twice", w[0])));
+        }
+        if ids.contains(&0) {
+            return Err(ConfigError::new("members", "node id 0 is not valid"));
+        }
+        if self.initial_state == InitialState::New && !ids.contains(&self.node_id) {
+            return Err(ConfigError::new(
+                "members",
+                format!("a node founding a cluster must be one of its members; node {} is not listed", self.node_id),
+            ));
+        }
+        if self.raft.id != self.node_id || self.log.node_id != self.node_id || self.log.cluster_id != self.cluster_id {
+            return Err(ConfigError::new("node_id", "the parts' configs disagree (call sync_identity)"));
+        }
+        self.raft.validate().map_err(|e| ConfigError::new(format!("raft.{}", e.field), e.reason))?;
+        self.log.validate().map_err(|e| match e {
+            smr_log::LogError::Config { field, reason } => ConfigError::new(format!("log.{field}"), reason),
+            other => ConfigError::new("log", other.to_string()),
+        })?;
+        self.net.validate().map_err(|e| ConfigError::new(format!("net.{}", e.field), e.reason))?;
+        self.validate_pipeline()?;
+        self.placement.validate()?;
+        self.validate_across_parts()
+    }
+
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let p = &self.pipeline;
+        let field = |name: &str, reason: String| Err(ConfigError::new(format!("pipeline.{name}"), reason));
+        if p.tick_ms == 0 || p.tick_ms > 10_000 {
+            return field("tick_ms", format!("must be in 1..=10000, got {}", p.tick_ms));
+        }
+        if p.batch_bytes_max < 64 {
+            return field("batch_bytes_max", format!("must be at least 64, got {}", p.batch_bytes_max));
+        }
+        if p.batch_commands_max == 0 || p.batch_commands_max > 1 << 20 {
+            return field("batch_commands_max", format!("must be in 1..=1048576, got {}", p.batch_commands_max));
+        }
+        if p.linger_us_max > 1_000_000 {
+            return field("linger_us_max", format!("must be at most 1000000 (1 s), got {}", p.linger_us_max));
+        }
+        for (name, value) in [
+            ("client_requests_max", p.client_requests_max),
+            ("log_queue_max", p.log_queue_max),
+            ("apply_queue_max", p.apply_queue_max),
+        ] {
+            if value < 2 || value > 1 << 24 {
+                return field(name, format!("must be in 2..=16777216, got {value}"));
+            }
+        }
+        if p.request_timeout_ms < p.tick_ms {
+            return field("request_timeout_ms", format!("must be at least tick_ms ({})", p.tick_ms));
+        }
+        if p.snapshot_log_bytes == 0 {
+            return field("snapshot_log_bytes", "must be at least 1".into());
+        }
+        if p.snapshot_bytes_max == 0 {
+            return field("snapshot_bytes_max", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Limits that must agree between the parts, worked out so that nothing a peer may
+    /// legitimately send is refused by another part.
+    fn validate_across_parts(&self) -> Result<(), ConfigError> {
+        // An AppendEntries carries at most append_bytes_max of entries, plus its header and one
+        // entry that may exceed the bound (the core always sends at least one). 64 KiB is ample
+        // for the header fields and per-entry framing.
+        let largest_entry = self.pipeline.batch_bytes_max as u64 + 4096;
+        let append_frame = self.raft.append_bytes_max.max(largest_entry) + (64 << 10);
+        if append_frame > self.net.frame_bytes_max as u64 {
+            return Err(ConfigError::new(
+                "net.frame_bytes_max",
+                format!(
+                    "{} cannot carry one AppendEntries of raft.append_bytes_max ({}) or one batch of \
+                     pipeline.batch_bytes_max ({}) plus headers; raise it or lower those",
+                    self.net.frame_bytes_max, self.raft.append_bytes_max, self.pipeline.batch_bytes_max
+                ),
+            ));
+        }
+        let chunk_frame = self.raft.snapshot_chunk_bytes_max + (64 << 10);
+        if chunk_frame > self.net.frame_bytes_max as u64 {
+            return Err(ConfigError::new(
+                "raft.snapshot_chunk_bytes_max",
+                format!(
+                    "{} does not fit net.frame_bytes_max ({})",
+                    self.raft.snapshot_chunk_bytes_max, self.net.frame_bytes_max
+                ),
+            ));
+        }
+        if largest_entry > self.log.entry_bytes_max {
+            return Err(ConfigError::new(
+                "log.entry_bytes_max",
+                format!(
+                    "{} is below one batch of pipeline.batch_bytes_max ({}) plus its archive overhead",
+                    self.log.entry_bytes_max, self.pipeline.batch_bytes_max
+                ),
+            ));
+        }
+        if largest_entry > self.raft.proposal_bytes_max {
+            return Err(ConfigError::new(
+                "raft.proposal_bytes_max",
+                format!(
+                    "{} is below one batch of pipeline.batch_bytes_max ({})",
+                    self.raft.proposal_bytes_max, self.pipeline.batch_bytes_max
+                ),
+            ));
+        }
+        if self.kv.value_bytes_max + self.kv.key_bytes_max + 64 > self.pipeline.batch_bytes_max {
+            return Err(ConfigError::new(
+                "kv.value_bytes_max",
+                format!(
+                    "a command with the largest key and value does not fit one batch of pipeline.batch_bytes_max ({})",
+                    self.pipeline.batch_bytes_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The member entry of this node, if listed.
+    pub fn me(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == self.node_id)
+    }
+
+    pub fn data_log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    pub fn data_snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn three_members() -> Vec<Member> {
+        (1..=3)
+            .map(|id| Member {
+                id,
+                peer_address: ([127, 0, 0, 1], 7000 + id as u16).into(),
+                client_address: ([127, 0, 0, 1], 7100 + id as u16).into(),
+            })
+            .collect()
+    }
+
+    fn valid() -> NodeConfig {
+        let mut config = NodeConfig::new(1, 0xc1, "/tmp/x".into(), three_members());
+        config.secret = b"0123456789abcdef".to_vec();
+        config.initial_state = InitialState::New;
+        config
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        valid().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn bad_fields_are_named_as_the_file_spells_them() {
+        let mut config = valid();
+        config.cluster_id = 0;
+        assert_eq!(config.validate().unwrap_err().field, "cluster_id");
+        let mut config = valid();
+        config.secret = b"short".to_vec();
+        assert_eq!(config.validate().unwrap_err().field, "secret");
+        let mut config = valid();
+        config.raft.election_ticks = 1;
+        assert_eq!(config.validate().unwrap_err().field, "raft.election_ticks");
+        let mut config = valid();
+        config.log.segment_bytes = 5000;
+        assert_eq!(config.validate().unwrap_err().field, "log.segment_bytes");
+        let mut config = valid();
+        config.pipeline.batch_commands_max = 0;
+        assert_eq!(config.validate().unwrap_err().field, "pipeline.batch_commands_max");
+        let mut config = valid();
+        config.members.push(config.members[0].clone());
+        assert_eq!(config.validate().unwrap_err().field, "members");
+    }
+
+    #[test]
+    fn an_append_that_cannot_fit_a_frame_is_refused() {
+        let mut config = valid();
+        config.net.frame_bytes_max = 1 << 20;
+        config.net.peer_queue_bytes_max = 1 << 20;
+        config.net.client_pending_bytes_max = 1 << 20;
+        assert_eq!(config.validate().unwrap_err().field, "net.frame_bytes_max");
+    }
+
+    #[test]
+    fn a_founder_must_be_a_member() {
+        let mut config = valid();
+        config.members.retain(|m| m.id != 1);
+        assert_eq!(config.validate().unwrap_err().field, "members");
+    }
+}

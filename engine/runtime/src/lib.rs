@@ -1,0 +1,23 @@
+//! # smr-runtime: a running node
+//!
+//! It **owns** the pipeline that turns the parts into a node that serves clients: the stages
+//! (sequencer + Raft core, log writer, apply; the transport's threads are the net stage), the
+//! bounded queues between them, the data directory (identity, log, snapshots), the member
+//! directory, and the per-stage metrics.
+//!
+//! It **must never**:
+//! - send a message from `Ready::persisted_messages`, or answer a client, before the log reports
+//!   the ready durable;
+//! - block a stage on a queue that can be full without a bound on how long (every queue is
+//!   bounded; backpressure reaches clients as `Busy`);
+//! - spin when idle unless `pipeline.busy_poll` is set;
+//! - start on a data directory of another cluster or node, or on an empty one without being told
+//!   whether to found a cluster or join one.
+
+pub mod config;
+pub mod identity;
+pub mod placement;
+
+pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
+pub use identity::{Identity, IdentityError};
+pub use placement::{Placement, Stage};

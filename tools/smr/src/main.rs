@@ -1,0 +1,3 @@
+//! The `smr` command.
+
+fn main() {}
