@@ -78,7 +78,7 @@ impl Default for PipelineConfig {
     fn default() -> PipelineConfig {
         PipelineConfig {
             tick_ms: 10,
-            batch_bytes_max: 1 << 20,
+            batch_bytes_max: 2 << 20,
             batch_commands_max: 4096,
             linger_us_max: 0,
             client_requests_max: 65_536,
