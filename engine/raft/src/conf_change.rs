@@ -38,6 +38,11 @@ pub enum ConfChange {
 /// a decoder allocates.
 pub const CONF_CHANGE_OPS_MAX: usize = 64;
 
+/// Most bytes of caller context a membership change entry carries. The core never reads the
+/// context; the runtime puts a new member's addresses there, so that every replica learns them
+/// from the log (and from snapshots) in the same order as the membership itself.
+pub const CONF_CHANGE_CONTEXT_BYTES_MAX: usize = 4096;
+
 const TAG_BOOTSTRAP: u8 = 1;
 const TAG_CHANGE: u8 = 2;
 const TAG_LEAVE_JOINT: u8 = 3;
@@ -78,6 +83,16 @@ pub enum ConfChangeError {
 
 impl ConfChange {
     pub fn encode(&self) -> Bytes {
+        self.encode_with_context(&[])
+    }
+
+    /// Encodes the change followed by `context` (when not empty) as `u32` length + bytes, so that
+    /// every (change, context) pair has exactly one encoding.
+    ///
+    /// # Panics
+    /// If `context` exceeds [`CONF_CHANGE_CONTEXT_BYTES_MAX`] (callers check it first).
+    pub fn encode_with_context(&self, context: &[u8]) -> Bytes {
+        assert!(context.len() <= CONF_CHANGE_CONTEXT_BYTES_MAX, "membership change context too long");
         let mut buf = BytesMut::new();
         match self {
             ConfChange::Bootstrap { voters } => {
@@ -102,14 +117,26 @@ impl ConfChange {
             }
             ConfChange::LeaveJoint => buf.put_u8(TAG_LEAVE_JOINT),
         }
+        if !context.is_empty() {
+            buf.put_u32_le(context.len() as u32);
+            buf.put_slice(context);
+        }
         buf.freeze()
     }
 
-    /// Decodes an entry payload.
+    /// Decodes an entry payload, ignoring any context.
     ///
     /// # Errors
     /// [`ConfChangeError::Malformed`] for a truncated, oversized or unknown encoding.
-    pub fn decode(mut data: &[u8]) -> Result<ConfChange, ConfChangeError> {
+    pub fn decode(data: &[u8]) -> Result<ConfChange, ConfChangeError> {
+        ConfChange::decode_with_context(data).map(|(change, _)| change)
+    }
+
+    /// Decodes an entry payload and the caller context it carries (empty when none).
+    ///
+    /// # Errors
+    /// [`ConfChangeError::Malformed`] for a truncated, oversized or unknown encoding.
+    pub fn decode_with_context(mut data: &[u8]) -> Result<(ConfChange, &[u8]), ConfChangeError> {
         fn take<const N: usize>(data: &mut &[u8]) -> Result<[u8; N], ConfChangeError> {
             if data.len() < N {
                 return Err(ConfChangeError::Malformed("truncated"));
@@ -149,10 +176,17 @@ impl ConfChange {
             }
             _ => return Err(ConfChangeError::Malformed("unknown kind")),
         };
-        if !data.is_empty() {
-            return Err(ConfChangeError::Malformed("trailing bytes"));
+        if data.is_empty() {
+            return Ok((change, data));
         }
-        Ok(change)
+        let length = u32::from_le_bytes(take::<4>(&mut data)?) as usize;
+        if length == 0 || length > CONF_CHANGE_CONTEXT_BYTES_MAX {
+            return Err(ConfChangeError::Malformed("context length out of range"));
+        }
+        if data.len() != length {
+            return Err(ConfChangeError::Malformed("context length does not match the bytes that follow"));
+        }
+        Ok((change, data))
     }
 
     /// The configuration that follows `conf` under this change.
@@ -327,8 +361,12 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         #[test]
-        fn encoding_round_trips(change in any_change()) {
-            prop_assert_eq!(ConfChange::decode(&change.encode()).unwrap(), change);
+        fn encoding_round_trips(change in any_change(), context in proptest::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(ConfChange::decode(&change.encode()).unwrap(), change.clone());
+            let encoded = change.encode_with_context(&context);
+            let (decoded, decoded_context) = ConfChange::decode_with_context(&encoded).unwrap();
+            prop_assert_eq!(decoded, change);
+            prop_assert_eq!(decoded_context, &context[..]);
         }
 
         #[test]

@@ -47,7 +47,7 @@ mod status;
 mod transfer;
 mod types;
 
-pub use conf_change::{CONF_CHANGE_OPS_MAX, ConfChange, ConfChangeError, ConfChangeOp};
+pub use conf_change::{CONF_CHANGE_CONTEXT_BYTES_MAX, CONF_CHANGE_OPS_MAX, ConfChange, ConfChangeError, ConfChangeOp};
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use message::{Message, MessageBody};

@@ -16,6 +16,19 @@ impl Replica {
     /// an earlier change is uncommitted (or the configuration is still joint), and
     /// [`Error::ConfChange`] when the change does not fit the configuration in force.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<EntryId, Error> {
+        self.propose_conf_change_with_context(change, &[])
+    }
+
+    /// [`Replica::propose_conf_change`] with an opaque `context` stored in the entry (at most
+    /// [`crate::CONF_CHANGE_CONTEXT_BYTES_MAX`] bytes), for the caller to read back when the
+    /// entry is applied: the runtime records a new member's addresses there.
+    ///
+    /// # Errors
+    /// As [`Replica::propose_conf_change`]; [`Error::ConfChange`] for a context that is too long.
+    pub fn propose_conf_change_with_context(&mut self, change: ConfChange, context: &[u8]) -> Result<EntryId, Error> {
+        if context.len() > crate::conf_change::CONF_CHANGE_CONTEXT_BYTES_MAX {
+            return Err(Error::ConfChange(crate::conf_change::ConfChangeError::Malformed("context too long")));
+        }
         if self.role != Role::Leader {
             return Err(Error::NotLeader { leader: self.leader });
         }
@@ -33,7 +46,7 @@ impl Replica {
             return Err(Error::ConfChange(crate::conf_change::ConfChangeError::AlreadyBootstrapped));
         }
         change.apply(&self.conf)?;
-        let id = self.propose_entry(EntryKind::ConfChange, change.encode())?;
+        let id = self.propose_entry(EntryKind::ConfChange, change.encode_with_context(context))?;
         self.pending_conf_index = id.index;
         self.apply_conf_entries_from(id.index);
         Ok(id)
