@@ -14,10 +14,23 @@
 //! - start on a data directory of another cluster or node, or on an empty one without being told
 //!   whether to found a cluster or join one.
 
+mod apply_stage;
 pub mod config;
+mod core_stage;
+pub mod directory;
+mod handoff;
 pub mod identity;
+mod log_stage;
+pub mod metrics;
+mod node;
 pub mod placement;
+pub mod snapshot;
+mod status;
 
 pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
 pub use identity::{Identity, IdentityError};
+pub use apply_stage::EXIT_CODE_BAD_ENTRY;
+pub use handoff::Fatal;
+pub use log_stage::{EXIT_CODE_BAD_SNAPSHOT, EXIT_CODE_NO_SPACE};
+pub use node::{EXIT_CODE_CONFIG, EXIT_CODE_UNAVAILABLE, Node, StartError, StartMode, StopHandle};
 pub use placement::{Placement, Stage};

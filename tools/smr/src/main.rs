@@ -1,3 +1,53 @@
-//! The `smr` command.
+//! The `smr` command: run a node, operate a cluster, send key-value commands.
+//!
+//! Exit codes (also in the README):
+//! - 0 success; 1 a client command got an error answer; 2 bad usage;
+//! - 64 a config or data directory the node refuses; 69 a listener that cannot be bound;
+//! - 73 disk full; 74 I/O error; 75 fsync failed; 76 log corruption; 77 data of another
+//!   cluster or node in the log; 78 a damaged snapshot; 79 a committed entry that cannot apply;
+//! - 70 an internal error (a stage panicked).
 
-fn main() {}
+mod client_cmd;
+mod node_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "smr", version, about = "smr: batched Raft state machine replication")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Node(node_cmd::NodeArgs),
+    /// Operate a running cluster.
+    Ctl(client_cmd::CtlArgs),
+    /// Write a key.
+    Put(client_cmd::PutArgs),
+    /// Read a key.
+    Get(client_cmd::GetArgs),
+    /// Delete a key.
+    Del(client_cmd::DelArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Node(args) => node_cmd::run(args),
+        Command::Ctl(args) => client_cmd::ctl(args),
+        Command::Put(args) => client_cmd::put(args),
+        Command::Get(args) => client_cmd::get(args),
+        Command::Del(args) => client_cmd::del(args),
+    }
+}

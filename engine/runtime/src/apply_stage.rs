@@ -1,0 +1,416 @@
+//! The apply stage: committed entries, read in place from the mapped log, into the state
+//! machine; results and reads back to clients; snapshots taken in the background of the
+//! pipeline (the core and the log writer go on while this stage writes one).
+//!
+//! It owns the replicated state beside the state machine: the membership as of the applied
+//! index (so that a snapshot records the right one) and the member directory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use smr_apply::{Applier, CommandOutcome, StateMachine};
+use smr_log::LogReader;
+use smr_net::{RequestBody, ResponseBody};
+use smr_raft::{ConfChange, ConfChangeOp, ConfState, EntryKind, Index, SnapshotMeta, Term};
+
+use crate::directory::{Addresses, Directory};
+use crate::handoff::{ApplyWork, Shared, SnapshotTaken, Waiting};
+use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
+use crate::metrics::Histo;
+use crate::snapshot::{self, Snapshot, SnapshotStore};
+
+/// Exit code when a committed entry cannot be applied (it fails validation): the log holds
+/// something no replica should have accepted.
+pub const EXIT_CODE_BAD_ENTRY: i32 = 79;
+
+/// Bytes of entries read from the log per round, so that apply answers reads and publishes
+/// progress between large catch-ups.
+const APPLY_READ_BYTES_MAX: u64 = 4 << 20;
+/// Work items handled per round before applying.
+const WORK_PER_ROUND_MAX: usize = 4096;
+
+pub(crate) struct ApplyStage<S> {
+    pub(crate) applier: Applier<S>,
+    pub(crate) reader: LogReader,
+    pub(crate) work: Receiver<ApplyWork>,
+    pub(crate) snapshots_out: Sender<SnapshotTaken>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: SnapshotStore,
+    pub(crate) cluster_id: u64,
+    pub(crate) conf: ConfState,
+    pub(crate) directory: Directory,
+    pub(crate) applied_term: Term,
+    pub(crate) commit: Index,
+    pub(crate) request_timeout: Duration,
+    pub(crate) snapshot_log_bytes: u64,
+    pub(crate) last_snapshot_index: Index,
+    pub(crate) metrics: crate::metrics::StageRecorder,
+    /// Proposals made here, by index: the term they were proposed in and their clients.
+    proposals: BTreeMap<Index, (Term, Vec<Waiting>)>,
+    /// Reads waiting for the applied index to reach theirs.
+    reads: BTreeMap<Index, Vec<Waiting>>,
+    bytes_since_snapshot: u64,
+    snapshot_wanted: bool,
+    outcomes: Vec<CommandOutcome>,
+}
+
+impl<S> std::fmt::Debug for ApplyStage<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyStage").field("commit", &self.commit).field("conf", &self.conf).finish()
+    }
+}
+
+/// How the stage failed.
+struct Stop {
+    exit_code: i32,
+    message: String,
+}
+
+impl<S: StateMachine> ApplyStage<S> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        applier: Applier<S>,
+        reader: LogReader,
+        work: Receiver<ApplyWork>,
+        snapshots_out: Sender<SnapshotTaken>,
+        shared: Arc<Shared>,
+        store: SnapshotStore,
+        cluster_id: u64,
+        conf: ConfState,
+        directory: Directory,
+        applied_term: Term,
+        pipeline: &crate::config::PipelineConfig,
+        metrics: crate::metrics::StageRecorder,
+    ) -> ApplyStage<S> {
+        let applied = applier.applied_index();
+        ApplyStage {
+            applier,
+            reader,
+            work,
+            snapshots_out,
+            shared,
+            store,
+            cluster_id,
+            conf,
+            directory,
+            applied_term,
+            commit: applied,
+            request_timeout: Duration::from_millis(pipeline.request_timeout_ms),
+            snapshot_log_bytes: pipeline.snapshot_log_bytes,
+            last_snapshot_index: applied,
+            metrics,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            bytes_since_snapshot: 0,
+            snapshot_wanted: false,
+            outcomes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        if let Err(stop) = self.run_loop() {
+            self.shared.fail(stop.exit_code, stop.message);
+        }
+        self.metrics.publish_now();
+    }
+
+    fn run_loop(&mut self) -> Result<(), Stop> {
+        // Deadlines are checked at least this often.
+        let sweep = (self.request_timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        loop {
+            match self.work.recv_timeout(sweep) {
+                Ok(work) => {
+                    self.handle(work)?;
+                    for _ in 0..WORK_PER_ROUND_MAX {
+                        match self.work.try_recv() {
+                            Ok(work) => self.handle(work)?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let started = Instant::now();
+            self.apply_committed()?;
+            self.serve_reads();
+            self.expire(started);
+            self.maybe_snapshot();
+            self.metrics.maybe_publish(Instant::now());
+        }
+    }
+
+    fn handle(&mut self, work: ApplyWork) -> Result<(), Stop> {
+        match work {
+            ApplyWork::Proposed { index, term, requests } => {
+                self.proposals.insert(index, (term, requests));
+            }
+            ApplyWork::Commit { index } => self.commit = self.commit.max(index),
+            ApplyWork::Read { index, requests } => self.reads.entry(index).or_default().extend(requests),
+            ApplyWork::SnapshotNow => self.snapshot_wanted = true,
+            ApplyWork::Status { mut status, request } => {
+                status["applied_state_index"] = self.applier.applied_index().into();
+                status["state_hash"] = format!("{:016x}", self.applier.state_hash()).into();
+                request.respond(ResponseBody::Ok(Bytes::from(status.to_string())));
+            }
+            ApplyWork::Restore { snapshot, done } => {
+                let result = self.restore(snapshot);
+                let failed = result.as_ref().err().cloned();
+                let _ = done.send(result);
+                if let Some(reason) = failed {
+                    return Err(Stop { exit_code: EXIT_CODE_BAD_SNAPSHOT, message: reason });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) -> Result<(), String> {
+        let mut state: &[u8] = &snapshot.state;
+        self.applier.restore(&mut state).map_err(|e| format!("restoring the snapshot from the leader: {e}"))?;
+        let meta = snapshot.meta;
+        if self.applier.applied_index() != meta.index {
+            return Err(format!(
+                "snapshot at index {} holds a state applied through {}",
+                meta.index,
+                self.applier.applied_index()
+            ));
+        }
+        self.conf = meta.conf;
+        self.applied_term = meta.term;
+        self.commit = self.commit.max(meta.index);
+        self.last_snapshot_index = meta.index;
+        self.bytes_since_snapshot = 0;
+        let mut directory = self.directory.clone();
+        for (id, addresses) in snapshot.directory.iter() {
+            directory.insert(id, addresses);
+        }
+        self.set_directory(directory);
+        // Proposals the snapshot covers: whether they took effect is unknown here.
+        let covered: Vec<Index> = self.proposals.range(..=meta.index).map(|(&i, _)| i).collect();
+        for index in covered {
+            if let Some((_, requests)) = self.proposals.remove(&index) {
+                for w in requests {
+                    w.request.respond(ResponseBody::TimedOut);
+                }
+            }
+        }
+        self.shared.applied_index.store(meta.index, Ordering::Release);
+        self.shared.wake_core();
+        Ok(())
+    }
+
+    fn set_directory(&mut self, directory: Directory) {
+        if directory != self.directory {
+            self.directory = directory.clone();
+            self.shared.set_directory(directory);
+        }
+    }
+
+    fn apply_committed(&mut self) -> Result<(), Stop> {
+        let before = self.applier.applied_index();
+        let ApplyStage {
+            applier, reader, proposals, outcomes, metrics, conf, directory, shared, commit, applied_term, ..
+        } = self;
+        let mut bytes_applied = 0u64;
+        while applier.applied_index() < *commit {
+            let next = applier.applied_index() + 1;
+            let entries = match reader.entries(next, *commit, APPLY_READ_BYTES_MAX) {
+                Ok(entries) => entries,
+                // Compacted away: a snapshot from the leader is on its way (the log stage
+                // restores it through this stage). Not durable yet: cannot happen, since the
+                // core hands out only durable commits; wait either way.
+                Err(error) => {
+                    tracing::debug!("apply waits for entry {next}: {error}");
+                    break;
+                }
+            };
+            let started = Instant::now();
+            let count = entries.len();
+            let mut bytes = 0usize;
+            for entry in &entries {
+                outcomes.clear();
+                applier.apply(entry.index, entry.term, entry.kind, entry.data, outcomes).map_err(|e| Stop {
+                    exit_code: EXIT_CODE_BAD_ENTRY,
+                    message: format!("applying a committed entry: {e}"),
+                })?;
+                bytes += entry.data.len();
+                *applied_term = entry.term;
+                if entry.kind == EntryKind::ConfChange {
+                    apply_conf_change(conf, directory, entry.data, shared);
+                }
+                answer_proposal(proposals, outcomes, metrics, entry.index, entry.term, entry.kind);
+            }
+            bytes_applied += bytes as u64;
+            metrics.record_service(started.elapsed());
+            metrics.record_batch(count as u64, bytes as u64);
+            metrics.counters().entries_applied.add(count as u64);
+        }
+        self.bytes_since_snapshot += bytes_applied;
+        if self.applier.applied_index() > before {
+            self.shared.applied_index.store(self.applier.applied_index(), Ordering::Release);
+            self.shared.wake_core();
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.applier.applied_index();
+        while let Some((&index, _)) = self.reads.first_key_value() {
+            if index > applied {
+                break;
+            }
+            let (_, requests) = self.reads.pop_first().expect("non-empty");
+            let now = Instant::now();
+            for w in requests {
+                let body = match &w.request.request.body {
+                    RequestBody::Read { payload, .. } => ResponseBody::Ok(self.applier.query(payload)),
+                    _ => ResponseBody::InvalidRequest("not a read".into()),
+                };
+                self.metrics.record_duration(Histo::ApplyLatency, now.duration_since(w.enqueued));
+                w.request.respond(body);
+            }
+        }
+    }
+
+    /// Answers `TimedOut` to proposals and reads older than the request timeout: a proposal
+    /// stranded by a leader that lost its quorum would otherwise wait forever.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.request_timeout;
+        let expired = |w: &Waiting| now.duration_since(w.enqueued) > timeout;
+        let stale: Vec<Index> =
+            self.proposals.iter().filter(|(_, (_, ws))| ws.first().is_some_and(expired)).map(|(&i, _)| i).collect();
+        for index in stale {
+            if let Some((_, requests)) = self.proposals.remove(&index) {
+                for w in requests {
+                    w.request.respond(ResponseBody::TimedOut);
+                }
+            }
+        }
+        let stale: Vec<Index> =
+            self.reads.iter().filter(|(_, ws)| ws.first().is_some_and(expired)).map(|(&i, _)| i).collect();
+        for index in stale {
+            if let Some(requests) = self.reads.remove(&index) {
+                for w in requests {
+                    w.request.respond(ResponseBody::TimedOut);
+                }
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.applier.applied_index();
+        if applied <= self.last_snapshot_index
+            || !(self.snapshot_wanted || self.bytes_since_snapshot >= self.snapshot_log_bytes)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let mut state = Vec::new();
+        if let Err(e) = self.applier.snapshot(&mut state) {
+            tracing::warn!("taking a snapshot failed: {e}");
+            return;
+        }
+        let meta = SnapshotMeta { index: applied, term: self.applied_term, conf: self.conf.clone() };
+        let bytes = snapshot::encode(self.cluster_id, &meta, &self.directory, &state);
+        if let Err(e) = self.store.save(&meta, &bytes) {
+            // A full disk, say: keep the log as it is and try again after more entries.
+            tracing::warn!("saving the snapshot at {applied} failed: {e}");
+            self.bytes_since_snapshot = 0;
+            return;
+        }
+        tracing::info!(index = applied, bytes = bytes.len(), took_ms = started.elapsed().as_millis() as u64, "snapshot saved");
+        self.last_snapshot_index = applied;
+        self.bytes_since_snapshot = 0;
+        self.snapshot_wanted = false;
+        // The core may miss one (it takes the next); the file is saved either way.
+        let _ = self.snapshots_out.try_send(SnapshotTaken { index: applied, bytes });
+        self.shared.wake_core();
+    }
+}
+
+/// Applies a committed membership change to the apply stage's copy of the membership, and
+/// records the addresses a new member's entry announces.
+pub(crate) fn apply_conf_change(conf: &mut ConfState, directory: &mut Directory, data: &[u8], shared: &Shared) {
+    let Ok((change, context)) = ConfChange::decode_with_context(data) else {
+        // The core skips such an entry on every replica alike; so does this.
+        return;
+    };
+    if let Ok(next) = change.apply(conf) {
+        *conf = next;
+    }
+    if let Some((id, addresses)) = announced_member(&change, context) {
+        let mut next = directory.clone();
+        next.insert(id, addresses);
+        if next != *directory {
+            *directory = next.clone();
+            shared.set_directory(next);
+        }
+    }
+}
+
+/// The member a membership change adds and the addresses its context announces, if any.
+pub(crate) fn announced_member(change: &ConfChange, context: &[u8]) -> Option<(u64, Addresses)> {
+    if context.is_empty() {
+        return None;
+    }
+    let ConfChange::Change { ops } = change else { return None };
+    let id = ops.iter().find_map(|op| match *op {
+        ConfChangeOp::AddVoter(id) | ConfChangeOp::AddLearner(id) => Some(id),
+        ConfChangeOp::Remove(_) => None,
+    })?;
+    Addresses::from_context(context).ok().map(|a| (id, a))
+}
+
+/// Answers the clients of the proposal at `index`, just applied with `outcomes`.
+fn answer_proposal(
+proposals: &mut BTreeMap<Index, (Term, Vec<Waiting>)>,
+outcomes: &mut Vec<CommandOutcome>,
+metrics: &mut crate::metrics::StageRecorder,
+index: Index,
+term: Term,
+kind: EntryKind,
+) {
+    // Proposals below this index were never applied here (replaced by a snapshot install
+    // or a leader change that cut them): their fate is unknown to this node.
+    while let Some((&first, _)) = proposals.first_key_value() {
+        if first >= index {
+            break;
+        }
+        let (_, (_, requests)) = proposals.pop_first().expect("non-empty");
+        for w in requests {
+            w.request.respond(ResponseBody::TimedOut);
+        }
+    }
+    let Some((proposed_term, requests)) = proposals.remove(&index) else { return };
+    if proposed_term != term {
+        // Another leader's entry took this index: ours was lost. Retrying is safe (sessions
+        // make a command that did commit elsewhere apply once).
+        for w in requests {
+            w.request.respond(ResponseBody::NotLeader { leader_id: None, leader_address: None });
+        }
+        return;
+    }
+    let now = Instant::now();
+    if kind != EntryKind::Normal {
+        for w in requests {
+            metrics.record_duration(Histo::ApplyLatency, now.duration_since(w.enqueued));
+            w.request.respond(ResponseBody::Ok(Bytes::from(format!("committed at index {index}"))));
+        }
+        return;
+    }
+    for (w, outcome) in requests.into_iter().zip(outcomes.drain(..)) {
+        metrics.record_duration(Histo::ApplyLatency, now.duration_since(w.enqueued));
+        let body = match outcome {
+            CommandOutcome::Applied(result) | CommandOutcome::Duplicate(result) => ResponseBody::Ok(result),
+            CommandOutcome::Stale { oldest_remembered } => ResponseBody::InvalidRequest(format!(
+                "sequence number too old: the session remembers results from {oldest_remembered} on"
+            )),
+        };
+        w.request.respond(body);
+    }
+}

@@ -1,0 +1,673 @@
+//! The core stage: the sequencer and the Raft core on one thread.
+//!
+//! It takes client requests and peer messages as they arrive, packs commands into one entry per
+//! batch (bounded by `batch_bytes_max`, `batch_commands_max` and `linger_us_max`), drives the
+//! core's ready cycle, and hands work on: appends go to followers at once (the leader writes its
+//! own disk in parallel), persistence to the log writer, commits and reads to the apply stage.
+//! Messages that promise durability leave only once the log writer reports their ready durable.
+//!
+//! It blocks in one `select` over its inputs with a deadline at the next tick (or the end of a
+//! linger), so an idle node costs nothing but its tick.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, select};
+use smr_apply::{BatchBuilder, Command};
+use smr_log::LogWaker;
+use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
+use smr_raft::{ConfChange, ConfChangeOp, ConfState, Error as RaftError, Index, Message, NodeId, ReadContext, Replica, Role};
+
+use crate::config::PipelineConfig;
+use crate::directory::{Addresses, Directory};
+use crate::handoff::{ApplyWork, LogWork, Shared, SnapshotTaken, Waiting};
+use crate::metrics::{Histo, MetricsHub, StageRecorder};
+
+/// Messages and requests taken per input per round, so that one busy input cannot starve the
+/// others or delay the ready cycle.
+const INPUT_PER_ROUND_MAX: usize = 1024;
+/// Ticks the core catches up at once after a stall; beyond it the clock is reset (a stall that
+/// long has already cost leadership, and a burst of ticks would only add elections).
+const TICKS_CATCH_UP_MAX: u32 = 100;
+/// How long a stopping node keeps serving proposals already made, so that their clients get
+/// answers rather than `ShuttingDown`.
+const DRAIN_MS_MAX: u64 = 2_000;
+
+/// A ready whose persisted messages wait for the log writer.
+#[derive(Debug)]
+struct Unpersisted {
+    number: u64,
+    /// False when the ready had nothing to write: it is durable once every earlier one is.
+    needs_log: bool,
+    messages: Vec<Message>,
+}
+
+pub(crate) struct CoreStage {
+    pub(crate) replica: Replica,
+    pub(crate) transport: PeerTransport,
+    pub(crate) inbound: Receiver<Inbound>,
+    pub(crate) clients: Receiver<ClientRequest>,
+    pub(crate) wakes: Receiver<()>,
+    pub(crate) snapshots: Receiver<SnapshotTaken>,
+    pub(crate) to_log: Sender<LogWork>,
+    pub(crate) log_waker: LogWaker,
+    pub(crate) to_apply: Sender<ApplyWork>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pipeline: PipelineConfig,
+    pub(crate) snapshot_keep_entries: u64,
+    pub(crate) cluster_id: u64,
+    /// Members named in the config: kept as peers even before the log names them (a joining
+    /// node must accept its leader's connection before it has any membership).
+    pub(crate) config_members: BTreeSet<NodeId>,
+    pub(crate) metrics: StageRecorder,
+    pub(crate) hub: Arc<MetricsHub>,
+    pub(crate) started: Instant,
+    batch: BatchBuilder,
+    batch_waiting: Vec<Waiting>,
+    batch_opened: Option<Instant>,
+    reads_batch: Vec<Waiting>,
+    reads: HashMap<ReadContext, (Vec<Waiting>, Instant)>,
+    next_read_context: ReadContext,
+    unpersisted: VecDeque<Unpersisted>,
+    applied_seen: Index,
+    commit_sent: Index,
+    directory_generation: u64,
+    directory: Directory,
+    peers: BTreeSet<NodeId>,
+    missing_address_logged: BTreeSet<NodeId>,
+    next_tick: Instant,
+    /// Entries proposed here and not yet committed, with when: for the commit latency histogram.
+    /// Bounded by the core's `uncommitted_bytes_max`; cleared when leadership is lost.
+    proposed: VecDeque<(Index, Instant)>,
+}
+
+impl std::fmt::Debug for CoreStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreStage").field("id", &self.replica.id()).field("role", &self.replica.role()).finish()
+    }
+}
+
+/// Everything the core stage is built from.
+#[derive(Debug)]
+pub(crate) struct CoreParts {
+    pub(crate) replica: Replica,
+    pub(crate) transport: PeerTransport,
+    pub(crate) inbound: Receiver<Inbound>,
+    pub(crate) clients: Receiver<ClientRequest>,
+    pub(crate) wakes: Receiver<()>,
+    pub(crate) snapshots: Receiver<SnapshotTaken>,
+    pub(crate) to_log: Sender<LogWork>,
+    pub(crate) log_waker: LogWaker,
+    pub(crate) to_apply: Sender<ApplyWork>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pipeline: PipelineConfig,
+    pub(crate) cluster_id: u64,
+    pub(crate) config_members: BTreeSet<NodeId>,
+    /// Peers the transport was started with.
+    pub(crate) initial_peers: BTreeSet<NodeId>,
+    pub(crate) metrics: StageRecorder,
+    pub(crate) hub: Arc<MetricsHub>,
+}
+
+impl CoreStage {
+    pub(crate) fn new(parts: CoreParts) -> CoreStage {
+        let now = Instant::now();
+        let pipeline = parts.pipeline;
+        let applied = parts.replica.applied_index();
+        let mut stage = CoreStage {
+            replica: parts.replica,
+            transport: parts.transport,
+            inbound: parts.inbound,
+            clients: parts.clients,
+            wakes: parts.wakes,
+            snapshots: parts.snapshots,
+            to_log: parts.to_log,
+            log_waker: parts.log_waker,
+            to_apply: parts.to_apply,
+            shared: parts.shared,
+            snapshot_keep_entries: pipeline.snapshot_keep_entries,
+            batch: BatchBuilder::new(pipeline.batch_bytes_max, pipeline.batch_commands_max),
+            pipeline,
+            cluster_id: parts.cluster_id,
+            config_members: parts.config_members,
+            metrics: parts.metrics,
+            hub: parts.hub,
+            started: now,
+            batch_waiting: Vec::new(),
+            batch_opened: None,
+            reads_batch: Vec::new(),
+            reads: HashMap::new(),
+            next_read_context: 1,
+            unpersisted: VecDeque::new(),
+            applied_seen: applied,
+            commit_sent: applied,
+            directory_generation: 0,
+            directory: Directory::default(),
+            peers: parts.initial_peers,
+            missing_address_logged: BTreeSet::new(),
+            next_tick: now,
+            proposed: VecDeque::new(),
+        };
+        stage.next_tick = now + stage.tick();
+        stage.check_directory();
+        stage
+    }
+
+    fn tick(&self) -> Duration {
+        Duration::from_millis(self.pipeline.tick_ms)
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if self.shared.stopping() {
+                let now = Instant::now();
+                let until = *drain_until.get_or_insert(now + Duration::from_millis(DRAIN_MS_MAX));
+                let outstanding = self.shared.fatal_code.load(Ordering::Acquire) == 0
+                    && self.replica.is_leader()
+                    && self.replica.commit_index() < self.replica.last_index();
+                if !outstanding || now >= until {
+                    break;
+                }
+            }
+            self.wait_for_input();
+            let round = Instant::now();
+            self.take_inputs(drain_until.is_some());
+            self.complete_persisted();
+            self.check_applied();
+            self.check_directory();
+            self.tick_if_due(round);
+            self.flush_reads();
+            self.flush_batch_if_due(round);
+            self.drive_ready();
+            self.expire_reads(round);
+            self.metrics.record_service(round.elapsed());
+            self.metrics.maybe_publish(Instant::now());
+        }
+        self.stop();
+    }
+
+    /// Blocks until an input arrives or the next deadline (tick or linger) passes.
+    fn wait_for_input(&mut self) {
+        if self.pipeline.busy_poll {
+            return;
+        }
+        let now = Instant::now();
+        let mut deadline = self.next_tick;
+        if let Some(opened) = self.batch_opened {
+            deadline = deadline.min(opened + Duration::from_micros(self.pipeline.linger_us_max));
+        }
+        let timeout = deadline.saturating_duration_since(now);
+        select! {
+            recv(self.inbound) -> batch => {
+                if let Ok(batch) = batch {
+                    self.on_inbound(batch);
+                }
+            }
+            recv(self.clients) -> request => {
+                if let Ok(request) = request {
+                    self.on_client(request, false);
+                }
+            }
+            recv(self.wakes) -> _ => {}
+            recv(self.snapshots) -> taken => {
+                if let Ok(taken) = taken {
+                    self.on_snapshot_taken(taken);
+                }
+            }
+            default(timeout) => {}
+        }
+    }
+
+    fn take_inputs(&mut self, draining: bool) {
+        for _ in 0..INPUT_PER_ROUND_MAX {
+            let Ok(batch) = self.inbound.try_recv() else { break };
+            self.on_inbound(batch);
+        }
+        for _ in 0..INPUT_PER_ROUND_MAX {
+            let Ok(request) = self.clients.try_recv() else { break };
+            self.on_client(request, draining);
+        }
+        while let Ok(taken) = self.snapshots.try_recv() {
+            self.on_snapshot_taken(taken);
+        }
+    }
+
+    fn on_inbound(&mut self, batch: Inbound) {
+        for message in batch.messages {
+            if let Err(error) = self.replica.step(message) {
+                tracing::debug!(from = batch.from, "message refused: {error}");
+            }
+        }
+    }
+
+    fn leader_redirect(&self) -> ResponseBody {
+        let leader_id = self.replica.leader().filter(|&l| l != self.replica.id());
+        let leader_address = leader_id.and_then(|l| self.directory.get(l)).map(|a| a.client.to_string());
+        ResponseBody::NotLeader { leader_id, leader_address }
+    }
+
+    /// Whether a stage behind the core is too full to take more client work.
+    fn backpressured(&self) -> bool {
+        self.to_log.len() + 1 >= self.pipeline.log_queue_max || self.to_apply.len() * 2 >= self.pipeline.apply_queue_max
+    }
+
+    fn on_client(&mut self, request: ClientRequest, draining: bool) {
+        if draining {
+            request.respond(ResponseBody::ShuttingDown);
+            return;
+        }
+        let now = Instant::now();
+        match &request.request.body {
+            RequestBody::Command { session_id, sequence, payload } => {
+                if !self.replica.is_leader() {
+                    self.hub.counters().client_not_leader.bump();
+                    let redirect = self.leader_redirect();
+                    request.respond(redirect);
+                    return;
+                }
+                if payload.len() + smr_apply::batch::COMMAND_OVERHEAD_BYTES > self.pipeline.batch_bytes_max {
+                    self.hub.counters().client_too_large.bump();
+                    request.respond(ResponseBody::TooLarge);
+                    return;
+                }
+                if self.backpressured() {
+                    self.hub.counters().client_busy.bump();
+                    request.respond(ResponseBody::Busy);
+                    return;
+                }
+                let command = Command { session: *session_id, seq: *sequence, payload: payload.to_vec() };
+                if let Err(command) = self.batch.push(command) {
+                    self.flush_batch();
+                    self.batch.push(command).expect("a command that passed the size check fits an empty batch");
+                }
+                self.batch_waiting.push(Waiting { request, enqueued: now });
+                self.batch_opened.get_or_insert(now);
+                if self.batch.len() >= self.pipeline.batch_commands_max {
+                    self.flush_batch();
+                }
+            }
+            RequestBody::Read { consistency: Consistency::Stale, .. } => {
+                self.send_apply(ApplyWork::Read { index: 0, requests: vec![Waiting { request, enqueued: now }] });
+            }
+            RequestBody::Read { .. } => {
+                if self.backpressured() {
+                    self.hub.counters().client_busy.bump();
+                    request.respond(ResponseBody::Busy);
+                    return;
+                }
+                self.reads_batch.push(Waiting { request, enqueued: now });
+            }
+            RequestBody::Admin(admin) => {
+                let admin = admin.clone();
+                self.on_admin(admin, request, now);
+            }
+        }
+    }
+
+    fn send_apply(&mut self, work: ApplyWork) {
+        // Never full in practice: client work is refused as busy once the queue is half full,
+        // and everything else is bounded by the core's own limits (one item per ready).
+        if self.to_apply.send(work).is_err() {
+            self.shared.fail(0, "the apply stage stopped".into());
+        }
+    }
+
+    /// Proposes the open batch, if any.
+    fn flush_batch(&mut self) {
+        self.batch_opened = None;
+        if self.batch.is_empty() {
+            return;
+        }
+        let commands = self.batch.len();
+        let bytes = self.batch.bytes();
+        let data = self.batch.finish();
+        let waiting = std::mem::take(&mut self.batch_waiting);
+        match self.replica.propose(data) {
+            Ok(id) => {
+                self.metrics.record_batch(commands as u64, bytes as u64);
+                self.proposed.push_back((id.index, Instant::now()));
+                self.send_apply(ApplyWork::Proposed { index: id.index, term: id.term, requests: waiting });
+            }
+            Err(error) => {
+                let body = match error {
+                    RaftError::NotLeader { .. } => {
+                        self.hub.counters().client_not_leader.bump();
+                        self.leader_redirect()
+                    }
+                    RaftError::ProposalTooLarge { .. } => ResponseBody::TooLarge,
+                    _ => {
+                        self.hub.counters().client_busy.bump();
+                        ResponseBody::Busy
+                    }
+                };
+                self.hub.counters().proposals_dropped.add(waiting.len() as u64);
+                for w in waiting {
+                    w.request.respond(body.clone());
+                }
+            }
+        }
+    }
+
+    fn flush_batch_if_due(&mut self, now: Instant) {
+        let Some(opened) = self.batch_opened else { return };
+        if self.pipeline.linger_us_max == 0 || now >= opened + Duration::from_micros(self.pipeline.linger_us_max) {
+            self.flush_batch();
+        }
+    }
+
+    /// Asks one read index for every linearizable read that arrived in this round.
+    fn flush_reads(&mut self) {
+        if self.reads_batch.is_empty() {
+            return;
+        }
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        let waiting = std::mem::take(&mut self.reads_batch);
+        match self.replica.read_index(context) {
+            Ok(()) => {
+                self.reads.insert(context, (waiting, Instant::now()));
+            }
+            Err(error) => {
+                let body = match error {
+                    RaftError::NotLeader { .. } => self.leader_redirect(),
+                    _ => ResponseBody::Busy,
+                };
+                self.hub.counters().reads_failed.add(waiting.len() as u64);
+                for w in waiting {
+                    w.request.respond(body.clone());
+                }
+            }
+        }
+    }
+
+    /// A forwarded read or its answer can be lost: time such reads out here.
+    fn expire_reads(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.pipeline.request_timeout_ms);
+        let expired: Vec<ReadContext> =
+            self.reads.iter().filter(|(_, (_, at))| now.duration_since(*at) > timeout).map(|(&c, _)| c).collect();
+        for context in expired {
+            if let Some((waiting, _)) = self.reads.remove(&context) {
+                self.hub.counters().client_timed_out.add(waiting.len() as u64);
+                for w in waiting {
+                    w.request.respond(ResponseBody::TimedOut);
+                }
+            }
+        }
+    }
+
+    fn tick_if_due(&mut self, now: Instant) {
+        let tick = self.tick();
+        let mut ticks = 0;
+        while now >= self.next_tick {
+            if ticks == TICKS_CATCH_UP_MAX {
+                tracing::warn!("the core stalled for more than {TICKS_CATCH_UP_MAX} ticks; its clock restarts");
+                self.next_tick = now + tick;
+                break;
+            }
+            self.replica.tick();
+            self.next_tick += tick;
+            ticks += 1;
+        }
+    }
+
+    fn drive_ready(&mut self) {
+        while self.replica.has_ready() {
+            let rd = self.replica.ready();
+            for message in rd.messages {
+                self.send_peer(message);
+            }
+            if let Some(role) = rd.role {
+                tracing::info!(role = ?role.role, term = role.term, leader = ?role.leader, "role changed");
+                if role.role != Role::Leader {
+                    self.proposed.clear();
+                }
+                if role.role != Role::Leader && !self.batch_waiting.is_empty() {
+                    self.batch_opened = None;
+                    let _ = self.batch.finish();
+                    let redirect = self.leader_redirect();
+                    for w in std::mem::take(&mut self.batch_waiting) {
+                        w.request.respond(redirect.clone());
+                    }
+                }
+            }
+            if let Some(conf) = &rd.conf {
+                tracing::info!(?conf, "membership changed");
+                self.reconcile_peers(conf);
+            }
+            let needs_log = rd.sync || !rd.entries.is_empty() || !rd.snapshot_chunks.is_empty();
+            if needs_log {
+                let work = LogWork::Persist {
+                    queued: Instant::now(),
+                    number: rd.number,
+                    chunks: rd.snapshot_chunks,
+                    entries: rd.entries,
+                    hard_state: rd.hard_state.filter(|_| rd.sync),
+                };
+                if self.to_log.send(work).is_err() {
+                    self.shared.fail(0, "the log stage stopped".into());
+                    return;
+                }
+                self.log_waker.wake();
+            }
+            self.unpersisted.push_back(Unpersisted {
+                number: rd.number,
+                needs_log,
+                messages: rd.persisted_messages,
+            });
+            for read in rd.read_states {
+                if let Some((waiting, _)) = self.reads.remove(&read.context) {
+                    self.send_apply(ApplyWork::Read { index: read.index, requests: waiting });
+                }
+            }
+            for context in rd.failed_reads {
+                if let Some((waiting, _)) = self.reads.remove(&context) {
+                    self.hub.counters().reads_failed.add(waiting.len() as u64);
+                    let redirect = self.leader_redirect();
+                    for w in waiting {
+                        w.request.respond(redirect.clone());
+                    }
+                }
+            }
+            if rd.commit_index > self.commit_sent {
+                self.commit_sent = rd.commit_index;
+                let now = Instant::now();
+                while let Some(&(index, at)) = self.proposed.front() {
+                    if index > rd.commit_index {
+                        break;
+                    }
+                    self.metrics.record_duration(Histo::CommitLatency, now.duration_since(at));
+                    self.proposed.pop_front();
+                }
+                self.send_apply(ApplyWork::Commit { index: rd.commit_index });
+            }
+            if rd.need_snapshot {
+                self.send_apply(ApplyWork::SnapshotNow);
+            }
+            self.complete_persisted();
+        }
+    }
+
+    fn send_peer(&mut self, message: Message) {
+        if self.transport.send(message).is_err() {
+            self.hub.counters().peer_messages_dropped.bump();
+        }
+    }
+
+    /// Sends the persisted messages of every ready the log reports durable, and tells the core.
+    fn complete_persisted(&mut self) {
+        let durable = self.shared.durable_token.load(Ordering::Acquire);
+        let mut last = None;
+        while let Some(front) = self.unpersisted.front() {
+            if front.needs_log && front.number > durable {
+                break;
+            }
+            let done = self.unpersisted.pop_front().expect("front exists");
+            for message in done.messages {
+                self.send_peer(message);
+            }
+            last = Some(done.number);
+        }
+        if let Some(number) = last {
+            self.replica.on_persisted(number);
+        }
+    }
+
+    fn check_applied(&mut self) {
+        let applied = self.shared.applied_index.load(Ordering::Acquire);
+        if applied > self.applied_seen {
+            self.applied_seen = applied;
+            self.replica.on_applied(applied);
+        }
+    }
+
+    fn check_directory(&mut self) {
+        let generation = self.shared.directory_generation.load(Ordering::Acquire);
+        if generation == self.directory_generation {
+            return;
+        }
+        self.directory_generation = generation;
+        self.directory = self.shared.directory();
+        for &id in &self.peers {
+            if let Some(addresses) = self.directory.get(id) {
+                self.transport.set_peer_address(id, addresses.peer);
+            }
+        }
+        let conf = self.replica.conf().clone();
+        self.reconcile_peers(&conf);
+    }
+
+    /// Connects to every member (and every member the config names) not yet connected, and
+    /// disconnects from those that left.
+    fn reconcile_peers(&mut self, conf: &ConfState) {
+        let me = self.replica.id();
+        let wanted: BTreeSet<NodeId> =
+            conf.members().into_iter().chain(self.config_members.iter().copied()).filter(|&id| id != me).collect();
+        for &id in wanted.difference(&self.peers.clone()) {
+            match self.directory.get(id) {
+                Some(addresses) => match self.transport.add_peer(id, addresses.peer) {
+                    Ok(()) => {
+                        self.peers.insert(id);
+                        tracing::info!(peer = id, address = %addresses.peer, "peer added");
+                    }
+                    Err(error) => tracing::warn!(peer = id, "cannot add peer: {error}"),
+                },
+                None => {
+                    if self.missing_address_logged.insert(id) {
+                        tracing::warn!(peer = id, "member has no known address yet; it is connected once one is applied");
+                    }
+                }
+            }
+        }
+        for &id in self.peers.clone().difference(&wanted) {
+            self.transport.remove_peer(id);
+            self.peers.remove(&id);
+            tracing::info!(peer = id, "peer removed");
+        }
+    }
+
+    fn on_snapshot_taken(&mut self, taken: SnapshotTaken) {
+        match self.replica.on_snapshot(taken.index, taken.bytes) {
+            Ok(()) => {
+                self.hub.counters().snapshots_taken.bump();
+                let compact = taken.index.saturating_sub(self.snapshot_keep_entries);
+                // The in-memory log now; the durable log once the log writer gets there (the
+                // snapshot file is already durable, so a crash in between loses nothing).
+                let _ = self.replica.compact(compact.min(self.replica.persisted_index()));
+                if compact > 0 && self.to_log.send(LogWork::Compact { index: compact }).is_ok() {
+                    self.log_waker.wake();
+                }
+            }
+            Err(error) => tracing::debug!("snapshot at {} not used: {error}", taken.index),
+        }
+    }
+
+    fn on_admin(&mut self, admin: AdminRequest, request: ClientRequest, now: Instant) {
+        match admin {
+            AdminRequest::Status => {
+                let status = crate::status::status_json(&self.replica, self.cluster_id, &self.directory, self.started);
+                self.send_apply(ApplyWork::Status { status, request });
+            }
+            AdminRequest::Stats => {
+                let report = self.hub.report(Instant::now());
+                request.respond(ResponseBody::Ok(Bytes::from(report.to_json())));
+            }
+            AdminRequest::AddNode { node_id, address, learner } => {
+                let addresses = if address.is_empty() {
+                    None
+                } else {
+                    match Addresses::parse(&address) {
+                        Ok(a) => Some(a),
+                        Err(e) => return request.respond(ResponseBody::InvalidRequest(e.to_string())),
+                    }
+                };
+                if !self.replica.is_leader() {
+                    return request.respond(self.leader_redirect());
+                }
+                if addresses.is_none() && self.directory.get(node_id).is_none() {
+                    return request.respond(ResponseBody::InvalidRequest(format!(
+                        "node {node_id} has no known address; give <peer address>,<client address>"
+                    )));
+                }
+                if let Some(addresses) = addresses {
+                    // Connect now, so the new member's catch-up starts as soon as it commits.
+                    self.directory.insert(node_id, addresses);
+                    if !self.peers.contains(&node_id) && self.transport.add_peer(node_id, addresses.peer).is_ok() {
+                        self.peers.insert(node_id);
+                    }
+                }
+                let op = if learner { ConfChangeOp::AddLearner(node_id) } else { ConfChangeOp::AddVoter(node_id) };
+                let context = addresses.map(|a| a.to_text()).unwrap_or_default();
+                self.propose_conf_change(ConfChange::Change { ops: vec![op] }, context.as_bytes(), request, now);
+            }
+            AdminRequest::RemoveNode { node_id } => {
+                if !self.replica.is_leader() {
+                    return request.respond(self.leader_redirect());
+                }
+                self.propose_conf_change(
+                    ConfChange::Change { ops: vec![ConfChangeOp::Remove(node_id)] },
+                    &[],
+                    request,
+                    now,
+                );
+            }
+            AdminRequest::TransferLeader { node_id } => match self.replica.transfer_leadership(node_id) {
+                Ok(()) => request.respond(ResponseBody::Ok(Bytes::from(format!("transfer to {node_id} started")))),
+                Err(RaftError::NotLeader { .. }) => request.respond(self.leader_redirect()),
+                Err(e) => request.respond(ResponseBody::InvalidRequest(e.to_string())),
+            },
+        }
+    }
+
+    fn propose_conf_change(&mut self, change: ConfChange, context: &[u8], request: ClientRequest, now: Instant) {
+        match self.replica.propose_conf_change_with_context(change, context) {
+            Ok(id) => self.send_apply(ApplyWork::Proposed {
+                index: id.index,
+                term: id.term,
+                requests: vec![Waiting { request, enqueued: now }],
+            }),
+            Err(RaftError::NotLeader { .. }) => request.respond(self.leader_redirect()),
+            Err(e @ (RaftError::ConfChangeInProgress { .. } | RaftError::TransferInProgress { .. })) => {
+                request.respond(ResponseBody::InvalidRequest(format!("{e}; retry when it is done")))
+            }
+            Err(e) => request.respond(ResponseBody::InvalidRequest(e.to_string())),
+        }
+    }
+
+    fn stop(mut self) {
+        // Unanswered requests are answered `ShuttingDown` as they drop.
+        self.batch_waiting.clear();
+        self.reads_batch.clear();
+        self.reads.clear();
+        self.metrics.publish_now();
+        let CoreStage { transport, to_log, to_apply, log_waker, .. } = self;
+        // The log writer stops once its queue is empty and disconnected; wake it to notice.
+        drop(to_log);
+        drop(to_apply);
+        log_waker.wake();
+        transport.shutdown();
+    }
+}

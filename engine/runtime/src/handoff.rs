@@ -1,0 +1,149 @@
+//! What the stages hand each other, and the little state they share.
+//!
+//! ```text
+//!  clients ─► core ──LogWork──► log ──(durable token: atomic + wake)──► core
+//!  peers   ─► core ──ApplyWork─► apply ──(applied index: atomic + wake)──► core
+//!                                apply ──snapshot taken (try_send)──────► core
+//!                      log ──Restore (waits for the answer)──► apply
+//! ```
+//!
+//! Blocking sends go one way only (core → log, core → apply, log → apply), so no cycle of
+//! stages can wait on each other: everything that flows back to the core is an atomic and a
+//! wake-up that is dropped when one is already pending, or a `try_send` that may be retried.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use smr_net::ClientRequest;
+use smr_raft::{Entry, HardState, Index, SnapshotChunk, Term};
+
+use crate::directory::Directory;
+use crate::snapshot::Snapshot;
+
+/// Work for the log writer, in ready order.
+#[derive(Debug)]
+pub(crate) enum LogWork {
+    /// Persist one ready: snapshot chunks, then entries, then the hard state (when `sync`).
+    Persist {
+        queued: Instant,
+        number: u64,
+        chunks: Vec<SnapshotChunk>,
+        entries: Vec<Entry>,
+        hard_state: Option<HardState>,
+    },
+    /// Drop the durable log through `index` (a snapshot covering it is saved).
+    Compact { index: Index },
+}
+
+/// A client request waiting for its entry, or for a read index, or a membership change waiting
+/// to commit. `enqueued` is when it was proposed (for the end-to-end histograms and timeouts).
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub(crate) request: ClientRequest,
+    pub(crate) enqueued: Instant,
+}
+
+/// Work for the apply stage.
+#[derive(Debug)]
+pub(crate) enum ApplyWork {
+    /// The entry at `index` was proposed here in `term`; `requests` are its commands' clients, in
+    /// batch order (or the one admin request of a membership change).
+    Proposed { index: Index, term: Term, requests: Vec<Waiting> },
+    /// Entries through `index` are committed and durable here.
+    Commit { index: Index },
+    /// Serve these reads once `index` is applied (`index` 0: stale reads, serve now).
+    Read { index: Index, requests: Vec<Waiting> },
+    /// Take a snapshot now (a follower needs one).
+    SnapshotNow,
+    /// Answer a status request: the core's part is in `status`; the apply stage adds the state
+    /// hash at its applied index.
+    Status { status: serde_json::Value, request: ClientRequest },
+    /// Replace the state with a snapshot received from the leader; answer on `done` once the
+    /// state machine holds it.
+    Restore { snapshot: Snapshot, done: Sender<Result<(), String>> },
+}
+
+/// A snapshot the apply stage took and saved: the core hands the bytes to the Raft core.
+#[derive(Debug)]
+pub(crate) struct SnapshotTaken {
+    pub(crate) index: Index,
+    pub(crate) bytes: Bytes,
+}
+
+/// Why the node stopped on its own: an environmental failure with a distinct exit code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fatal {
+    pub exit_code: i32,
+    pub message: String,
+}
+
+/// State the stages share: a few atomics, the member directory (control plane), the wake-up
+/// channel of the core.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) shutdown: AtomicBool,
+    /// The highest ready number the log reports durable (every earlier one is too).
+    pub(crate) durable_token: AtomicU64,
+    pub(crate) applied_index: AtomicU64,
+    /// Bumped whenever `directory` changes.
+    pub(crate) directory_generation: AtomicU64,
+    pub(crate) directory: Mutex<Directory>,
+    /// Exit code of the first fatal failure, 0 while none.
+    pub(crate) fatal_code: AtomicI32,
+    pub(crate) fatal: Mutex<Option<Fatal>>,
+    /// Wakes the core. Capacity 1: one pending wake-up is as good as many.
+    core_wake: Sender<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(directory: Directory) -> (Arc<Shared>, Receiver<()>) {
+        let (core_wake, wakes) = bounded(1);
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            durable_token: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            directory_generation: AtomicU64::new(1),
+            directory: Mutex::new(directory),
+            fatal_code: AtomicI32::new(0),
+            fatal: Mutex::new(None),
+            core_wake,
+        });
+        (shared, wakes)
+    }
+
+    pub(crate) fn wake_core(&self) {
+        match self.core_wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Records the first fatal failure and stops every stage.
+    pub(crate) fn fail(&self, exit_code: i32, message: String) {
+        tracing::error!(exit_code, "fatal: {message}");
+        let mut fatal = self.fatal.lock().expect("no panics while holding the fatal slot");
+        if fatal.is_none() {
+            *fatal = Some(Fatal { exit_code, message });
+            self.fatal_code.store(exit_code, Ordering::Release);
+        }
+        drop(fatal);
+        self.shutdown.store(true, Ordering::Release);
+        self.wake_core();
+    }
+
+    pub(crate) fn directory(&self) -> Directory {
+        self.directory.lock().expect("no panics while holding the directory").clone()
+    }
+
+    pub(crate) fn set_directory(&self, directory: Directory) {
+        *self.directory.lock().expect("no panics while holding the directory") = directory;
+        self.directory_generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_core();
+    }
+}

@@ -1,0 +1,160 @@
+//! The log writer stage: persists readies through the durable log with group commit, stores and
+//! installs snapshots received from the leader, compacts the log behind saved snapshots.
+//!
+//! It submits every ready it finds queued before it waits, so that all of them share one
+//! `fdatasync` (group commit), then reports the highest durable ready number to the core through
+//! an atomic and a wake-up. It never sends anything to the core that could block.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use smr_log::{Log, LogError};
+
+use crate::handoff::{ApplyWork, LogWork, Shared};
+use crate::snapshot::{Incoming, SnapshotStore};
+
+/// Exit code when the disk is full: the node stops rather than acknowledge anything it cannot
+/// store; nothing acknowledged is lost, and it restarts once space is freed.
+pub const EXIT_CODE_NO_SPACE: i32 = 73;
+/// Exit code when a snapshot from the leader, or on this node's disk, is damaged.
+pub const EXIT_CODE_BAD_SNAPSHOT: i32 = 78;
+
+/// Readies taken off the queue before the stage waits for the disk: enough to batch a burst
+/// under one fsync, few enough that completions are collected often.
+const SUBMITS_PER_ROUND_MAX: usize = 1024;
+
+pub(crate) struct LogStage {
+    pub(crate) log: Log,
+    pub(crate) work: Receiver<LogWork>,
+    pub(crate) to_apply: Sender<ApplyWork>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: SnapshotStore,
+    pub(crate) incoming: Incoming,
+    pub(crate) cluster_id: u64,
+    pub(crate) snapshot_bytes_max: u64,
+    pub(crate) busy_poll: bool,
+    pub(crate) metrics: crate::metrics::StageRecorder,
+}
+
+impl std::fmt::Debug for LogStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStage").field("log", &self.log).finish()
+    }
+}
+
+/// How the stage failed: with the exit code the process should stop with.
+struct Stop {
+    exit_code: i32,
+    message: String,
+}
+
+fn log_stop(error: LogError) -> Stop {
+    let exit_code = match &error {
+        LogError::NoSpace { .. } => EXIT_CODE_NO_SPACE,
+        other => other.exit_code().unwrap_or(smr_log::EXIT_CODE_IO),
+    };
+    Stop { exit_code, message: format!("log: {error}") }
+}
+
+impl LogStage {
+    pub(crate) fn run(mut self) {
+        match self.run_loop() {
+            Ok(()) => {}
+            Err(stop) => self.shared.fail(stop.exit_code, stop.message),
+        }
+        self.metrics.publish_now();
+    }
+
+    fn run_loop(&mut self) -> Result<(), Stop> {
+        let mut reported = 0u64;
+        let mut syncs_seen = self.log.stats().syncs_completed;
+        let mut entries_seen = self.log.stats().entries_submitted;
+        loop {
+            let mut disconnected = false;
+            for _ in 0..SUBMITS_PER_ROUND_MAX {
+                match self.work.try_recv() {
+                    Ok(work) => self.handle(work)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if disconnected {
+                // The core stopped: make everything it handed over durable, then stop.
+                let durable = self.log.sync_all().map_err(log_stop)?;
+                self.shared.durable_token.store(durable.token, Ordering::Release);
+                return Ok(());
+            }
+            let durable = if self.busy_poll || !self.work.is_empty() { self.log.poll() } else { self.log.wait() }
+                .map_err(log_stop)?;
+            let stats = self.log.stats();
+            if stats.syncs_completed > syncs_seen {
+                // Entries per fsync: what the group commit achieved since the last report.
+                let entries = stats.entries_submitted - entries_seen;
+                let syncs = stats.syncs_completed - syncs_seen;
+                self.metrics.record_batch(entries / syncs, 0);
+                syncs_seen = stats.syncs_completed;
+                entries_seen = stats.entries_submitted;
+            }
+            if durable.token > reported {
+                reported = durable.token;
+                self.shared.durable_token.store(durable.token, Ordering::Release);
+                self.shared.wake_core();
+            }
+            self.metrics.maybe_publish(std::time::Instant::now());
+        }
+    }
+
+    fn handle(&mut self, work: LogWork) -> Result<(), Stop> {
+        let started = std::time::Instant::now();
+        match work {
+            LogWork::Persist { queued, number, chunks, entries, hard_state } => {
+                self.metrics.record_queue_wait(started.duration_since(queued));
+                for chunk in chunks {
+                    let whole = self
+                        .incoming
+                        .add(&chunk.meta, chunk.offset, &chunk.data, chunk.last, self.cluster_id, self.snapshot_bytes_max)
+                        .map_err(|e| Stop { exit_code: EXIT_CODE_BAD_SNAPSHOT, message: e.to_string() })?;
+                    if let Some(snapshot) = whole {
+                        let meta = snapshot.meta.clone();
+                        self.store.save(&meta, &snapshot.bytes).map_err(|e| Stop {
+                            exit_code: smr_log::EXIT_CODE_IO,
+                            message: format!("saving the snapshot from the leader: {e}"),
+                        })?;
+                        // The state machine must hold the snapshot before the log forgets the
+                        // entries it replaces, and before the core hears the ready is durable.
+                        let (done_tx, done_rx) = bounded(1);
+                        if self.to_apply.send(ApplyWork::Restore { snapshot, done: done_tx }).is_err() {
+                            return Err(Stop { exit_code: 0, message: "apply stage stopped".into() });
+                        }
+                        match done_rx.recv() {
+                            Ok(Ok(())) => {}
+                            Ok(Err(reason)) => {
+                                return Err(Stop { exit_code: EXIT_CODE_BAD_SNAPSHOT, message: reason });
+                            }
+                            Err(_) => return Err(Stop { exit_code: 0, message: "apply stage stopped".into() }),
+                        }
+                        self.log.install_snapshot(&meta).map_err(log_stop)?;
+                        tracing::info!(index = meta.index, term = meta.term, "installed snapshot from the leader");
+                    }
+                }
+                self.log.submit(number, &entries, hard_state).map_err(log_stop)?;
+            }
+            LogWork::Compact { index } => {
+                let index = index.min(self.log.durable_through());
+                if index >= self.log.first_index() {
+                    match self.log.compact(index) {
+                        Ok(()) => tracing::debug!(index, "log compacted"),
+                        Err(e) if e.is_fatal() => return Err(log_stop(e)),
+                        Err(e) => tracing::warn!("log compaction through {index} refused: {e}"),
+                    }
+                }
+            }
+        }
+        self.metrics.record_service(started.elapsed());
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! `smr ctl status`: the state of one node as JSON.
+
+use std::time::Instant;
+
+use smr_raft::{PeerState, Replica, Role};
+
+use crate::directory::Directory;
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+/// The replica's status, its cluster, and the member directory, as one JSON object.
+/// The apply stage adds `state_hash` and `applied_state_index` before answering.
+pub(crate) fn status_json(
+    replica: &Replica,
+    cluster_id: u64,
+    directory: &Directory,
+    started: Instant,
+) -> serde_json::Value {
+    let status = replica.status();
+    let peers: Vec<serde_json::Value> = status
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id,
+                "match_index": p.match_index,
+                "next_index": p.next_index,
+                "state": match p.state { PeerState::Probe => "probe", PeerState::Replicate => "replicate", PeerState::Snapshot => "snapshot" },
+                "inflight_appends": p.inflight_appends,
+                "inflight_bytes": p.inflight_bytes,
+                "recent_active": p.recent_active,
+            })
+        })
+        .collect();
+    let members: Vec<serde_json::Value> = directory
+        .iter()
+        .map(|(id, a)| serde_json::json!({"id": id, "peer_address": a.peer.to_string(), "client_address": a.client.to_string()}))
+        .collect();
+    serde_json::json!({
+        "node_id": status.id,
+        "cluster_id": format!("{cluster_id:#x}"),
+        "role": role_name(status.role),
+        "term": status.term,
+        "leader": status.leader,
+        "first_index": status.first_index,
+        "last_index": status.last_index,
+        "persisted_index": status.persisted_index,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "snapshot_index": status.snapshot_index,
+        "log_bytes": status.log_bytes,
+        "voters": status.conf.voters,
+        "voters_outgoing": status.conf.voters_outgoing,
+        "learners": status.conf.learners,
+        "transfer_target": status.transfer_target,
+        "peers": peers,
+        "members": members,
+        "uptime_ms": started.elapsed().as_millis() as u64,
+    })
+}
