@@ -15,9 +15,11 @@
 //!   whether to found a cluster or join one.
 
 pub mod config;
+pub mod config_file;
 pub mod identity;
 pub mod placement;
 
 pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
+pub use config_file::ConfigFileError;
 pub use identity::{Identity, IdentityError};
 pub use placement::{Placement, Stage};
