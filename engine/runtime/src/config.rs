@@ -232,7 +232,7 @@ impl NodeConfig {
             ("log_queue_max", p.log_queue_max),
             ("apply_queue_max", p.apply_queue_max),
         ] {
-            if value < 2 || value > 1 << 24 {
+            if !(2..=1 << 24).contains(&value) {
                 return field(name, format!("must be in 2..=16777216, got {value}"));
             }
         }

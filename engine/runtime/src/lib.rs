@@ -16,6 +16,7 @@
 
 mod apply_stage;
 pub mod config;
+pub mod config_file;
 mod core_stage;
 pub mod directory;
 mod handoff;
@@ -28,6 +29,7 @@ pub mod snapshot;
 mod status;
 
 pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
+pub use config_file::ConfigFileError;
 pub use identity::{Identity, IdentityError};
 pub use apply_stage::EXIT_CODE_BAD_ENTRY;
 pub use handoff::Fatal;
