@@ -939,9 +939,14 @@ impl Log {
     /// everything submitted in between share the fsync.
     fn process(&mut self, block: bool) -> Result<(), LogError> {
         self.check_running()?;
+        let before = self.durable;
         self.maybe_sync()?;
         let mut completions = std::mem::take(&mut self.completions);
-        let block = block && (!self.writes.is_empty() || self.sync.is_some() || self.waker_made);
+        // Submits that needed no I/O (an empty ready after everything was durable) become durable
+        // in `maybe_sync` itself: that is progress to report, not a reason to sleep until the
+        // next completion or wake-up, which may never come while the caller waits for this one.
+        let block =
+            block && self.durable == before && (!self.writes.is_empty() || self.sync.is_some() || self.waker_made);
         let waited = self.io.wait(&mut completions, block);
         if let Err(error) = waited {
             return Err(self.fail(error));

@@ -99,6 +99,7 @@ impl LogStage {
                 syncs_seen = stats.syncs_completed;
                 entries_seen = stats.entries_submitted;
             }
+            tracing::trace!(token = durable.token, index = durable.index, "log durable");
             if durable.token > reported {
                 reported = durable.token;
                 self.shared.durable_token.store(durable.token, Ordering::Release);
@@ -141,6 +142,7 @@ impl LogStage {
                         tracing::info!(index = meta.index, term = meta.term, "installed snapshot from the leader");
                     }
                 }
+                tracing::trace!(number, entries = entries.len(), hard_state = hard_state.is_some(), "submit");
                 self.log.submit(number, &entries, hard_state).map_err(log_stop)?;
             }
             LogWork::Compact { index } => {

@@ -55,6 +55,7 @@ fn a_retried_command_is_applied_once_even_across_a_leader_change() {
     // The first send of (session 42, seq 1): put a.
     let first = RequestBody::Command { session_id: 42, sequence: 1, payload: KvCommand::Put { key: b"k", value: b"a" }.encode() };
     assert!(matches!(kv.request(first), ResponseBody::Ok(_)));
+    kv.sequence = 1;
     kv.put("k", "b"); // seq 2 moves the key on
     let leader = cluster.leader();
     cluster.kill(leader);

@@ -181,6 +181,24 @@ fn idle_wait_sleeps_until_woken_on_both_io_paths() {
 }
 
 #[test]
+fn wait_returns_at_once_when_a_submit_needing_no_io_became_durable() {
+    for mode in io_modes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), &small_config(mode));
+        // With a waker, an idle wait sleeps until woken; nothing will wake this one.
+        let _waker = log.waker().expect("waker");
+        log.submit(1, &[entry(1, 1, 10)], None).expect("submit");
+        assert_eq!(log.sync_all().expect("sync").token, 1);
+        // An empty ready after everything is durable: durable without any I/O of its own.
+        log.submit(2, &[], None).expect("submit");
+        let started = std::time::Instant::now();
+        let durable = log.wait().expect("wait");
+        assert_eq!(durable.token, 2, "{mode:?}: the empty submit is reported durable");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{mode:?}: wait did not sleep");
+    }
+}
+
+#[test]
 fn entries_stop_at_bytes_max_but_always_return_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, _) = open(dir.path(), &small_config(crate::IoMode::Auto));

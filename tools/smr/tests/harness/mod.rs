@@ -204,7 +204,11 @@ impl Cluster {
                 return value;
             }
             if Instant::now() > deadline {
-                let logs: String = self.ids().iter().map(|&id| format!("--- node {id}\n{}", tail(&self.node_log(id), 30))).collect();
+                let logs: String = self
+                    .ids()
+                    .iter()
+                    .map(|&id| format!("--- node {id}: {:?}\n{}", self.status(id), tail(&self.node_log(id), 30)))
+                    .collect();
                 panic!("gave up waiting for {what} after {PATIENCE:?}\n{logs}");
             }
             std::thread::sleep(Duration::from_millis(50));
