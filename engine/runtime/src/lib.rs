@@ -16,8 +16,13 @@
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod placement;
 
 pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
 pub use identity::{Identity, IdentityError};
+pub use metrics::{
+    Counter, CounterValues, Counters, Histo, HistogramReport, MetricsConfig, MetricsHub, MetricsReport, ReportError,
+    StageRecorder, StageReport, Unit,
+};
 pub use placement::{Placement, Stage};
