@@ -49,9 +49,10 @@ pub const BATCH_BYTES_HISTOGRAM_MAX: u64 = 1 << 30;
 /// mislead.
 pub const PUBLISH_INTERVAL_MS_MAX: u64 = 60_000;
 
-/// Largest JSON report [`MetricsReport::from_json`] accepts. A full report (4 stages with 7
-/// histograms each, every counter) is about 8 KiB; the margin allows for longer names later
-/// while keeping what untrusted bytes can make us allocate small.
+/// Largest JSON report [`MetricsReport::from_json`] accepts. A report with 19 histograms (the
+/// four per stage plus one extra for core, log and apply) measures 3.9 KiB, so one with all 28
+/// is under 6 KiB; the margin allows for longer names later while keeping what untrusted bytes
+/// can make us allocate small.
 pub const REPORT_BYTES_MAX: usize = 64 * 1024;
 
 /// How metrics are collected.
