@@ -26,6 +26,7 @@
 //! says which submit tokens and indexes are durable. Submitting a whole drained queue of readies
 //! before waiting is what lets them share one `fdatasync`. [`LogReader`] reads durable entries from any thread.
 //! [`Log::compact`] and [`Log::install_snapshot`] are synchronous control-plane operations.
+//! [`ReadOnlyLog`] (and [`verify`]) read a stopped node's log for inspection without writing.
 //!
 //! ## Driving it (the log writer stage)
 //!
@@ -81,6 +82,7 @@ mod error;
 mod fallback;
 mod io;
 mod log;
+mod offline;
 mod prealloc;
 mod reader;
 mod record;
@@ -95,5 +97,6 @@ mod tests;
 pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 pub use error::{EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError};
 pub use io::LogWaker;
-pub use log::{Durable, Log, LogStats, Recovered, Verification, verify};
+pub use log::{Durable, Log, LogStats, Recovered};
+pub use offline::{ReadOnlyLog, Verification, recorded_segment_bytes, verify};
 pub use reader::{EntryRef, LogReader, stored_record_bytes};

@@ -71,65 +71,6 @@ pub struct Recovered {
     pub io: &'static str,
 }
 
-/// What [`verify`] found in a data directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verification {
-    pub hard_state: HardState,
-    pub snapshot_index: Index,
-    pub snapshot_term: Term,
-    /// Last index a restart would recover.
-    pub last_index: Index,
-    pub last_term: Term,
-    /// Segment files (sequence, records in the recovered log), in order.
-    pub segments: Vec<(u64, usize)>,
-    /// A torn tail a restart would cut, described; `None` when the log ends cleanly.
-    pub torn_tail: Option<String>,
-}
-
-/// Checks every record of the log in `dir` without changing anything (for `smr log verify` on
-/// a stopped node): the same checks as [`Log::open`], but a torn tail is only reported, not cut.
-///
-/// # Errors
-/// The errors [`Log::open`] would stop with.
-pub fn verify(dir: &Path, config: &LogConfig) -> Result<Verification, LogError> {
-    config.validate()?;
-    let Some(state) = StateFile::open(dir, config)? else {
-        return Err(LogError::Corruption {
-            path: dir.join(crate::state::STATE_FILE_NAME),
-            offset: 0,
-            index: 0,
-            detail: "no state file".into(),
-        });
-    };
-    let durable_state = state.current();
-    let mut files = Vec::new();
-    for (sequence, path) in list_segments(dir)? {
-        if sequence >= durable_state.segment_sequence_min {
-            files.push(SegmentFile::open(&path, sequence, config)?);
-        }
-    }
-    let images: Vec<SegmentImage<'_>> =
-        files.iter().map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..] }).collect();
-    let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
-    Ok(Verification {
-        hard_state: durable_state.hard_state,
-        snapshot_index: durable_state.snapshot_index,
-        snapshot_term: durable_state.snapshot_term,
-        last_index: plan.last_index,
-        last_term: plan.last_term,
-        segments: plan.chains.iter().map(|c| (c.sequence, c.records.len())).collect(),
-        torn_tail: plan.torn.map(|t| {
-            format!(
-                "torn tail at {} offset {} (index {}; {} valid record(s) after it)",
-                t.path.display(),
-                t.offset,
-                t.expected_index,
-                t.records_dropped
-            )
-        }),
-    })
-}
-
 /// A live segment.
 #[derive(Debug)]
 struct Live {
@@ -1181,9 +1122,12 @@ impl Log {
 }
 
 /// Takes an exclusive `flock` on `dir/lock`: two writers on one log would interleave records.
+/// The file a [`Log`] holds an exclusive `flock` on while it is open.
+pub(crate) const LOCK_FILE_NAME: &str = "lock";
+
 fn lock_dir(dir: &Path) -> Result<File, LogError> {
     use std::os::fd::AsRawFd;
-    let path = dir.join("lock");
+    let path = dir.join(LOCK_FILE_NAME);
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -127,22 +127,27 @@ impl SegmentView {
     /// it loaded while a truncation replaces the tail, which then gets fewer entries, never
     /// wrong ones.
     fn entry(&self, index: Index) -> Option<EntryRef<'_>> {
-        let offset = self.offset_of(index) as usize;
-        let header = RecordHeader::decode(self.map.get(offset..offset + RECORD_HEADER_BYTES)?);
-        if header.index != index {
-            return None;
-        }
-        let kind = EntryKind::from_u8(header.kind).ok()?;
-        let start = offset + RECORD_HEADER_BYTES;
-        Some(EntryRef {
-            index,
-            term: header.term,
-            kind,
-            data: self.map.get(start..start + header.length as usize)?,
-            map: &self.map,
-            payload_offset: start,
-        })
+        entry_at(&self.map, self.offset_of(index) as usize, index)
     }
+}
+
+/// The entry whose record starts at `offset` of `map`, if that record carries `index` (its CRC
+/// was checked when the record was written or recovered).
+pub(crate) fn entry_at(map: &Arc<Mmap>, offset: usize, index: Index) -> Option<EntryRef<'_>> {
+    let header = RecordHeader::decode(map.get(offset..offset + RECORD_HEADER_BYTES)?);
+    if header.index != index {
+        return None;
+    }
+    let kind = EntryKind::from_u8(header.kind).ok()?;
+    let start = offset + RECORD_HEADER_BYTES;
+    Some(EntryRef {
+        index,
+        term: header.term,
+        kind,
+        data: map.get(start..start + header.length as usize)?,
+        map,
+        payload_offset: start,
+    })
 }
 
 /// State shared between the writer and readers.

@@ -127,6 +127,59 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], config: &LogConfig, sequen
     Ok(())
 }
 
+/// The `segment_bytes` recorded in the header of the segment at `path`, after checking the
+/// header's magic, CRC and format version (not its owner: the caller learns the size before it
+/// has a config to check against).
+///
+/// # Errors
+/// [`LogError::Corruption`] for a short file or a bad header; [`LogError::Io`].
+pub(crate) fn recorded_segment_bytes(path: &Path) -> Result<u64, LogError> {
+    use std::io::Read;
+    let corrupt = |detail: String| LogError::Corruption { path: path.to_path_buf(), offset: 0, index: 0, detail };
+    let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
+    let mut block = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
+    file.take(SEGMENT_HEADER_BYTES).read_to_end(&mut block).map_err(|e| LogError::io("read", path, e))?;
+    if (block.len() as u64) < SEGMENT_HEADER_BYTES {
+        return Err(corrupt(format!("segment is {} bytes, shorter than its header", block.len())));
+    }
+    if block[0..8] != SEGMENT_MAGIC {
+        return Err(corrupt("segment header magic is wrong".into()));
+    }
+    let crc = u32::from_le_bytes(block[12..16].try_into().expect("4 bytes"));
+    if crc != header_crc(&block) {
+        return Err(corrupt("segment header CRC mismatch".into()));
+    }
+    let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!("segment format version {version}, this build reads {FORMAT_VERSION}")));
+    }
+    Ok(read_u64(&block, 48))
+}
+
+/// Maps segment `sequence` read-only (the file is opened read-only too) and checks its header:
+/// for inspecting a stopped node's log without the write access [`SegmentFile::open`] needs.
+///
+/// # Errors
+/// As [`SegmentFile::open`].
+pub(crate) fn map_read_only(path: &Path, sequence: u64, config: &LogConfig) -> Result<Arc<Mmap>, LogError> {
+    let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
+    let length = file.metadata().map_err(|e| LogError::io("stat", path, e))?.len();
+    if length != config.segment_bytes {
+        return Err(LogError::Corruption {
+            path: path.to_path_buf(),
+            offset: 0,
+            index: 0,
+            detail: format!("segment is {length} bytes, segment_bytes is {}", config.segment_bytes),
+        });
+    }
+    // SAFETY: the mapping is read-only and shared. The caller holds the directory's lock shared,
+    // which excludes the log writer (the only process that writes segment files), and the log
+    // never shrinks a segment file, so the bytes neither change nor disappear under the mapping.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("mmap", path, e))?;
+    check_header(path, &map, config, sequence)?;
+    Ok(Arc::new(map))
+}
+
 /// Deletes the `.tmp` files of interrupted preallocations: never renamed, so they never held a
 /// record. Only at open, before the preallocator starts.
 pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), LogError> {

@@ -149,6 +149,32 @@ pub(crate) fn read_state_image(path: &Path, bytes: &[u8], config: &LogConfig) ->
     })
 }
 
+/// Reads the state of `dir` without opening the file for writing; `Ok(None)` when there is none.
+///
+/// # Errors
+/// As [`StateFile::open`].
+pub(crate) fn read_state(dir: &Path, config: &LogConfig) -> Result<Option<DurableState>, LogError> {
+    let path = dir.join(STATE_FILE_NAME);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::io("open", &path, e)),
+    };
+    // The length is checked before the buffer is allocated.
+    let length = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+    if length != 2 * STATE_SLOT_BYTES {
+        return Err(LogError::Corruption {
+            path,
+            offset: 0,
+            index: 0,
+            detail: format!("state file is {length} bytes, expected {}", 2 * STATE_SLOT_BYTES),
+        });
+    }
+    let mut bytes = vec![0u8; (2 * STATE_SLOT_BYTES) as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(|e| LogError::io("read", &path, e))?;
+    read_state_image(&path, &bytes, config).map(|(_, state)| Some(state))
+}
+
 /// The open state file.
 #[derive(Debug)]
 pub(crate) struct StateFile {

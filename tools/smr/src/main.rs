@@ -8,6 +8,7 @@
 //! - 70 an internal error (a stage panicked).
 
 mod client_cmd;
+mod log_cmd;
 mod node_cmd;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     Get(client_cmd::GetArgs),
     /// Delete a key.
     Del(client_cmd::DelArgs),
+    /// Inspect a stopped node's data directory.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +53,6 @@ fn main() -> ExitCode {
         Command::Put(args) => client_cmd::put(args),
         Command::Get(args) => client_cmd::get(args),
         Command::Del(args) => client_cmd::del(args),
+        Command::Log(command) => log_cmd::run(command),
     }
 }

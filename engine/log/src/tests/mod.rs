@@ -8,6 +8,7 @@ pub(crate) mod crash;
 mod faults;
 mod fuzz;
 mod lifecycle;
+mod offline;
 
 use std::path::Path;
 
