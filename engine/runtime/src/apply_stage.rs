@@ -214,7 +214,17 @@ impl<S: StateMachine> ApplyStage<S> {
     fn apply_committed(&mut self) -> Result<(), Stop> {
         let before = self.applier.applied_index();
         let ApplyStage {
-            applier, reader, proposals, outcomes, metrics, conf, directory, shared, commit, applied_term, ..
+            applier,
+            reader,
+            proposals,
+            outcomes,
+            metrics,
+            conf,
+            directory,
+            shared,
+            commit,
+            applied_term,
+            ..
         } = self;
         let mut bytes_applied = 0u64;
         while applier.applied_index() < *commit {
@@ -323,7 +333,12 @@ impl<S: StateMachine> ApplyStage<S> {
             self.bytes_since_snapshot = 0;
             return;
         }
-        tracing::info!(index = applied, bytes = bytes.len(), took_ms = started.elapsed().as_millis() as u64, "snapshot saved");
+        tracing::info!(
+            index = applied,
+            bytes = bytes.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot saved"
+        );
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;
         self.snapshot_wanted = false;
@@ -368,12 +383,12 @@ pub(crate) fn announced_member(change: &ConfChange, context: &[u8]) -> Option<(u
 
 /// Answers the clients of the proposal at `index`, just applied with `outcomes`.
 fn answer_proposal(
-proposals: &mut BTreeMap<Index, (Term, Vec<Waiting>)>,
-outcomes: &mut Vec<CommandOutcome>,
-metrics: &mut crate::metrics::StageRecorder,
-index: Index,
-term: Term,
-kind: EntryKind,
+    proposals: &mut BTreeMap<Index, (Term, Vec<Waiting>)>,
+    outcomes: &mut Vec<CommandOutcome>,
+    metrics: &mut crate::metrics::StageRecorder,
+    index: Index,
+    term: Term,
+    kind: EntryKind,
 ) {
     // Proposals below this index were never applied here (replaced by a snapshot install
     // or a leader change that cut them): their fate is unknown to this node.

@@ -19,7 +19,9 @@ use crossbeam_channel::{Receiver, Sender, select};
 use smr_apply::{BatchBuilder, Command};
 use smr_log::LogWaker;
 use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
-use smr_raft::{ConfChange, ConfChangeOp, ConfState, Error as RaftError, Index, Message, NodeId, ReadContext, Replica, Role};
+use smr_raft::{
+    ConfChange, ConfChangeOp, ConfState, Error as RaftError, Index, Message, NodeId, ReadContext, Replica, Role,
+};
 
 use crate::config::PipelineConfig;
 use crate::directory::{Addresses, Directory};
@@ -453,11 +455,7 @@ impl CoreStage {
                 }
                 self.log_waker.wake();
             }
-            self.unpersisted.push_back(Unpersisted {
-                number: rd.number,
-                needs_log,
-                messages: rd.persisted_messages,
-            });
+            self.unpersisted.push_back(Unpersisted { number: rd.number, needs_log, messages: rd.persisted_messages });
             for read in rd.read_states {
                 if let Some((waiting, _)) = self.reads.remove(&read.context) {
                     self.send_apply(ApplyWork::Read { index: read.index, requests: waiting });
@@ -557,7 +555,10 @@ impl CoreStage {
                 },
                 None => {
                     if self.missing_address_logged.insert(id) {
-                        tracing::warn!(peer = id, "member has no known address yet; it is connected once one is applied");
+                        tracing::warn!(
+                            peer = id,
+                            "member has no known address yet; it is connected once one is applied"
+                        );
                     }
                 }
             }

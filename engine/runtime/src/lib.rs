@@ -28,15 +28,15 @@ pub mod placement;
 pub mod snapshot;
 mod status;
 
+pub use apply_stage::EXIT_CODE_BAD_ENTRY;
 pub use config::{ConfigError, InitialState, Member, NodeConfig, PipelineConfig};
 pub use config_file::ConfigFileError;
-pub use identity::{Identity, IdentityError};
-pub use apply_stage::EXIT_CODE_BAD_ENTRY;
 pub use handoff::Fatal;
+pub use identity::{Identity, IdentityError};
 pub use log_stage::{EXIT_CODE_BAD_SNAPSHOT, EXIT_CODE_NO_SPACE};
-pub use node::{EXIT_CODE_CONFIG, EXIT_CODE_UNAVAILABLE, Node, StartError, StartMode, StopHandle};
 pub use metrics::{
     Counter, CounterValues, Counters, Histo, HistogramReport, MetricsConfig, MetricsHub, MetricsReport, ReportError,
     StageRecorder, StageReport, Unit,
 };
+pub use node::{EXIT_CODE_CONFIG, EXIT_CODE_UNAVAILABLE, Node, StartError, StartMode, StopHandle};
 pub use placement::{Placement, Stage};

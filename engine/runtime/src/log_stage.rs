@@ -117,7 +117,14 @@ impl LogStage {
                 for chunk in chunks {
                     let whole = self
                         .incoming
-                        .add(&chunk.meta, chunk.offset, &chunk.data, chunk.last, self.cluster_id, self.snapshot_bytes_max)
+                        .add(
+                            &chunk.meta,
+                            chunk.offset,
+                            &chunk.data,
+                            chunk.last,
+                            self.cluster_id,
+                            self.snapshot_bytes_max,
+                        )
                         .map_err(|e| Stop { exit_code: EXIT_CODE_BAD_SNAPSHOT, message: e.to_string() })?;
                     if let Some(snapshot) = whole {
                         let meta = snapshot.meta.clone();

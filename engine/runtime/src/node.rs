@@ -71,9 +71,9 @@ impl StartError {
     /// The process exit code for this failure (documented in the `smr` README section).
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::Identity(IdentityError::Mismatch { .. }) | StartError::EmptyDataDir(_) => {
-                EXIT_CODE_CONFIG
-            }
+            StartError::Config(_)
+            | StartError::Identity(IdentityError::Mismatch { .. })
+            | StartError::EmptyDataDir(_) => EXIT_CODE_CONFIG,
             StartError::Log(e) => e.exit_code().unwrap_or(smr_log::EXIT_CODE_IO),
             StartError::Snapshot(SnapshotError::Io { .. }) | StartError::Identity(_) | StartError::Thread(_) => {
                 smr_log::EXIT_CODE_IO
@@ -143,8 +143,7 @@ impl Node {
     pub fn start<S: StateMachine + Send + 'static>(config: NodeConfig, state_machine: S) -> Result<Node, StartError> {
         config.validate()?;
         config.placement.check_machine()?;
-        let expected =
-            Identity { cluster_id: config.cluster_id, node_id: config.node_id, group_id: config.group_id };
+        let expected = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group_id: config.group_id };
         let mode = match Identity::load(&config.data_dir)? {
             Some(found) => {
                 found.check(&config.data_dir, &expected)?;
@@ -196,11 +195,8 @@ impl Node {
         let log_waker = log.waker()?;
         let reader = log.reader();
 
-        let net_identity = smr_net::Identity {
-            cluster_id: config.cluster_id,
-            node_id: config.node_id,
-            secret: config.secret.clone(),
-        };
+        let net_identity =
+            smr_net::Identity { cluster_id: config.cluster_id, node_id: config.node_id, secret: config.secret.clone() };
         // The transport's threads inherit the affinity of the thread that starts them.
         let placement = config.placement.clone();
         let net_config = config.net.clone();
@@ -294,16 +290,7 @@ impl Node {
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        Ok(Node {
-            shared,
-            threads,
-            clients: Some(clients),
-            log_waker,
-            client_address,
-            peer_address,
-            mode,
-            hub,
-        })
+        Ok(Node { shared, threads, clients: Some(clients), log_waker, client_address, peer_address, mode, hub })
     }
 
     pub fn client_address(&self) -> SocketAddr {

@@ -42,9 +42,7 @@ fn block_stop_signals() -> libc::sigset_t {
 pub(crate) fn run(args: NodeArgs) -> ExitCode {
     let signals = block_stop_signals();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let mut config = match config_file::load(&args.config) {

@@ -53,7 +53,11 @@ fn a_retried_command_is_applied_once_even_across_a_leader_change() {
     let mut cluster = Cluster::start(3, no_tuning);
     let mut kv = cluster.client().with_session(42);
     // The first send of (session 42, seq 1): put a.
-    let first = RequestBody::Command { session_id: 42, sequence: 1, payload: KvCommand::Put { key: b"k", value: b"a" }.encode() };
+    let first = RequestBody::Command {
+        session_id: 42,
+        sequence: 1,
+        payload: KvCommand::Put { key: b"k", value: b"a" }.encode(),
+    };
     assert!(matches!(kv.request(first), ResponseBody::Ok(_)));
     kv.sequence = 1;
     kv.put("k", "b"); // seq 2 moves the key on
@@ -61,7 +65,11 @@ fn a_retried_command_is_applied_once_even_across_a_leader_change() {
     cluster.kill(leader);
     // A late retry of seq 1 (as a client whose answer was lost would send) must not apply again:
     // were it applied, k would go back to "a".
-    let retry = RequestBody::Command { session_id: 42, sequence: 1, payload: KvCommand::Put { key: b"k", value: b"a" }.encode() };
+    let retry = RequestBody::Command {
+        session_id: 42,
+        sequence: 1,
+        payload: KvCommand::Put { key: b"k", value: b"a" }.encode(),
+    };
     match kv.request(retry) {
         ResponseBody::Ok(bytes) => assert_eq!(KvResult::decode(&bytes).unwrap(), KvResult::Done),
         other => panic!("retry refused: {other:?}"),
@@ -118,9 +126,15 @@ fn a_new_node_joins_catches_up_from_a_snapshot_and_becomes_a_voter() {
     let answer = kv.admin(AdminRequest::AddNode { node_id: 4, address: String::new(), learner: false });
     assert!(matches!(answer, ResponseBody::Ok(_)), "promote: {answer:?}");
     cluster.wait_for("node 4 to be a voter everywhere", || {
-        cluster.running().iter().all(|&id| {
-            cluster.status(id).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 4 && v.contains(&4.into())))
-        }).then_some(())
+        cluster
+            .running()
+            .iter()
+            .all(|&id| {
+                cluster
+                    .status(id)
+                    .is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 4 && v.contains(&4.into())))
+            })
+            .then_some(())
     });
     let status = cluster.status(4).unwrap();
     assert!(status["snapshot_index"].as_u64().unwrap() > 0, "node 4 should have installed a snapshot: {status}");
@@ -154,7 +168,9 @@ fn the_leader_of_five_is_removed_under_load_and_the_rest_go_on() {
     assert!(matches!(answer, ResponseBody::Ok(_)), "remove leader: {answer:?}");
     let new_leader = cluster.wait_for("a leader other than the removed one", || {
         cluster.running().into_iter().filter(|&id| id != leader).find(|&id| {
-            cluster.status(id).is_some_and(|s| s["role"] == "leader" && !s["voters"].as_array().unwrap().contains(&leader.into()))
+            cluster
+                .status(id)
+                .is_some_and(|s| s["role"] == "leader" && !s["voters"].as_array().unwrap().contains(&leader.into()))
         })
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -177,7 +193,8 @@ fn config_errors_and_foreign_data_directories_are_refused_with_the_reason() {
     let run = |config_text: &str, extra: &[&str]| {
         let path = dir.join("bad.toml");
         std::fs::write(&path, config_text).unwrap();
-        let output = std::process::Command::new(smr).arg("node").arg("--config").arg(&path).args(extra).output().unwrap();
+        let output =
+            std::process::Command::new(smr).arg("node").arg("--config").arg(&path).args(extra).output().unwrap();
         (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
     };
     let good = smr_runtime::config_file::to_toml(cluster.config(1));

@@ -4,7 +4,7 @@
 //! written with `config_file::to_toml`. Processes are killed when the cluster drops, also when a
 //! test fails.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use smr_apply::{KvCommand, KvResult};
 use smr_net::{AdminRequest, Client, ClientConfig, Consistency, RequestBody, ResponseBody};
 use smr_runtime::{InitialState, Member, NodeConfig, config_file};
 
-pub const CLUSTER_ID: u64 = 0x5eed_c1u64;
+pub const CLUSTER_ID: u64 = 0x005e_edc1_u64;
 pub const SECRET: &str = "multi-process-test-cluster-secret";
 
 /// How long a test waits for a cluster to do something it should do within a few election
@@ -227,7 +227,11 @@ impl Cluster {
             }
             let hash = statuses[0]["state_hash"].as_str()?.to_owned();
             for s in &statuses {
-                assert_eq!(s["state_hash"].as_str(), Some(hash.as_str()), "state hashes differ at index {index}: {statuses:?}");
+                assert_eq!(
+                    s["state_hash"].as_str(),
+                    Some(hash.as_str()),
+                    "state hashes differ at index {index}: {statuses:?}"
+                );
             }
             Some((index, hash))
         })
@@ -278,7 +282,8 @@ impl Kv {
         let mut last = None;
         while Instant::now() < deadline {
             if self.client.is_none() {
-                let config = ClientConfig { response_ms: 3_000, connect_ms: 500, retries_max: 8, ..ClientConfig::default() };
+                let config =
+                    ClientConfig { response_ms: 3_000, connect_ms: 500, retries_max: 8, ..ClientConfig::default() };
                 self.client = Client::connect(&self.addresses, config).ok();
             }
             let Some(client) = self.client.as_mut() else {
@@ -300,7 +305,8 @@ impl Kv {
 
     pub fn command(&mut self, command: KvCommand<'_>) -> KvResult {
         self.sequence += 1;
-        let body = RequestBody::Command { session_id: self.session, sequence: self.sequence, payload: command.encode() };
+        let body =
+            RequestBody::Command { session_id: self.session, sequence: self.sequence, payload: command.encode() };
         match self.request(body) {
             ResponseBody::Ok(bytes) => KvResult::decode(&bytes).expect("a KV result"),
             other => panic!("command refused: {other:?}"),
