@@ -147,7 +147,13 @@ impl<S: StateMachine> ApplyStage<S> {
     fn handle(&mut self, work: ApplyWork) -> Result<(), Stop> {
         match work {
             ApplyWork::Proposed { index, term, requests } => {
-                self.proposals.insert(index, (term, requests));
+                // An older proposal at the same index was cut by a leader change before it
+                // committed (this node lost leadership and won it back): it never applies.
+                if let Some((_, replaced)) = self.proposals.insert(index, (term, requests)) {
+                    for w in replaced {
+                        w.request.respond(ResponseBody::NotLeader { leader_id: None, leader_address: None });
+                    }
+                }
             }
             ApplyWork::Commit { index } => self.commit = self.commit.max(index),
             ApplyWork::Read { index, requests } => self.reads.entry(index).or_default().extend(requests),

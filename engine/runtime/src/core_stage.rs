@@ -84,6 +84,9 @@ pub(crate) struct CoreStage {
     /// Entries proposed here and not yet committed, with when: for the commit latency histogram.
     /// Bounded by the core's `uncommitted_bytes_max`; cleared when leadership is lost.
     proposed: VecDeque<(Index, Instant)>,
+    /// When the log writer was last woken. It sleeps in the kernel until there is work, so an
+    /// idle one is woken once per metrics interval to publish what it recorded.
+    log_woken: Instant,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -152,6 +155,7 @@ impl CoreStage {
             missing_address_logged: BTreeSet::new(),
             next_tick: now,
             proposed: VecDeque::new(),
+            log_woken: now,
         };
         stage.next_tick = now + stage.tick();
         stage.check_directory();
@@ -414,6 +418,10 @@ impl CoreStage {
             self.next_tick += tick;
             ticks += 1;
         }
+        if now.duration_since(self.log_woken) >= self.hub.publish_interval() {
+            self.log_waker.wake();
+            self.log_woken = now;
+        }
     }
 
     fn drive_ready(&mut self) {
@@ -454,6 +462,7 @@ impl CoreStage {
                     return;
                 }
                 self.log_waker.wake();
+                self.log_woken = Instant::now();
             }
             self.unpersisted.push_back(Unpersisted { number: rd.number, needs_log, messages: rd.persisted_messages });
             for read in rd.read_states {

@@ -216,3 +216,106 @@ fn config_errors_and_foreign_data_directories_are_refused_with_the_reason() {
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
     let _ = PATIENCE;
 }
+
+#[test]
+fn reads_at_a_follower_are_linearizable_through_the_leader_and_stale_reads_are_served_locally() {
+    let cluster = Cluster::start(3, no_tuning);
+    let mut kv = cluster.client();
+    kv.put("r", "1");
+    let leader = cluster.leader();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let address = cluster.config(follower).client_listen;
+    // Asked of the follower itself (no redirect): it forwards the read index to the leader and
+    // answers once it has applied that far, so it sees the write acknowledged just before.
+    kv.put("r", "2");
+    let mut direct = smr_net::Client::connect(&[address], smr_net::ClientConfig::default()).unwrap();
+    for consistency in [smr_net::Consistency::Linearizable, smr_net::Consistency::Stale] {
+        let payload = KvCommand::Get { key: b"r" }.encode();
+        let id = direct.submit(RequestBody::Read { consistency, payload }).unwrap();
+        let response = direct.recv().unwrap();
+        assert_eq!(response.request_id, id);
+        match response.body {
+            ResponseBody::Ok(bytes) => {
+                let value = KvResult::decode(&bytes).unwrap();
+                if consistency == smr_net::Consistency::Linearizable {
+                    assert_eq!(value, KvResult::Value(Some(bytes::Bytes::from_static(b"2"))));
+                } else {
+                    // Stale: whatever the follower applied, which is one of the written values.
+                    assert!(matches!(value, KvResult::Value(Some(_))), "{value:?}");
+                }
+            }
+            other => panic!("{consistency:?} read at a follower: {other:?}"),
+        }
+    }
+    // Commands are not served by followers: they redirect to the leader's client address.
+    let id = direct
+        .submit(RequestBody::Command {
+            session_id: 5,
+            sequence: 1,
+            payload: KvCommand::Put { key: b"x", value: b"y" }.encode(),
+        })
+        .unwrap();
+    let response = direct.recv().unwrap();
+    assert_eq!(response.request_id, id);
+    let leader_address = cluster.config(leader).client_listen.to_string();
+    assert_eq!(
+        response.body,
+        ResponseBody::NotLeader { leader_id: Some(leader), leader_address: Some(leader_address) }
+    );
+}
+
+#[test]
+fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
+    fn pinned(config: &mut NodeConfig) {
+        // Every stage on core 0: placement is honoured (and sharing a core works).
+        config.placement = smr_runtime::Placement { core: Some(0), log: Some(0), apply: Some(0), net: Some(0) };
+    }
+    let cluster = Cluster::start(3, pinned);
+    let mut kv = cluster.client();
+    for i in 0..20 {
+        kv.put(&format!("s{i}"), "v");
+    }
+    let leader = cluster.leader();
+    let mut client =
+        smr_net::Client::connect(&[cluster.config(leader).client_listen], smr_net::ClientConfig::default()).unwrap();
+    let stats = cluster.wait_for("the leader's stats to show the writes", || {
+        client.submit(RequestBody::Admin(AdminRequest::Stats)).ok()?;
+        let ResponseBody::Ok(bytes) = client.recv().ok()?.body else { return None };
+        let report = smr_runtime::metrics::MetricsReport::from_json(&bytes).expect("a valid report");
+        // Histograms are published once a second; counters are live.
+        let published = ["core", "log", "apply"].iter().all(|stage| {
+            report
+                .stages
+                .iter()
+                .any(|s| s.stage == *stage && s.histograms.iter().any(|h| h.name == "batch_items" && h.count > 0))
+        });
+        (report.counters.entries_applied >= 20 && published).then_some(report)
+    });
+    let text = stats.to_text();
+    for stage in ["core", "log", "apply"] {
+        assert!(text.contains(stage), "{text}");
+        let report = stats.stages.iter().find(|s| s.stage == stage).expect("stage reported");
+        let batches = report.histograms.iter().find(|h| h.name == "batch_items").expect("batch histogram");
+        assert!(batches.count > 0, "{stage} recorded no batches: {text}");
+    }
+    // The pinning took: every thread of the node process may run on core 0 only.
+    let pid = cluster.pid(leader).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap_or_default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut pinned_threads = 0;
+    for task in tasks {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let allowed = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let cpus = allowed.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap_or_default().to_owned();
+        let name = name.trim();
+        let stage_thread = ["smr-core-", "smr-log-", "smr-apply-"].iter().any(|prefix| {
+            name.strip_prefix(prefix).is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if stage_thread {
+            assert!(cpus.ends_with("\t0"), "{name} runs on {cpus}");
+            pinned_threads += 1;
+        }
+    }
+    assert_eq!(pinned_threads, 3, "the three stage threads are found ({status})");
+}
