@@ -90,6 +90,20 @@ fn a_restart_of_every_node_from_snapshot_and_log_gives_the_same_state_hash() {
     for id in cluster.ids() {
         assert_eq!(cluster.terminate(id), Some(0), "node {id} should stop cleanly on SIGTERM");
     }
+    // A stopped node's data directory reads back whole with the offline tools.
+    let smr = env!("CARGO_BIN_EXE_smr");
+    let verify =
+        std::process::Command::new(smr).args(["log", "verify"]).arg(&cluster.config(1).data_dir).output().unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(report.contains("status       ok"), "{report}");
+    let dump = std::process::Command::new(smr)
+        .args(["log", "dump", "--payloads"])
+        .arg(&cluster.config(1).data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(dump.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("put key=\"k"), "the dump decodes the puts");
     for id in cluster.ids() {
         cluster.spawn(id);
     }
@@ -318,4 +332,19 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
         }
     }
     assert_eq!(pinned_threads, 3, "the three stage threads are found ({status})");
+}
+
+#[test]
+fn leadership_is_handed_to_the_node_named_by_transfer_leader() {
+    let cluster = Cluster::start(3, no_tuning);
+    let mut kv = cluster.client();
+    kv.put("t", "1");
+    let leader = cluster.leader();
+    let target = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let answer = kv.admin(AdminRequest::TransferLeader { node_id: target });
+    assert!(matches!(answer, ResponseBody::Ok(_)), "{answer:?}");
+    cluster
+        .wait_for("the target to lead", || cluster.status(target).is_some_and(|s| s["role"] == "leader").then_some(()));
+    kv.put("t", "2");
+    assert_eq!(kv.get("t").as_deref(), Some("2"));
 }

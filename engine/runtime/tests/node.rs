@@ -1,0 +1,103 @@
+//! The node as a library (as `smr-capi` will embed it): start, serve, stop, restart in-process.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use smr_apply::{KvCommand, KvResult, KvStore};
+use smr_net::{Client, ClientConfig, RequestBody, ResponseBody};
+use smr_runtime::{InitialState, Member, Node, NodeConfig, StartError, StartMode};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn single_node(dir: &std::path::Path) -> NodeConfig {
+    let member = Member {
+        id: 1,
+        peer_address: ([127, 0, 0, 1], free_port()).into(),
+        client_address: ([127, 0, 0, 1], free_port()).into(),
+    };
+    let mut config = NodeConfig::new(1, 0xabc, dir.join("data"), vec![member]);
+    config.secret = b"in-process node test secret".to_vec();
+    config.log.segment_bytes = 4 << 20;
+    config.log.entry_bytes_max = 3 << 20;
+    config.log.submit_bytes_max = 8 << 20;
+    config
+}
+
+fn put(client: &mut Client, sequence: u64, key: &str, value: &str) -> ResponseBody {
+    let payload = KvCommand::Put { key: key.as_bytes(), value: value.as_bytes() }.encode();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A single node elects itself within an election timeout; until then, not leader.
+        match client.call(RequestBody::Command { session_id: 9, sequence, payload: payload.clone() }) {
+            Ok(ResponseBody::NotLeader { .. }) | Err(smr_net::ClientError::Exhausted { .. })
+                if Instant::now() < deadline => {}
+            Ok(answer) => return answer,
+            Err(error) => panic!("put {key}: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn get(client: &mut Client, key: &str) -> KvResult {
+    let payload = KvCommand::Get { key: key.as_bytes() }.encode();
+    match client.call(RequestBody::Read { consistency: smr_net::Consistency::Linearizable, payload }).unwrap() {
+        ResponseBody::Ok(bytes) => KvResult::decode(&bytes).unwrap(),
+        other => panic!("read refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_stops_cleanly_and_restarts_from_its_own_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node(dir.path());
+    config.initial_state = InitialState::New;
+    let node = Node::start(config.clone(), KvStore::new(config.kv)).expect("starts");
+    assert_eq!(node.mode(), StartMode::Bootstrapped);
+    let mut client = Client::connect(&[node.client_address()], ClientConfig::default()).unwrap();
+    for i in 1..=50 {
+        assert!(matches!(put(&mut client, i, &format!("k{i}"), "v"), ResponseBody::Ok(_)));
+    }
+    drop(client);
+    node.shutdown().expect("a clean stop");
+
+    // The same directory restarts whatever initial_state says, and holds every write.
+    config.initial_state = InitialState::Refuse;
+    let node = Node::start(config.clone(), KvStore::new(config.kv)).expect("restarts");
+    assert_eq!(node.mode(), StartMode::Restarted);
+    let mut client = Client::connect(&[node.client_address()], ClientConfig::default()).unwrap();
+    put(&mut client, 51, "k51", "v");
+    for i in 1..=51 {
+        assert_eq!(get(&mut client, &format!("k{i}")), KvResult::Value(Some(bytes::Bytes::from_static(b"v"))));
+    }
+    // A retry of an old command is answered from the session table, not applied again.
+    assert!(matches!(put(&mut client, 1, "k1", "changed"), ResponseBody::Ok(_)));
+    assert_eq!(get(&mut client, "k1"), KvResult::Value(Some(bytes::Bytes::from_static(b"v"))));
+    node.shutdown().expect("a clean stop");
+}
+
+#[test]
+fn an_empty_data_directory_is_refused_unless_told_how_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_node(dir.path());
+    let error = Node::start(config.clone(), KvStore::new(config.kv)).unwrap_err();
+    assert!(matches!(error, StartError::EmptyDataDir(_)), "{error}");
+    assert_eq!(error.exit_code(), smr_runtime::EXIT_CODE_CONFIG);
+    assert!(!config.data_dir.join("identity").exists(), "a refused start writes nothing");
+}
+
+#[test]
+fn a_data_directory_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node(dir.path());
+    config.initial_state = InitialState::New;
+    Node::start(config.clone(), KvStore::new(config.kv)).unwrap().shutdown().unwrap();
+    let mut other = config.clone();
+    other.node_id = 2;
+    other.members[0].id = 2;
+    other.sync_identity();
+    let error = Node::start(other.clone(), KvStore::new(other.kv)).unwrap_err();
+    assert!(error.to_string().contains("belongs to cluster"), "{error}");
+    assert_eq!(error.exit_code(), smr_runtime::EXIT_CODE_CONFIG);
+}
