@@ -409,3 +409,33 @@ mod tests {
         assert_eq!(whole.meta, latest.meta);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Bytes from a leader or a disk are untrusted: any of them is refused or accepted,
+        /// never a panic or an allocation beyond the bound.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(Bytes::from(bytes), 7, 1 << 20, "fuzz");
+        }
+
+        /// A valid header with arbitrary damage after the magic is refused or decodes to the
+        /// snapshot it was (a flip inside the state is caught by its CRC).
+        #[test]
+        fn damaged_snapshots_are_refused(at in 8usize..200, flip in 1u8..=255) {
+            let meta = SnapshotMeta { index: 9, term: 2, conf: ConfState::with_voters([1, 2]) };
+            let bytes = encode(7, &meta, &Directory::default(), b"some state bytes of a machine");
+            let mut damaged = bytes.to_vec();
+            let at = at % damaged.len();
+            damaged[at] ^= flip;
+            prop_assert!(decode(Bytes::from(damaged), 7, 1 << 20, "fuzz").is_err());
+        }
+    }
+}
