@@ -48,6 +48,7 @@ pub(crate) struct ApplyStage<S> {
     pub(crate) request_timeout: Duration,
     pub(crate) snapshot_log_bytes: u64,
     pub(crate) last_snapshot_index: Index,
+    pub(crate) busy_poll: bool,
     pub(crate) metrics: crate::metrics::StageRecorder,
     /// Proposals made here, by index: the term they were proposed in and their clients.
     proposals: BTreeMap<Index, (Term, Vec<Waiting>)>,
@@ -102,6 +103,7 @@ impl<S: StateMachine> ApplyStage<S> {
             request_timeout: Duration::from_millis(pipeline.request_timeout_ms),
             snapshot_log_bytes: pipeline.snapshot_log_bytes,
             last_snapshot_index: applied,
+            busy_poll: pipeline.busy_poll,
             metrics,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -122,7 +124,15 @@ impl<S: StateMachine> ApplyStage<S> {
         // Deadlines are checked at least this often.
         let sweep = (self.request_timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
         loop {
-            match self.work.recv_timeout(sweep) {
+            let next = if self.busy_poll {
+                self.work.try_recv().map_err(|e| match e {
+                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            } else {
+                self.work.recv_timeout(sweep)
+            };
+            match next {
                 Ok(work) => {
                     self.handle(work)?;
                     for _ in 0..WORK_PER_ROUND_MAX {
@@ -155,7 +165,10 @@ impl<S: StateMachine> ApplyStage<S> {
                     }
                 }
             }
-            ApplyWork::Commit { index } => self.commit = self.commit.max(index),
+            ApplyWork::Commit { index, queued } => {
+                self.metrics.record_queue_wait(queued.elapsed());
+                self.commit = self.commit.max(index);
+            }
             ApplyWork::Read { index, requests } => self.reads.entry(index).or_default().extend(requests),
             ApplyWork::SnapshotNow => self.snapshot_wanted = true,
             ApplyWork::Status { mut status, request } => {

@@ -489,7 +489,7 @@ impl CoreStage {
                     self.metrics.record_duration(Histo::CommitLatency, now.duration_since(at));
                     self.proposed.pop_front();
                 }
-                self.send_apply(ApplyWork::Commit { index: rd.commit_index });
+                self.send_apply(ApplyWork::Commit { index: rd.commit_index, queued: now });
             }
             if rd.need_snapshot {
                 self.send_apply(ApplyWork::SnapshotNow);

@@ -52,8 +52,8 @@ pub(crate) enum ApplyWork {
     /// The entry at `index` was proposed here in `term`; `requests` are its commands' clients, in
     /// batch order (or the one admin request of a membership change).
     Proposed { index: Index, term: Term, requests: Vec<Waiting> },
-    /// Entries through `index` are committed and durable here.
-    Commit { index: Index },
+    /// Entries through `index` are committed and durable here (`queued`: when the core sent it).
+    Commit { index: Index, queued: Instant },
     /// Serve these reads once `index` is applied (`index` 0: stale reads, serve now).
     Read { index: Index, requests: Vec<Waiting> },
     /// Take a snapshot now (a follower needs one).
