@@ -101,7 +101,11 @@ impl LocalCluster {
         let log_path = self.log_path(id);
         let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        Command::new(smr)
+        let mut command = Command::new(smr);
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed, and
+        // pthread_sigmask and the sigset functions are (see `signals::unblock_in_child`).
+        unsafe { command.pre_exec(signals::unblock_in_child) };
+        command
             .arg("node")
             .arg("--config")
             .arg(&path)

@@ -2,8 +2,8 @@
 //!
 //! Both signals are blocked in every thread (the mask is set before any thread starts and is
 //! inherited) and taken synchronously by one thread with `sigwait`, so the clean-up runs as
-//! ordinary code, not in a signal handler. Child processes start with an empty mask (the
-//! standard library resets it before `exec`).
+//! ordinary code, not in a signal handler. A blocked mask survives `exec`, so child processes
+//! unblock both before `exec` (`unblock_in_child`): the nodes must see SIGTERM as usual.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -38,6 +38,15 @@ fn signal_set() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         set
     }
+}
+
+/// Unblocks SIGINT and SIGTERM; for `CommandExt::pre_exec`, between fork and exec, so it makes
+/// only async-signal-safe calls and allocates nothing.
+pub(crate) fn unblock_in_child() -> std::io::Result<()> {
+    let set = signal_set();
+    // SAFETY: `set` is an initialised signal set; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(rc)) }
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (call it before starting any other) and
