@@ -189,10 +189,14 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{} nodes{}, fsync on; closed loop of puts, {}-byte keys uniform over {}, {}-byte values; \
+        "{} nodes{}; closed loop of puts, {}-byte keys uniform over {}, {}-byte values; \
          {} s warm-up, {} s measured per step.",
         report.nodes,
-        if report.local_cluster { " on loopback started by smr-bench" } else { " (given with --cluster)" },
+        if report.local_cluster {
+            " on loopback started by smr-bench, default config (fsync on)"
+        } else {
+            " given with --cluster"
+        },
         report.key_bytes,
         report.keys,
         report.value_bytes,
