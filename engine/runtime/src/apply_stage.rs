@@ -272,6 +272,7 @@ impl<S: StateMachine> ApplyStage<S> {
                 if entry.kind == EntryKind::ConfChange {
                     apply_conf_change(conf, directory, entry.data, shared);
                 }
+                metrics.counters().commands_applied.add(outcomes.len() as u64);
                 answer_proposal(proposals, outcomes, metrics, entry.index, entry.term, entry.kind);
             }
             bytes_applied += bytes as u64;
@@ -297,7 +298,10 @@ impl<S: StateMachine> ApplyStage<S> {
             let now = Instant::now();
             for w in requests {
                 let body = match &w.request.request.body {
-                    RequestBody::Read { payload, .. } => ResponseBody::Ok(self.applier.query(payload)),
+                    RequestBody::Read { payload, .. } => {
+                        self.metrics.counters().reads_served.bump();
+                        ResponseBody::Ok(self.applier.query(payload))
+                    }
                     _ => ResponseBody::InvalidRequest("not a read".into()),
                 };
                 self.metrics.record_duration(Histo::ApplyLatency, now.duration_since(w.enqueued));
@@ -315,6 +319,7 @@ impl<S: StateMachine> ApplyStage<S> {
             self.proposals.iter().filter(|(_, (_, ws))| ws.first().is_some_and(expired)).map(|(&i, _)| i).collect();
         for index in stale {
             if let Some((_, requests)) = self.proposals.remove(&index) {
+                self.metrics.counters().client_timed_out.add(requests.len() as u64);
                 for w in requests {
                     w.request.respond(ResponseBody::TimedOut);
                 }
@@ -324,6 +329,7 @@ impl<S: StateMachine> ApplyStage<S> {
             self.reads.iter().filter(|(_, ws)| ws.first().is_some_and(expired)).map(|(&i, _)| i).collect();
         for index in stale {
             if let Some(requests) = self.reads.remove(&index) {
+                self.metrics.counters().client_timed_out.add(requests.len() as u64);
                 for w in requests {
                     w.request.respond(ResponseBody::TimedOut);
                 }

@@ -258,7 +258,15 @@ impl CoreStage {
 
     /// Whether a stage behind the core is too full to take more client work.
     fn backpressured(&self) -> bool {
-        self.to_log.len() + 1 >= self.pipeline.log_queue_max || self.to_apply.len() * 2 >= self.pipeline.apply_queue_max
+        if self.to_log.len() + 1 >= self.pipeline.log_queue_max {
+            self.hub.counters().log_queue_full.bump();
+            return true;
+        }
+        if self.to_apply.len() * 2 >= self.pipeline.apply_queue_max {
+            self.hub.counters().apply_queue_full.bump();
+            return true;
+        }
+        false
     }
 
     fn on_client(&mut self, request: ClientRequest, draining: bool) {
@@ -499,6 +507,9 @@ impl CoreStage {
     }
 
     fn send_peer(&mut self, message: Message) {
+        if let smr_raft::MessageBody::Snapshot { last: true, .. } = &message.body {
+            self.hub.counters().snapshots_sent.bump();
+        }
         if self.transport.send(message).is_err() {
             self.hub.counters().peer_messages_dropped.bump();
         }

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use smr_log::{Log, LogError};
 
 use crate::handoff::{ApplyWork, LogWork, Shared};
+use crate::metrics::Histo;
 use crate::snapshot::{Incoming, SnapshotStore};
 
 /// Exit code when the disk is full: the node stops rather than acknowledge anything it cannot
@@ -19,6 +20,9 @@ use crate::snapshot::{Incoming, SnapshotStore};
 pub const EXIT_CODE_NO_SPACE: i32 = 73;
 /// Exit code when a snapshot from the leader, or on this node's disk, is damaged.
 pub const EXIT_CODE_BAD_SNAPSHOT: i32 = 78;
+
+/// Samples recorded for one look at the sync count (it rarely moves by more than one or two).
+const SYNC_SAMPLES_MAX: u64 = 64;
 
 /// Readies taken off the queue before the stage waits for the disk: enough to batch a burst
 /// under one fsync, few enough that completions are collected often.
@@ -92,10 +96,17 @@ impl LogStage {
                 .map_err(log_stop)?;
             let stats = self.log.stats();
             if stats.syncs_completed > syncs_seen {
-                // Entries per fsync: what the group commit achieved since the last report.
+                // Entries per fsync: what the group commit achieved. Completions are collected a
+                // few at a time, so the entries submitted since the last look are spread over
+                // the syncs that completed since, one sample per sync; the remainder goes to the
+                // first, so the samples add up to the entries.
                 let entries = stats.entries_submitted - entries_seen;
                 let syncs = stats.syncs_completed - syncs_seen;
-                self.metrics.record_batch(entries / syncs, 0);
+                let (each, remainder) = (entries / syncs, entries % syncs);
+                self.metrics.record(Histo::BatchItems, each + remainder);
+                for _ in 1..syncs.min(SYNC_SAMPLES_MAX) {
+                    self.metrics.record(Histo::BatchItems, each);
+                }
                 syncs_seen = stats.syncs_completed;
                 entries_seen = stats.entries_submitted;
             }
@@ -146,6 +157,7 @@ impl LogStage {
                             Err(_) => return Err(Stop { exit_code: 0, message: "apply stage stopped".into() }),
                         }
                         self.log.install_snapshot(&meta).map_err(log_stop)?;
+                        self.metrics.counters().snapshots_installed.bump();
                         tracing::info!(index = meta.index, term = meta.term, "installed snapshot from the leader");
                     }
                 }
