@@ -339,9 +339,14 @@ impl<S: StateMachine> ApplyStage<S> {
 
     fn maybe_snapshot(&mut self) {
         let applied = self.applier.applied_index();
-        if applied <= self.last_snapshot_index
-            || !(self.snapshot_wanted || self.bytes_since_snapshot >= self.snapshot_log_bytes)
-        {
+        // A snapshot the core asked for is taken even at the index of the last one: the core may
+        // not have taken that one (its hand-over slot was full), and a follower waits for it.
+        let due = if self.snapshot_wanted {
+            applied > 0 && applied >= self.last_snapshot_index
+        } else {
+            applied > self.last_snapshot_index && self.bytes_since_snapshot >= self.snapshot_log_bytes
+        };
+        if !due {
             return;
         }
         let started = Instant::now();

@@ -348,3 +348,29 @@ fn leadership_is_handed_to_the_node_named_by_transfer_leader() {
     kv.put("t", "2");
     assert_eq!(kv.get("t").as_deref(), Some("2"));
 }
+
+#[test]
+fn a_follower_down_past_compaction_catches_up_from_a_snapshot_streamed_in_small_chunks() {
+    fn small_chunks(config: &mut NodeConfig) {
+        small_snapshots(config);
+        // A snapshot of this test is ~30 KiB: several chunks, each acknowledged before the next.
+        config.raft.snapshot_chunk_bytes_max = 4096;
+    }
+    let mut cluster = Cluster::start(3, small_chunks);
+    let mut kv = cluster.client();
+    kv.put("first", "1");
+    let leader = cluster.leader();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.kill(follower);
+    for i in 0..600 {
+        kv.put(&format!("k{}", i % 89), &value(i));
+    }
+    let first_index = cluster.status(cluster.leader()).unwrap()["first_index"].as_u64().unwrap();
+    assert!(first_index > 2, "the log was compacted past what the follower has");
+    cluster.spawn(follower);
+    // No more writes: the follower must catch up from the snapshot and the log on its own.
+    cluster.converged(600);
+    let status = cluster.status(follower).unwrap();
+    assert!(status["snapshot_index"].as_u64().unwrap() > 0, "{status}");
+    assert!(cluster.node_log(follower).contains("installed snapshot from the leader"));
+}
