@@ -821,7 +821,7 @@ mod tests {
         let config = load(&directory.join("node.example.toml")).expect("the example parses");
         let mut expected = NodeConfig::new(1, 0xc1, directory.join("data/node1"), three_members());
         expected.secret = b"change-me-to-32-random-characters".to_vec();
-        expected.initial_state = InitialState::New;
+        expected.initial_state = InitialState::Refuse;
         assert_eq!(config, expected);
     }
 
@@ -961,7 +961,7 @@ mod tests {
     #[test]
     fn a_node_not_among_the_members_must_give_its_listen_addresses() {
         let text = example_with("node_id = 1\n", "node_id = 4\n")
-            .replace("initial_state = \"new\"", "initial_state = \"join\"");
+            .replace("initial_state = \"refuse\"", "initial_state = \"join\"");
         let text = text.replacen("peer_listen = \"127.0.0.1:7001\"\n", "", 1);
         let error = refusal(&text);
         assert!(error.contains("config: peer_listen: must be set, since node_id 4"), "{error}");
