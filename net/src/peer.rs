@@ -71,7 +71,7 @@ const INBOUND_BATCH_CAPACITY: usize = 64;
 /// Bytes of frames a link gathers for one `writev` before it writes them (a single larger
 /// message still goes out whole). Small enough that the batch buffer is reused, not regrown and
 /// page-faulted, for every write; large enough that a write carries thousands of small messages.
-const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
+const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
 /// How long a reader waits on a full inbound queue before it checks for shutdown again.
 const INBOUND_WAIT: Duration = Duration::from_millis(100);
 
