@@ -2,6 +2,8 @@
 //!
 //! - `codec/*`: encoding a Raft Append of one entry into a send batch, and decoding it back from
 //!   a received buffer (frame CRC, bytecheck validation, conversion), per message.
+//! - `codec_batched/*`: the same for the RaftBatch frames links use for small messages, 100
+//!   messages per frame; elements/s is messages/s.
 //! - `loopback/*`: messages/s and bytes/s from one `PeerTransport` to another over 127.0.0.1,
 //!   one entry of 64 B to 64 KiB per message, the way a leader streams appends. Time per
 //!   iteration is time per message (so 1 / time is messages/s); throughput is entry bytes.
@@ -15,10 +17,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use smr_net::frame::{FRAME_HEADER_BYTES, decode_frame};
-use smr_net::{Identity, NetConfig, PeerTransport, SendBatch, SendError, decode_message, encode_message};
+use smr_net::{
+    Identity, NetConfig, PeerTransport, SendBatch, SendError, decode_message, decode_message_batch, encode_message,
+    encode_message_batched,
+};
 use smr_raft::{Entry, EntryKind, Message, MessageBody};
 
-const SIZES: [usize; 5] = [64, 512, 4096, 16384, 65536];
+const SIZES: [usize; 6] = [64, 512, 1024, 4096, 16384, 65536];
 
 fn append(index: u64, data: &Bytes) -> Message {
     Message {
@@ -58,6 +63,47 @@ fn codec(c: &mut Criterion) {
                 let (header, _) = decode_frame(black_box(bytes), 1 << 24).unwrap().unwrap();
                 let payload = bytes.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.length as usize);
                 black_box(decode_message(header.group, header.aux, &payload).unwrap())
+            });
+        });
+    }
+    group.finish();
+
+    // The way a link sends small messages: records of RaftBatch frames. Per iteration, one frame
+    // of RECORDS messages (so elements/s is messages/s): encode, then decode (frame CRC, record
+    // bounds, bytecheck validation, conversion).
+    const RECORDS: u64 = 100;
+    let mut group = c.benchmark_group("codec_batched");
+    group.throughput(Throughput::Elements(RECORDS));
+    for size in SIZES.into_iter().filter(|&size| size <= 1024) {
+        let data = Bytes::from(vec![7u8; size]);
+        let messages: Vec<Message> = (0..RECORDS).map(|index| append(index + 1, &data)).collect();
+        let mut batch = SendBatch::new();
+        group.bench_with_input(BenchmarkId::new("encode", size), &messages, |b, messages| {
+            b.iter(|| {
+                for message in messages {
+                    encode_message_batched(&mut batch, black_box(message), 1 << 24).unwrap();
+                }
+                batch.clear();
+            });
+        });
+        let mut one = SendBatch::new();
+        for message in &messages {
+            encode_message_batched(&mut one, message, 1 << 24).unwrap();
+        }
+        let bytes = Bytes::from(one.to_vec());
+        group.bench_with_input(BenchmarkId::new("decode", size), &bytes, |b, bytes| {
+            b.iter(|| {
+                let mut at = 0;
+                let mut decoded = Vec::with_capacity(RECORDS as usize);
+                while at < bytes.len() {
+                    let (header, total) = decode_frame(black_box(&bytes[at..]), 1 << 24).unwrap().unwrap();
+                    let payload =
+                        bytes.slice(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + header.length as usize);
+                    decode_message_batch(&payload, header.aux, |message| decoded.push(message)).unwrap();
+                    at += total;
+                }
+                assert_eq!(decoded.len(), RECORDS as usize);
+                decoded
             });
         });
     }

@@ -9,11 +9,19 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 use rkyv::util::AlignedVec;
 
-use crate::frame::{FRAME_ALIGN, FRAME_HEADER_BYTES, FrameError, FrameKind, frame_bytes, write_header};
+use crate::frame::{
+    FRAME_ALIGN, FRAME_HEADER_BYTES, FrameError, FrameKind, RECORD_HEADER_BYTES, frame_bytes, write_header,
+    write_record_header,
+};
 
 /// Blobs shorter than this are copied into the batch buffer: an iovec per 64-byte entry would
 /// cost more in the kernel's iovec walk than the copy does.
-const BLOB_COPY_BYTES_MAX: usize = 1024;
+pub(crate) const BLOB_COPY_BYTES_MAX: usize = 1024;
+/// A `RaftBatch` frame is closed once its payload reaches this many bytes. Small enough that a
+/// receiver's read buffer holds many whole frames (a partial frame at the end of a read is
+/// copied), large enough that the frame header and CRC call are paid once per hundred or so
+/// small messages.
+pub(crate) const RECORD_FRAME_BYTES_TARGET: usize = 16 << 10;
 /// Linux refuses more iovecs than this in one `writev` (IOV_MAX).
 const IOVECS_MAX: usize = 1024;
 
@@ -35,6 +43,18 @@ pub struct SendBatch {
     buffer_flushed: usize,
     bytes: usize,
     frames: usize,
+    /// Raft messages in the batch: one per `Raft` frame, one per record of a `RaftBatch` frame.
+    messages: usize,
+    /// The `RaftBatch` frame records are being appended to, if any. Its bytes are in the
+    /// buffer; its header is written when it is closed.
+    open: Option<OpenRecordFrame>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenRecordFrame {
+    /// Buffer offset of the frame's header.
+    start: usize,
+    records: u32,
 }
 
 impl Default for SendBatch {
@@ -51,20 +71,28 @@ impl SendBatch {
             buffer_flushed: 0,
             bytes: 0,
             frames: 0,
+            messages: 0,
+            open: None,
         }
     }
 
     /// Bytes the batch will put on the wire.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.open.map_or(0, |open| self.buffer.len() - open.start)
     }
 
+    /// Frames in the batch, counting a `RaftBatch` frame still open.
     pub fn frames(&self) -> usize {
-        self.frames
+        self.frames + usize::from(self.open.is_some())
+    }
+
+    /// Raft messages in the batch, whether in frames of their own or records of `RaftBatch` frames.
+    pub fn messages(&self) -> usize {
+        self.messages
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames == 0
+        self.frames() == 0
     }
 
     /// Appends one frame whose payload is `payload`, copied.
@@ -99,6 +127,7 @@ impl SendBatch {
         if total > frame_bytes_max {
             return Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max });
         }
+        self.close_record_frame();
         let mut header = [0u8; FRAME_HEADER_BYTES];
         write_header(&mut header, kind, aux, group, parts.iter().copied());
         self.align_frame_start();
@@ -125,6 +154,7 @@ impl SendBatch {
         frame_bytes_max: usize,
         serialize: impl FnOnce(&mut AlignedVec<16>) -> Result<(), E>,
     ) -> Result<Result<(), FrameError>, E> {
+        self.close_record_frame();
         self.align_frame_start();
         let frame_start = self.buffer.len();
         self.buffer.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
@@ -163,7 +193,110 @@ impl SendBatch {
         self.buffer.extend_from_slice(&[0u8; FRAME_ALIGN][..padding]);
         self.bytes += total;
         self.frames += 1;
+        if kind == FrameKind::Raft {
+            self.messages += 1;
+        }
         Ok(Ok(()))
+    }
+
+    /// Appends one record to the open `RaftBatch` frame (opening one if needed): a record
+    /// header, an archive serialized by `serialize` in place, then `blobs`, copied. Every blob
+    /// must be at most [`BLOB_COPY_BYTES_MAX`] bytes, so that the whole frame is contiguous in
+    /// the buffer and its CRC is one pass when it is closed.
+    ///
+    /// The frame is closed when its payload reaches [`RECORD_FRAME_BYTES_TARGET`]. A record
+    /// that would take the frame past `frame_bytes_max` goes into a frame of its own.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the record alone does not fit a frame of
+    /// `frame_bytes_max`; the batch is unchanged.
+    pub(crate) fn push_archive_record<'b, E>(
+        &mut self,
+        group: u64,
+        blobs: impl Iterator<Item = &'b Bytes> + Clone,
+        frame_bytes_max: usize,
+        mut serialize: impl FnMut(&mut AlignedVec<16>) -> Result<(), E>,
+    ) -> Result<Result<(), FrameError>, E> {
+        debug_assert!(blobs.clone().all(|blob| blob.len() <= BLOB_COPY_BYTES_MAX));
+        loop {
+            let open = match self.open {
+                Some(open) => open,
+                None => {
+                    self.align_frame_start();
+                    let start = self.buffer.len();
+                    self.buffer.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+                    let open = OpenRecordFrame { start, records: 0 };
+                    self.open = Some(open);
+                    open
+                }
+            };
+            let record_start = self.buffer.len();
+            self.buffer.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+            let archive_start = self.buffer.len();
+            if let Err(error) = serialize(&mut self.buffer) {
+                self.abandon_record(open, record_start);
+                return Err(error);
+            }
+            let archive_len = self.buffer.len() - archive_start;
+            self.pad();
+            for blob in blobs.clone() {
+                self.buffer.extend_from_slice(blob);
+            }
+            let body_len = self.buffer.len() - archive_start;
+            self.pad();
+            // The frame with this record must fit frame_bytes_max. The record header, archive
+            // and blobs were appended already, padded: the frame's size is the buffer's growth.
+            let total = self.buffer.len() - open.start;
+            let fits = total <= frame_bytes_max && archive_len <= u32::MAX as usize && body_len <= u32::MAX as usize;
+            if !fits {
+                self.abandon_record(open, record_start);
+                if open.records == 0 {
+                    return Ok(Err(FrameError::TooLarge { bytes: total, max: frame_bytes_max }));
+                }
+                // Try again in a frame of its own.
+                self.close_record_frame();
+                continue;
+            }
+            let mut header = [0u8; RECORD_HEADER_BYTES];
+            write_record_header(&mut header, body_len as u32, archive_len as u32, group);
+            self.buffer.as_mut_slice()[record_start..archive_start].copy_from_slice(&header);
+            self.open = Some(OpenRecordFrame { records: open.records + 1, ..open });
+            self.messages += 1;
+            if total - FRAME_HEADER_BYTES >= RECORD_FRAME_BYTES_TARGET {
+                self.close_record_frame();
+            }
+            return Ok(Ok(()));
+        }
+    }
+
+    /// Removes a record that was partly appended; closes nothing.
+    fn abandon_record(&mut self, open: OpenRecordFrame, record_start: usize) {
+        if open.records == 0 {
+            // The frame was opened for this record: remove its header too.
+            self.buffer.resize(open.start, 0);
+            self.open = None;
+        } else {
+            self.buffer.resize(record_start, 0);
+        }
+    }
+
+    /// Writes the header of the open `RaftBatch` frame, if any: its length, its record count
+    /// in `aux`, and the CRC over its whole payload, computed in one pass.
+    fn close_record_frame(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let payload_start = open.start + FRAME_HEADER_BYTES;
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        {
+            let payload = &self.buffer.as_slice()[payload_start..];
+            write_header(&mut header, FrameKind::RaftBatch, open.records, 0, [payload]);
+        }
+        let total = self.buffer.len() - open.start;
+        debug_assert_eq!(total, frame_bytes(total - FRAME_HEADER_BYTES), "records keep the frame 8-aligned");
+        self.buffer.as_mut_slice()[open.start..payload_start].copy_from_slice(&header);
+        self.bytes += total;
+        self.frames += 1;
     }
 
     /// Pads the buffer to a multiple of 8 with zeros that are sent.
@@ -203,6 +336,7 @@ impl SendBatch {
     /// # Errors
     /// The first I/O error; a zero-length write is `WriteZero`.
     pub fn write_to(&mut self, writer: &mut impl Write) -> io::Result<()> {
+        self.close_record_frame();
         self.flush_buffer_segment();
         let result = self.write_segments(writer);
         self.clear();
@@ -243,10 +377,13 @@ impl SendBatch {
         self.buffer_flushed = 0;
         self.bytes = 0;
         self.frames = 0;
+        self.messages = 0;
+        self.open = None;
     }
 
     /// The batch's bytes gathered into one vector (tests and benchmarks).
     pub fn to_vec(&mut self) -> Vec<u8> {
+        self.close_record_frame();
         let mut out = Vec::with_capacity(self.bytes);
         self.flush_buffer_segment();
         self.write_segments(&mut out).expect("writing to a Vec cannot fail");

@@ -16,6 +16,29 @@
 //! every payload starts 8-aligned and an rkyv archive in it can be validated and read in place.
 //! The length is checked against `frame_bytes_max` from the first 24 bytes, before any buffer
 //! grows for it; the CRC covers the kind, aux and group, so a frame cannot be misrouted silently.
+//!
+//! ## Raft messages
+//!
+//! A `Raft` frame carries one message: `aux` is its archive's length, `group` its group, and the
+//! payload is the archive, zero padding to a multiple of 8, then the message's blobs (entry data,
+//! snapshot chunk) back to back. Large messages travel this way, so that their blobs go from the
+//! sender's buffers to the kernel without a copy.
+//!
+//! A `RaftBatch` frame (protocol version 2) carries many small messages under one header and one
+//! CRC: `aux` is the number of records (at least 1), `group` is 0, and the payload is the records
+//! back to back, each starting 8-aligned:
+//!
+//! ```text
+//! offset size field
+//!      0    4 body_bytes     bytes of the body after this header, padding excluded (u32 LE)
+//!      4    4 archive_bytes  the archive's length, as `aux` of a Raft frame (u32 LE)
+//!      8    8 group          the message's Raft group (u64 LE)
+//!     16    … body: exactly the payload a Raft frame would carry, then zero padding to 8
+//! ```
+//!
+//! The frame's CRC covers every record; the receiver checks it before reading any record, checks
+//! every record's length against what is left of the frame, validates each archive before
+//! reading it, and requires the records to fill the payload exactly, in number `aux`.
 
 use thiserror::Error;
 
@@ -23,6 +46,8 @@ use thiserror::Error;
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// Every frame's size on the wire is a multiple of this.
 pub const FRAME_ALIGN: usize = 8;
+/// Bytes of the header of one record in a `RaftBatch` frame.
+pub const RECORD_HEADER_BYTES: usize = 16;
 
 /// What a frame carries. Unknown kinds are garbage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +65,8 @@ pub enum FrameKind {
     Ping = 5,
     /// One Raft message (an rkyv archive followed by its blobs).
     Raft = 16,
+    /// Several small Raft messages, one record each (protocol version 2).
+    RaftBatch = 17,
     /// A client request.
     ClientRequest = 32,
     /// A response to a client request.
@@ -59,6 +86,7 @@ impl FrameKind {
             4 => FrameKind::Refuse,
             5 => FrameKind::Ping,
             16 => FrameKind::Raft,
+            17 => FrameKind::RaftBatch,
             32 => FrameKind::ClientRequest,
             33 => FrameKind::ClientResponse,
             other => return Err(FrameError::UnknownKind(other)),
@@ -198,6 +226,34 @@ pub fn write_header<'a>(
     let length = u32::try_from(length).expect("frame payload length fits u32: callers check frame_bytes_max first");
     header[0..4].copy_from_slice(&length.to_le_bytes());
     header[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A decoded record header of a `RaftBatch` frame (lengths not yet checked against the frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Bytes of the record's body: archive, padding, blobs; the record's own padding excluded.
+    pub body_bytes: u32,
+    pub archive_bytes: u32,
+    pub group: u64,
+}
+
+impl RecordHeader {
+    /// Decodes the record header at the start of `bytes`, `None` when fewer bytes remain.
+    #[inline]
+    pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
+        if bytes.len() < RECORD_HEADER_BYTES {
+            return None;
+        }
+        Some(RecordHeader { body_bytes: u32_at(bytes, 0), archive_bytes: u32_at(bytes, 4), group: u64_at(bytes, 8) })
+    }
+}
+
+/// Writes the header of one record of a `RaftBatch` frame.
+#[inline]
+pub fn write_record_header(header: &mut [u8; RECORD_HEADER_BYTES], body_bytes: u32, archive_bytes: u32, group: u64) {
+    header[0..4].copy_from_slice(&body_bytes.to_le_bytes());
+    header[4..8].copy_from_slice(&archive_bytes.to_le_bytes());
+    header[8..16].copy_from_slice(&group.to_le_bytes());
 }
 
 /// Appends one complete frame (header, payload, padding) to `out`.

@@ -33,10 +33,11 @@ use crate::conn::{ConnError, FrameReader};
 use crate::frame::{FrameKind, encode_frame};
 use crate::stats::{Counters, bump};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest version this build accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// The protocol version this build speaks. Version 2 added `RaftBatch` frames, which a
+/// version 1 peer would take for garbage.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this build accepts: a version 1 peer cannot read what we send.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 
 const MAGIC: [u8; 4] = *b"SMRP";
 const HELLO_BYTES: usize = 64;

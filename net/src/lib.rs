@@ -85,4 +85,4 @@ pub use handshake::{Identity, PROTOCOL_VERSION, RefuseReason};
 pub use peer::{Inbound, PeerTransport, SendError, StartError};
 pub use server::{ClientRequest, ClientServer};
 pub use stats::NetStats;
-pub use wire::{EncodeError, WireError, decode_message, encode_message};
+pub use wire::{EncodeError, WireError, decode_message, decode_message_batch, encode_message, encode_message_batched};

@@ -23,11 +23,11 @@ use thiserror::Error;
 use crate::batch::SendBatch;
 use crate::config::{ConfigError, NetConfig};
 use crate::conn::{ConnError, FrameReader};
-use crate::frame::{FrameError, FrameKind};
+use crate::frame::{FrameError, FrameKind, RECORD_HEADER_BYTES};
 use crate::handshake::{self, HandshakeError, Identity, RefuseReason};
 use crate::rng::Backoff;
 use crate::stats::{Counters, NetStats, add, bump};
-use crate::wire::{EncodeError, decode_message, encode_message};
+use crate::wire::{EncodeError, decode_message, decode_message_batch, encode_message_batched};
 
 /// Messages received from one peer in one read, in the order they were sent.
 ///
@@ -68,6 +68,10 @@ pub enum StartError {
 const QUEUE_MESSAGE_OVERHEAD_BYTES: usize = 64;
 /// Messages an inbound batch has room for before it grows.
 const INBOUND_BATCH_CAPACITY: usize = 64;
+/// Bytes of frames a link gathers for one `writev` before it writes them (a single larger
+/// message still goes out whole). Small enough that the batch buffer is reused, not regrown and
+/// page-faulted, for every write; large enough that a write carries thousands of small messages.
+const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
 /// How long a reader waits on a full inbound queue before it checks for shutdown again.
 const INBOUND_WAIT: Duration = Duration::from_millis(100);
 
@@ -257,6 +261,7 @@ impl PeerTransport {
             stop: stop_rx,
             adopt: adopt_rx,
             batch: SendBatch::new(),
+            sent: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name(format!("net-link-{}-{}", self.shared.identity.node_id, id))
@@ -436,6 +441,10 @@ struct LinkState {
     stop: Receiver<()>,
     adopt: Receiver<Adopted>,
     batch: SendBatch,
+    /// Messages encoded into `batch`, dropped together once it is written: their entry data
+    /// (reference counts shared with the producer) and entry lists are released in one burst
+    /// instead of one at a time between encodings, which halves what the drops cost.
+    sent: Vec<Message>,
 }
 
 enum LinkEnd {
@@ -569,8 +578,11 @@ impl LinkState {
             select! {
                 recv(self.queue) -> message => match message {
                     Ok(message) => {
+                        let mut dequeued_bytes = message_queue_bytes(&message);
                         self.push(message);
-                        self.drain_queue();
+                        dequeued_bytes += self.drain_queue();
+                        // One atomic for the whole drain, not one per message.
+                        self.slot.queued_bytes.fetch_sub(dequeued_bytes, Ordering::Relaxed);
                         if let Err(error) = self.flush(&mut writer) {
                             tracing::info!(peer, %error, "peer connection lost while writing");
                             break LinkEnd::Reconnect;
@@ -596,11 +608,10 @@ impl LinkState {
         if self.stopped() { LinkEnd::Stop } else { end }
     }
 
+    /// Encodes `message` into the batch. The caller gives its queue bytes back.
     fn push(&mut self, message: Message) {
-        let bytes = message_queue_bytes(&message);
-        self.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        match encode_message(&mut self.batch, &message, self.shared.config.frame_bytes_max) {
-            Ok(()) => {}
+        match encode_message_batched(&mut self.batch, &message, self.shared.config.frame_bytes_max) {
+            Ok(()) => self.sent.push(message),
             Err(EncodeError::Frame(FrameError::TooLarge { bytes, max })) => {
                 bump(&self.shared.counters.send_dropped_too_large);
                 if let Some(suppressed) = self.shared.counters.log_limit.allow() {
@@ -623,17 +634,23 @@ impl LinkState {
         }
     }
 
-    /// Moves queued messages into the batch until it holds about one frame's worth of bytes:
-    /// one `writev` then carries many messages, and the next batch is encoded while the kernel
-    /// sends this one.
-    fn drain_queue(&mut self) {
-        let bytes_max = self.shared.config.frame_bytes_max;
+    /// Moves queued messages into the batch until it holds about [`WRITE_BATCH_BYTES_MAX`]
+    /// bytes: one `writev` then carries many messages, the batch buffer stays small enough to
+    /// be reused (and stay in cache) from one write to the next, and the next batch is encoded
+    /// while the kernel sends this one. Returns the queue bytes of the messages taken.
+    fn drain_queue(&mut self) -> usize {
+        let bytes_max = self.shared.config.frame_bytes_max.min(WRITE_BATCH_BYTES_MAX);
+        let mut dequeued_bytes = 0;
         while self.batch.bytes() < bytes_max {
             match self.queue.try_recv() {
-                Ok(message) => self.push(message),
+                Ok(message) => {
+                    dequeued_bytes += message_queue_bytes(&message);
+                    self.push(message);
+                }
                 Err(_) => break,
             }
         }
+        dequeued_bytes
     }
 
     fn flush(&mut self, writer: &mut &TcpStream) -> io::Result<()> {
@@ -643,16 +660,19 @@ impl LinkState {
         let counters = &self.shared.counters;
         let frames = self.batch.frames() as u64;
         let bytes = self.batch.bytes() as u64;
-        match self.batch.write_to(writer) {
+        let messages = self.batch.messages() as u64;
+        let written = self.batch.write_to(writer);
+        self.sent.clear();
+        match written {
             Ok(()) => {
                 add(&counters.frames_sent, frames);
                 add(&counters.bytes_sent, bytes);
-                add(&counters.messages_sent, frames);
+                add(&counters.messages_sent, messages);
                 bump(&counters.write_batches);
                 Ok(())
             }
             Err(error) => {
-                add(&counters.send_dropped_connection_lost, frames);
+                add(&counters.send_dropped_connection_lost, messages);
                 Err(error)
             }
         }
@@ -668,37 +688,63 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
         // Sized for a typical read of small messages, so that pushing rarely reallocates: a
         // Message is 168 bytes and every reallocation copies all of them.
         let mut messages = Vec::with_capacity(INBOUND_BATCH_CAPACITY);
-        loop {
+        // Counted once per read, not once per frame.
+        let (mut frames, mut bytes, mut misaddressed) = (0u64, 0u64, 0u64);
+        let mut accept = |message: Message, messages: &mut Vec<Message>| {
+            if message.from == peer && message.to == our_id {
+                messages.push(message);
+            } else {
+                misaddressed += 1;
+                if let Some(suppressed) = counters.log_limit.allow() {
+                    tracing::warn!(
+                        peer,
+                        from = message.from,
+                        to = message.to,
+                        suppressed,
+                        "misaddressed message dropped"
+                    );
+                }
+            }
+        };
+        let garbage = loop {
             let (header, payload) = match reader.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => break 'connection ConnError::Frame(error),
+                Ok(None) => break None,
+                Err(error) => break Some(ConnError::Frame(error)),
             };
-            bump(&counters.frames_received);
-            add(&counters.bytes_received, header.frame_bytes() as u64);
+            frames += 1;
+            bytes += header.frame_bytes() as u64;
             match header.kind {
-                FrameKind::Raft => match decode_message(header.group, header.aux, &payload) {
-                    Ok(message) if message.from == peer && message.to == our_id => messages.push(message),
-                    Ok(message) => {
-                        bump(&counters.messages_misaddressed);
-                        if let Some(suppressed) = counters.log_limit.allow() {
-                            tracing::warn!(
-                                peer,
-                                from = message.from,
-                                to = message.to,
-                                suppressed,
-                                "misaddressed message dropped"
-                            );
-                        }
+                FrameKind::RaftBatch if header.group == 0 => {
+                    // decode_message_batch checked nothing yet: the count is bounded by the
+                    // payload before anything is reserved for it.
+                    let records = (header.aux as usize).min(payload.len() / RECORD_HEADER_BYTES);
+                    messages.reserve(records);
+                    if let Err(error) =
+                        decode_message_batch(&payload, header.aux, |message| accept(message, &mut messages))
+                    {
+                        tracing::warn!(peer, %error, "invalid raft batch frame; closing the connection");
+                        break Some(ConnError::Frame(FrameError::UnexpectedKind(FrameKind::RaftBatch)));
                     }
+                }
+                FrameKind::Raft => match decode_message(header.group, header.aux, &payload) {
+                    Ok(message) => accept(message, &mut messages),
                     Err(error) => {
                         tracing::warn!(peer, %error, "invalid raft message; closing the connection");
-                        break 'connection ConnError::Frame(FrameError::UnexpectedKind(FrameKind::Raft));
+                        break Some(ConnError::Frame(FrameError::UnexpectedKind(FrameKind::Raft)));
                     }
                 },
                 FrameKind::Ping => {}
-                kind => break 'connection ConnError::Frame(FrameError::UnexpectedKind(kind)),
+                kind => break Some(ConnError::Frame(FrameError::UnexpectedKind(kind))),
             }
+        };
+        add(&counters.frames_received, frames);
+        add(&counters.bytes_received, bytes);
+        if misaddressed > 0 {
+            add(&counters.messages_misaddressed, misaddressed);
+        }
+        if let Some(error) = garbage {
+            break 'connection error;
         }
         if !messages.is_empty() {
             add(&counters.messages_received, messages.len() as u64);
@@ -751,7 +797,8 @@ mod tests {
     use smr_raft::{Entry, EntryKind, MessageBody};
 
     use super::*;
-    use crate::frame::encode_frame;
+    use crate::frame::{FRAME_HEADER_BYTES, encode_frame};
+    use crate::wire::{encode_message, encode_message_batched};
 
     const SECRET: &[u8] = b"the secret of this test cluster";
 
@@ -835,6 +882,56 @@ mod tests {
         assert_eq!(batch.messages, vec![message(1, 2)]);
         assert_eq!(node.stats().messages_misaddressed, 2);
         assert_eq!(node.stats().disconnects_garbage, 0);
+    }
+
+    #[test]
+    fn batched_messages_arrive_in_order_and_spoofed_ones_are_dropped_and_counted() {
+        let (node, inbound, mut stream) = authenticated();
+        let numbered = |from, to, index| {
+            let mut message = message(from, to);
+            message.term = index;
+            message
+        };
+        let mut batch = SendBatch::new();
+        for message in [numbered(1, 2, 1), numbered(3, 2, 2), numbered(1, 2, 3), numbered(1, 4, 4), numbered(1, 2, 5)] {
+            encode_message_batched(&mut batch, &message, 1 << 20).unwrap();
+        }
+        assert_eq!((batch.frames(), batch.messages()), (1, 5));
+        stream.write_all(&batch.to_vec()).unwrap();
+        let batch = inbound.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(batch.messages, vec![numbered(1, 2, 1), numbered(1, 2, 3), numbered(1, 2, 5)]);
+        assert_eq!(node.stats().messages_misaddressed, 2);
+        assert_eq!(node.stats().disconnects_garbage, 0);
+    }
+
+    #[test]
+    fn raft_batch_frame_with_a_bad_record_is_garbage() {
+        let mut good = SendBatch::new();
+        encode_message_batched(&mut good, &message(1, 2), 1 << 20).unwrap();
+        let good = good.to_vec();
+        let payload = &good[FRAME_HEADER_BYTES..];
+        // Each is a frame with a valid CRC around records that are not: a count that lies, a
+        // record longer than the frame, an archive that fails validation, a nonzero group.
+        let mut bad_archive = payload.to_vec();
+        let archive_bytes = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
+        bad_archive[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + archive_bytes].fill(0xFF);
+        let mut long_record = payload.to_vec();
+        long_record[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let cases: [(u32, u64, Vec<u8>); 5] = [
+            (2, 0, payload.to_vec()),
+            (0, 0, payload.to_vec()),
+            (1, 0, long_record),
+            (1, 0, bad_archive),
+            (1, 1, payload.to_vec()),
+        ];
+        for (case, (records, group, payload)) in cases.into_iter().enumerate() {
+            let (node, inbound, mut stream) = authenticated();
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, FrameKind::RaftBatch, records, group, &payload, 1 << 20).unwrap();
+            stream.write_all(&frame).unwrap();
+            wait_for(&format!("garbage disconnect in case {case}"), || node.stats().disconnects_garbage == 1);
+            assert!(inbound.try_recv().is_err());
+        }
     }
 
     #[test]

@@ -10,16 +10,17 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use smr_net::frame::{FRAME_HEADER_BYTES, FrameKind, decode_frame};
 use smr_net::{
-    AdminRequest, Consistency, Request, RequestBody, Response, ResponseBody, SendBatch, encode_message, encode_request,
-    encode_response, fuzzing,
+    AdminRequest, Consistency, Request, RequestBody, Response, ResponseBody, SendBatch, encode_message,
+    encode_message_batched, encode_request, encode_response, fuzzing,
 };
 use smr_raft::{ConfState, Entry, EntryKind, Message, MessageBody, SnapshotMeta};
 
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 3] = [
+const TARGETS: [Target; 4] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("message_decoder", fuzzing::message_decoder),
+    ("message_batch_decoder", fuzzing::message_batch_decoder),
     ("client_request_decoder", fuzzing::client_request_decoder),
 ];
 
@@ -131,6 +132,51 @@ fn write_seed_corpus() {
         seeds.push(("message_decoder", format!("seed-{n:02}-{}", message.body.name()), seed));
         seeds.push(("frame_decoder", format!("seed-raft-{n:02}"), frame));
     }
+    // RaftBatch frames: every message kind alone in one, all of them in one, and a stream of
+    // several frames (messages with a blob over 1 KiB split it: they go in Raft frames).
+    let batched = |messages: &[Message], frame_bytes_max: usize| {
+        let mut batch = SendBatch::new();
+        for message in messages {
+            encode_message_batched(&mut batch, message, frame_bytes_max).unwrap();
+        }
+        batch.to_vec()
+    };
+    let kind_of = |frame: &[u8]| decode_frame(frame, 1 << 24).unwrap().unwrap().0.kind;
+    // Messages with a blob over 1 KiB travel in Raft frames of their own.
+    let small: Vec<Message> = messages()
+        .into_iter()
+        .filter(|message| kind_of(&batched(std::slice::from_ref(message), 1 << 24)) == FrameKind::RaftBatch)
+        .collect();
+    assert!(small.len() >= 10);
+    let mut batch_seeds: Vec<(String, Vec<u8>)> = small
+        .iter()
+        .enumerate()
+        .map(|(n, message)| {
+            (format!("seed-{n:02}-{}", message.body.name()), batched(std::slice::from_ref(message), 1 << 24))
+        })
+        .collect();
+    batch_seeds.push(("seed-all".into(), batched(&small, 1 << 24)));
+    for (name, frame) in batch_seeds {
+        let (aux, payload) = payload_of(&frame);
+        assert_eq!(payload.len() + FRAME_HEADER_BYTES, frame.len(), "{name}: one frame");
+        let mut seed = aux.to_le_bytes().to_vec();
+        seed.extend_from_slice(payload);
+        seeds.push(("message_batch_decoder", name.clone(), seed));
+        seeds.push(("frame_decoder", format!("seed-batch-{}", name.trim_start_matches("seed-")), frame));
+    }
+    let mut mixed = messages();
+    mixed.push(Message {
+        group: 8,
+        body: MessageBody::Append {
+            prev_log_index: 6,
+            prev_log_term: 2,
+            commit_index: 6,
+            entries: vec![Entry { index: 7, term: 2, kind: EntryKind::Normal, data: Bytes::from(vec![3u8; 5000]) }],
+        },
+        ..mixed[0].clone()
+    });
+    mixed.extend(messages());
+    seeds.push(("frame_decoder", "seed-batch-stream".into(), batched(&mixed, 1 << 16)));
     for (n, request) in requests().iter().enumerate() {
         let mut batch = SendBatch::new();
         encode_request(&mut batch, request, 1 << 24).unwrap();

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use smr_net::frame::{FrameKind, encode_frame};
 use smr_net::handshake::Hello;
-use smr_net::{Identity, Inbound, NetConfig, NetStats, PeerTransport};
+use smr_net::{Identity, Inbound, NetConfig, NetStats, PROTOCOL_VERSION, PeerTransport};
 use smr_raft::{Entry, EntryKind, Message, MessageBody};
 
 const SECRET: &[u8] = b"a cluster secret of some length";
@@ -226,7 +226,7 @@ fn dialer_proof_without_the_secret_is_refused() {
     let a2 = l2.local_addr().unwrap();
     let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
     let mut stream = TcpStream::connect(a2).unwrap();
-    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     let mut frame = Vec::new();
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     stream.write_all(&frame).unwrap();
@@ -242,20 +242,21 @@ fn dialer_proof_without_the_secret_is_refused() {
 
 #[test]
 fn handshake_with_an_old_protocol_version_is_refused() {
-    let stats = raw_hello(Hello { version: 0, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] });
+    // Version 1 had no RaftBatch frames: a version 1 peer could not read what we send.
+    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_version, 1);
     assert_eq!(stats.connections_established, 0);
 }
 
 #[test]
 fn handshake_claiming_our_own_id_is_refused() {
-    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 2, to: 2, nonce: [1; 32] });
+    let stats = raw_hello(Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 2, to: 2, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_duplicate_node, 1);
 }
 
 #[test]
 fn handshake_meant_for_another_node_is_refused() {
-    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 1, to: 5, nonce: [1; 32] });
+    let stats = raw_hello(Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 5, nonce: [1; 32] });
     assert_eq!(stats.handshake_refused_wrong_target, 1);
 }
 
@@ -291,7 +292,7 @@ fn oversize_frame_header_is_refused_before_allocation() {
 #[test]
 fn corrupted_hello_frame_is_refused() {
     let mut frame = Vec::new();
-    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     frame[40] ^= 0x10;
     let stats = raw_bytes_then_wait(&frame);
@@ -301,7 +302,7 @@ fn corrupted_hello_frame_is_refused() {
 #[test]
 fn truncated_hello_times_out_as_slowloris() {
     let mut frame = Vec::new();
-    let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     let stats = raw_bytes_then_wait(&frame[..30]);
     assert_eq!(stats.handshake_refused_timeout, 1);
