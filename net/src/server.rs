@@ -39,14 +39,38 @@ pub struct ClientRequest {
 }
 
 #[derive(Debug)]
-struct Responder {
-    connection: Arc<Connection>,
-    group: GroupId,
-    request_id: u64,
-    bytes: usize,
+enum Responder {
+    /// A request read from a client connection: the answer goes back on it.
+    Connection { connection: Arc<Connection>, group: GroupId, request_id: u64, bytes: usize },
+    /// A request made in the same process (an embedding application): the answer is handed to
+    /// its callback.
+    Local(LocalResponder),
 }
 
+/// The callback of an in-process request.
+struct LocalResponder(Box<dyn FnOnce(ResponseBody) + Send>);
+
+impl std::fmt::Debug for LocalResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalResponder")
+    }
+}
+
+/// The `connection` of every in-process request.
+pub const LOCAL_CONNECTION: u64 = 0;
+
 impl ClientRequest {
+    /// A request made in the process itself rather than read from a connection (the C ABI and
+    /// in-process benchmarks use it). `respond` is called exactly once, on whichever thread
+    /// answers (with `ShuttingDown` if the request is dropped unanswered); it must not block.
+    pub fn local(request: Request, respond: impl FnOnce(ResponseBody) + Send + 'static) -> ClientRequest {
+        ClientRequest {
+            connection: LOCAL_CONNECTION,
+            request,
+            responder: Some(Responder::Local(LocalResponder(Box::new(respond)))),
+        }
+    }
+
     /// Sends the response back on the connection the request came from. Never blocks: the
     /// connection's response queue has room for every request it let through.
     pub fn respond(mut self, body: ResponseBody) {
@@ -66,11 +90,16 @@ impl Drop for ClientRequest {
 
 impl Responder {
     fn respond(self, body: ResponseBody) {
-        let response = Response { request_id: self.request_id, body };
-        // Never full: a request counts against client_inflight_max from when it is handed on
-        // until the writer takes its response off this queue, and the queue holds that many.
-        // A closed connection just drops it.
-        let _ = self.connection.responses.try_send((self.group, response, self.bytes));
+        match self {
+            Responder::Connection { connection, group, request_id, bytes } => {
+                let response = Response { request_id, body };
+                // Never full: a request counts against client_inflight_max from when it is
+                // handed on until the writer takes its response off this queue, and the queue
+                // holds that many. A closed connection just drops it.
+                let _ = connection.responses.try_send((group, response, bytes));
+            }
+            Responder::Local(LocalResponder(callback)) => callback(body),
+        }
     }
 }
 
@@ -158,6 +187,12 @@ impl ClientServer {
 
     pub fn stats(&self) -> NetStats {
         self.shared.counters.snapshot()
+    }
+
+    /// A sender into the same bounded channel that connections hand their requests to, for
+    /// requests made in the process itself ([`ClientRequest::local`]).
+    pub fn local_sender(&self) -> Sender<ClientRequest> {
+        self.shared.requests.clone()
     }
 
     /// Client connections open now.
@@ -370,7 +405,8 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
             }
             load.inflight.fetch_add(1, Ordering::Relaxed);
             load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-            let responder = Responder { connection: Arc::clone(&connection), group: header.group, request_id, bytes };
+            let responder =
+                Responder::Connection { connection: Arc::clone(&connection), group: header.group, request_id, bytes };
             let client_request = ClientRequest { connection: connection.id, request, responder: Some(responder) };
             match shared.requests.try_send(client_request) {
                 Ok(()) => {}

@@ -107,6 +107,9 @@ pub struct Node {
     peer_address: SocketAddr,
     mode: StartMode,
     hub: Arc<MetricsHub>,
+    /// The clients' request channel, for requests made in this process.
+    local: crossbeam_channel::Sender<smr_net::ClientRequest>,
+    group_id: smr_raft::GroupId,
 }
 
 /// A handle that asks a node to stop, for signal handlers and other threads.
@@ -227,6 +230,7 @@ impl Node {
         })?;
         let peer_address = transport.local_addr();
         let client_address = clients.local_addr();
+        let local = clients.local_sender();
 
         let mut threads = Vec::new();
         let log_stage = LogStage {
@@ -290,7 +294,50 @@ impl Node {
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        Ok(Node { shared, threads, clients: Some(clients), log_waker, client_address, peer_address, mode, hub })
+        Ok(Node {
+            shared,
+            threads,
+            clients: Some(clients),
+            log_waker,
+            client_address,
+            peer_address,
+            mode,
+            hub,
+            local,
+            group_id: config.group_id,
+        })
+    }
+
+    /// Submits a request from this process (a command, a read or an admin request), exactly as
+    /// a client connection would, without a socket. `respond` is called exactly once with the
+    /// answer, on a stage thread, so it must not block. Never blocks itself: when the node's
+    /// request queue is full the answer is `Busy`, at once, on this thread.
+    pub fn submit(&self, body: smr_net::RequestBody, respond: impl FnOnce(smr_net::ResponseBody) + Send + 'static) {
+        let request = smr_net::Request { request_id: 0, group: self.group_id, body };
+        let request = smr_net::ClientRequest::local(request, respond);
+        if self.shared.stopping() {
+            return request.respond(smr_net::ResponseBody::ShuttingDown);
+        }
+        match self.local.try_send(request) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(request)) => {
+                self.hub.counters().client_busy.bump();
+                request.respond(smr_net::ResponseBody::Busy);
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(request)) => {
+                request.respond(smr_net::ResponseBody::ShuttingDown);
+            }
+        }
+    }
+
+    /// [`Node::submit`] and wait for the answer, at most `timeout` (then `TimedOut`: the request
+    /// may still take effect; retry a command with the same session and sequence).
+    pub fn call(&self, body: smr_net::RequestBody, timeout: std::time::Duration) -> smr_net::ResponseBody {
+        let (tx, rx) = bounded(1);
+        self.submit(body, move |answer| {
+            let _ = tx.try_send(answer);
+        });
+        rx.recv_timeout(timeout).unwrap_or(smr_net::ResponseBody::TimedOut)
     }
 
     pub fn client_address(&self) -> SocketAddr {

@@ -101,3 +101,45 @@ fn a_data_directory_of_another_node_is_refused() {
     assert!(error.to_string().contains("belongs to cluster"), "{error}");
     assert_eq!(error.exit_code(), smr_runtime::EXIT_CODE_CONFIG);
 }
+
+#[test]
+fn requests_made_in_process_are_served_like_a_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node(dir.path());
+    config.initial_state = InitialState::New;
+    let node = Node::start(config.clone(), KvStore::new(config.kv)).unwrap();
+    let put = |sequence: u64, value: &'static [u8]| RequestBody::Command {
+        session_id: 77,
+        sequence,
+        payload: KvCommand::Put { key: b"local", value }.encode(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match node.call(put(1, b"one"), Duration::from_secs(5)) {
+            ResponseBody::NotLeader { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            answer => break answer,
+        }
+    };
+    assert!(matches!(answer, ResponseBody::Ok(_)), "{answer:?}");
+    // Asynchronous: the callback runs on a stage thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    node.submit(put(2, b"two"), move |answer| tx.send(answer).unwrap());
+    assert!(matches!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), ResponseBody::Ok(_)));
+    let read = RequestBody::Read {
+        consistency: smr_net::Consistency::Linearizable,
+        payload: KvCommand::Get { key: b"local" }.encode(),
+    };
+    match node.call(read, Duration::from_secs(5)) {
+        ResponseBody::Ok(bytes) => {
+            assert_eq!(KvResult::decode(&bytes).unwrap(), KvResult::Value(Some(bytes::Bytes::from_static(b"two"))))
+        }
+        other => panic!("{other:?}"),
+    }
+    let stop = node.stop_handle();
+    stop.stop();
+    // Once stopping, requests are answered at once.
+    assert_eq!(node.call(put(3, b"three"), Duration::from_secs(5)), ResponseBody::ShuttingDown);
+    node.shutdown().unwrap();
+}
