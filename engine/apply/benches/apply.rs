@@ -61,5 +61,75 @@ fn bench_apply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_apply);
+/// Puts to keys drawn uniformly from a map already holding 100,000 of them (as a benchmark
+/// cluster's state machine does): lookups walk a tree far larger than the CPU caches, so what
+/// each key comparison touches decides the cost.
+fn bench_random_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply_kv_puts_random_keys");
+    group.measurement_time(Duration::from_secs(3));
+    let commands = 256u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next_key = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        format!("{:016x}", state % KEYS)
+    };
+    let make_batch = |seq: &mut u64, next_key: &mut dyn FnMut() -> String| {
+        let commands = (0..commands)
+            .map(|_| {
+                *seq += 1;
+                let key = next_key();
+                // Session 0: never deduplicated, so replayed batches are applied every time.
+                Command {
+                    session: 0,
+                    seq: *seq,
+                    payload: KvCommand::Put { key: key.as_bytes(), value: &[7u8; 128] }.encode().to_vec(),
+                }
+            })
+            .collect();
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&encode(&Batch { commands }));
+        aligned
+    };
+    let mut applier = Applier::new(KvStore::new(KvConfig::default()), SessionConfig::default(), 4096);
+    let mut outcomes = Vec::new();
+    let mut seq = 0u64;
+    // Fill the map: every key once, in key order.
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(commands as usize) {
+        let batch = Batch {
+            commands: chunk
+                .iter()
+                .map(|&n| {
+                    seq += 1;
+                    let key = format!("{n:016x}");
+                    Command {
+                        session: 1,
+                        seq,
+                        payload: KvCommand::Put { key: key.as_bytes(), value: &[1u8; 128] }.encode().to_vec(),
+                    }
+                })
+                .collect(),
+        };
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&encode(&batch));
+        let index = applier.applied_index() + 1;
+        applier.apply(index, 1, EntryKind::Normal, &aligned, &mut outcomes).unwrap();
+        outcomes.clear();
+    }
+    let batches: Vec<AlignedVec<16>> = (0..64).map(|_| make_batch(&mut seq, &mut next_key)).collect();
+    group.throughput(Throughput::Elements(commands));
+    group.bench_function("commands/256", |b| {
+        let mut next = 0usize;
+        b.iter(|| {
+            outcomes.clear();
+            let index = applier.applied_index() + 1;
+            applier.apply(index, 1, EntryKind::Normal, &batches[next], &mut outcomes).unwrap();
+            next = (next + 1) % batches.len();
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_random_keys);
 criterion_main!(benches);
