@@ -52,6 +52,10 @@ pub struct PipelineConfig {
     /// 0 proposes whatever arrived together (natural batching: under load, commands pile up
     /// while the previous batch is being written, so batches grow without any wait).
     pub linger_us_max: u64,
+    /// Entries the leader keeps proposed and uncommitted before it holds the next batch to let
+    /// it grow (see `CoreStage::flush_batch_if_due`); the batch goes when one commits. 0 never
+    /// holds.
+    pub proposals_inflight_max: usize,
     /// Client requests waiting for the core (the channel from the client connections).
     pub client_requests_max: usize,
     /// Readies waiting for the log writer. When full the core stops taking client commands.
@@ -81,6 +85,7 @@ impl Default for PipelineConfig {
             batch_bytes_max: 2 << 20,
             batch_commands_max: 4096,
             linger_us_max: 0,
+            proposals_inflight_max: 2,
             client_requests_max: 65_536,
             log_queue_max: 4096,
             apply_queue_max: 65_536,
@@ -223,6 +228,9 @@ impl NodeConfig {
         }
         if p.batch_commands_max == 0 || p.batch_commands_max > 1 << 20 {
             return field("batch_commands_max", format!("must be in 1..=1048576, got {}", p.batch_commands_max));
+        }
+        if p.proposals_inflight_max > 1 << 16 {
+            return field("proposals_inflight_max", format!("must be at most 65536, got {}", p.proposals_inflight_max));
         }
         if p.linger_us_max > 1_000_000 {
             return field("linger_us_max", format!("must be at most 1000000 (1 s), got {}", p.linger_us_max));
