@@ -32,7 +32,11 @@ fn gcc_available() -> bool {
 
 /// Compiles `examples/<name>.c` with AddressSanitizer into the test's temporary directory.
 fn compile(name: &str) -> PathBuf {
-    let library = profile_dir().join("libsmr.a");
+    // `cargo test` leaves the staticlib in deps/; `cargo build` also copies it up a level.
+    let library = [profile_dir().join("deps/libsmr.a"), profile_dir().join("libsmr.a")]
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| profile_dir().join("deps/libsmr.a"));
     assert!(library.exists(), "{} is missing: cargo builds it with this crate", library.display());
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("capi-{name}"));
     let output = Command::new("gcc")
