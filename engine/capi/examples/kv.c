@@ -33,6 +33,9 @@ typedef struct {
     char values[KEYS_MAX][TEXT_MAX];
     unsigned long applied; /* commands applied, retries excluded */
     unsigned long restored;
+    /* From the notifications. */
+    uint64_t led_in_term, leader_id, first_voter;
+    size_t voter_count, learner_count;
 } kv_state;
 
 static int find(const kv_state *kv, const char *key) {
@@ -121,6 +124,26 @@ static void kv_on_fatal(void *user_data, int32_t exit_code, const char *message)
     fprintf(stderr, "kv: the node stopped (exit code %d): %s\n", exit_code, message);
 }
 
+/* Notifications run on the node's core thread: record them and return at once. */
+static void kv_on_role_change(void *user_data, int32_t role, uint64_t term, uint64_t leader_id) {
+    kv_state *kv = user_data;
+    pthread_mutex_lock(&kv->lock);
+    if (role == 3) kv->led_in_term = term;
+    kv->leader_id = leader_id;
+    pthread_mutex_unlock(&kv->lock);
+}
+
+static void kv_on_membership_change(void *user_data, const uint64_t *voters, size_t voter_count,
+                                    const uint64_t *learners, size_t learner_count) {
+    kv_state *kv = user_data;
+    (void)learners;
+    pthread_mutex_lock(&kv->lock);
+    kv->voter_count = voter_count;
+    kv->first_voter = voter_count > 0 ? voters[0] : 0;
+    kv->learner_count = learner_count;
+    pthread_mutex_unlock(&kv->lock);
+}
+
 /* Asynchronous proposals: the completions count down. */
 typedef struct {
     pthread_mutex_t lock;
@@ -164,8 +187,12 @@ int main(int argc, char **argv) {
     }
     static kv_state kv; /* zeroed */
     pthread_mutex_init(&kv.lock, NULL);
-    smr_callbacks callbacks = {
-        .apply = kv_apply, .snapshot = kv_snapshot, .restore = kv_restore, .on_fatal = kv_on_fatal};
+    smr_callbacks callbacks = {.apply = kv_apply,
+                               .snapshot = kv_snapshot,
+                               .restore = kv_restore,
+                               .on_fatal = kv_on_fatal,
+                               .on_role_change = kv_on_role_change,
+                               .on_membership_change = kv_on_membership_change};
     smr_node *node = NULL;
     CHECK(smr_node_start_file(argv[1], SMR_START_NEW, &callbacks, &kv, &node));
     if (kv.restored) printf("restored from a snapshot\n");
@@ -185,6 +212,11 @@ int main(int argc, char **argv) {
     }
     CHECK(status);
     printf("put greeting: previous \"%.*s\"\n", (int)previous.len, previous.data ? (char *)previous.data : "");
+    pthread_mutex_lock(&kv.lock);
+    printf("notified: leader in term %llu, voters %zu (first %llu), learners %zu\n",
+           (unsigned long long)kv.led_in_term, kv.voter_count, (unsigned long long)kv.first_voter,
+           kv.learner_count);
+    pthread_mutex_unlock(&kv.lock);
     smr_buffer_free(&previous);
     sequence++;
 

@@ -248,8 +248,30 @@ typedef void (*smr_fatal_fn)(void *user_data,
                              const char *message);
 
 /**
+ * This node's role or term, or the leader it knows, changed. `role` is 0 follower,
+ * 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called on
+ * the node's core thread, in order; it must return quickly (the node waits for it).
+ */
+typedef void (*smr_role_fn)(void *user_data,
+                            int32_t role,
+                            uint64_t term,
+                            uint64_t leader_id);
+
+/**
+ * The membership in force changed: `voters` (`voter_count` ids) and `learners`
+ * (`learner_count` ids), valid during the call only. During a joint change `voters` holds the
+ * incoming voters. Called on the node's core thread, in order; it must return quickly.
+ */
+typedef void (*smr_membership_fn)(void *user_data,
+                                  const uint64_t *voters,
+                                  size_t voter_count,
+                                  const uint64_t *learners,
+                                  size_t learner_count);
+
+/**
  * The callbacks through which the node drives the replicated state. `apply`, `snapshot` and
- * `restore` are required; `state_hash` and `on_fatal` may be NULL. Each receives the
+ * `restore` are required; `state_hash`, `on_fatal`, `on_role_change` and
+ * `on_membership_change` may be NULL (C designated initializers leave them so). Each receives the
  * `user_data` given to `smr_node_start`. The table is copied at start.
  *
  * Threads: `apply`, `snapshot`, `restore` and `state_hash` never run concurrently with one
@@ -263,6 +285,8 @@ typedef struct {
   smr_restore_fn restore;
   smr_state_hash_fn state_hash;
   smr_fatal_fn on_fatal;
+  smr_role_fn on_role_change;
+  smr_membership_fn on_membership_change;
 } smr_callbacks;
 
 /**

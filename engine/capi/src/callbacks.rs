@@ -91,8 +91,27 @@ pub type smr_state_hash_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)
 /// `smr_node_free` remain useful afterwards, and not from inside this callback.
 pub type smr_fatal_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, exit_code: i32, message: *const c_char)>;
 
+/// This node's role or term, or the leader it knows, changed. `role` is 0 follower,
+/// 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called on
+/// the node's core thread, in order; it must return quickly (the node waits for it).
+pub type smr_role_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, role: i32, term: u64, leader_id: u64)>;
+
+/// The membership in force changed: `voters` (`voter_count` ids) and `learners`
+/// (`learner_count` ids), valid during the call only. During a joint change `voters` holds the
+/// incoming voters. Called on the node's core thread, in order; it must return quickly.
+pub type smr_membership_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        voters: *const u64,
+        voter_count: usize,
+        learners: *const u64,
+        learner_count: usize,
+    ),
+>;
+
 /// The callbacks through which the node drives the replicated state. `apply`, `snapshot` and
-/// `restore` are required; `state_hash` and `on_fatal` may be NULL. Each receives the
+/// `restore` are required; `state_hash`, `on_fatal`, `on_role_change` and
+/// `on_membership_change` may be NULL (C designated initializers leave them so). Each receives the
 /// `user_data` given to `smr_node_start`. The table is copied at start.
 ///
 /// Threads: `apply`, `snapshot`, `restore` and `state_hash` never run concurrently with one
@@ -107,10 +126,12 @@ pub struct smr_callbacks {
     pub restore: smr_restore_fn,
     pub state_hash: smr_state_hash_fn,
     pub on_fatal: smr_fatal_fn,
+    pub on_role_change: smr_role_fn,
+    pub on_membership_change: smr_membership_fn,
 }
 
-// Five function pointers, no padding: the layout C sees.
-const _: () = assert!(size_of::<smr_callbacks>() == 5 * size_of::<usize>());
+// Seven function pointers, no padding: the layout C sees.
+const _: () = assert!(size_of::<smr_callbacks>() == 7 * size_of::<usize>());
 
 /// The C caller's `user_data`: the API's contract is that callbacks may be called with it from
 /// the node's threads.
@@ -156,6 +177,37 @@ impl Callbacks {
         // SAFETY: `on_fatal` is a function pointer the caller gave for this purpose; the message
         // lives for the duration of the call, as documented.
         as_callback(|| unsafe { on_fatal(self.user_data.0, exit_code, message.as_ptr()) });
+    }
+}
+
+/// Forwards the node's notifications to the optional callbacks.
+#[derive(Debug)]
+pub(crate) struct CEvents(pub(crate) std::sync::Arc<Callbacks>);
+
+impl smr_runtime::NodeEvents for CEvents {
+    fn role_changed(&mut self, role: smr_raft::Role, term: u64, leader: Option<u64>) {
+        let Some(on_role_change) = self.0.table.on_role_change else { return };
+        let role = match role {
+            smr_raft::Role::Follower => 0,
+            smr_raft::Role::PreCandidate => 1,
+            smr_raft::Role::Candidate => 2,
+            smr_raft::Role::Leader => 3,
+        };
+        // SAFETY: a function pointer the caller gave for this purpose, called with its user data.
+        as_callback(|| unsafe { on_role_change(self.0.user_data.0, role, term, leader.unwrap_or(0)) });
+    }
+
+    fn membership_changed(&mut self, conf: &smr_raft::ConfState) {
+        let Some(on_membership_change) = self.0.table.on_membership_change else { return };
+        let (voters, learners) = (&conf.voters, &conf.learners);
+        // SAFETY: the pointers and counts describe vectors that outlive the call, as documented.
+        as_callback(|| unsafe {
+            on_membership_change(self.0.user_data.0, voters.as_ptr(), voters.len(), learners.as_ptr(), learners.len())
+        });
+    }
+
+    fn fatal(&mut self, fatal: &smr_runtime::Fatal) {
+        self.0.notify_fatal(fatal.exit_code, &fatal.message);
     }
 }
 

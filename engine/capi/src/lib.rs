@@ -20,8 +20,9 @@ mod node;
 mod status;
 
 pub use callbacks::{
-    smr_apply_fn, smr_callbacks, smr_command, smr_fatal_fn, smr_reader, smr_reader_read, smr_restore_fn,
-    smr_result_set, smr_result_sink, smr_snapshot_fn, smr_state_hash_fn, smr_writer, smr_writer_write,
+    smr_apply_fn, smr_callbacks, smr_command, smr_fatal_fn, smr_membership_fn, smr_reader, smr_reader_read,
+    smr_restore_fn, smr_result_set, smr_result_sink, smr_role_fn, smr_snapshot_fn, smr_state_hash_fn, smr_writer,
+    smr_writer_write,
 };
 pub use node::{
     smr_add_node, smr_buffer, smr_buffer_free, smr_completion_fn, smr_free_string, smr_metrics_json, smr_node,

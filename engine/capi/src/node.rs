@@ -12,7 +12,7 @@ use bytes::Bytes;
 use smr_net::{AdminRequest, Consistency, RequestBody, ResponseBody};
 use smr_runtime::{InitialState, Node, NodeConfig, config_file};
 
-use crate::callbacks::{CStateMachine, Callbacks, UserData, bytes_arg, smr_callbacks};
+use crate::callbacks::{CEvents, CStateMachine, Callbacks, UserData, bytes_arg, smr_callbacks};
 use crate::status::smr_status::{self, *};
 use crate::status::{as_callback, fail, guard, panic_text, refuse_in_callback};
 
@@ -185,10 +185,12 @@ unsafe fn start(
     if let Some(initial_state) = initial_state {
         config.initial_state = initial_state;
     }
-    let node = Node::start(config, CStateMachine::new(Arc::clone(&callbacks))).map_err(|error| {
-        let status = if error.exit_code() == smr_runtime::EXIT_CODE_CONFIG { SMR_E_CONFIG } else { SMR_E_START };
-        fail(status, format!("{error} (exit code {})", error.exit_code()))
-    })?;
+    let events: Box<dyn smr_runtime::NodeEvents> = Box::new(CEvents(Arc::clone(&callbacks)));
+    let node =
+        Node::start_with_events(config, CStateMachine::new(Arc::clone(&callbacks)), Some(events)).map_err(|error| {
+            let status = if error.exit_code() == smr_runtime::EXIT_CODE_CONFIG { SMR_E_CONFIG } else { SMR_E_START };
+            fail(status, format!("{error} (exit code {})", error.exit_code()))
+        })?;
     let inner = Arc::new(Inner { node: RwLock::new(Some(node)), callbacks, watcher_stop: AtomicBool::new(false) });
     let watched = Arc::clone(&inner);
     let watcher = std::thread::Builder::new()

@@ -26,6 +26,8 @@ fn callbacks() -> smr_callbacks {
         restore: Some(restore),
         state_hash: None,
         on_fatal: None,
+        on_role_change: None,
+        on_membership_change: None,
     }
 }
 

@@ -105,6 +105,8 @@ fn kv_example_serves_puts_and_reads_and_restarts_from_its_snapshot() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     for line in [
         "put greeting: previous \"\"",
+        // The role and membership notifications reached C before the first put committed.
+        "notified: leader in term 2, voters 1 (first 1), learners 0",
         "retry applied 0 times",
         "async puts failed: 0",
         "read key7 = value7",

@@ -68,6 +68,8 @@ const CALLBACKS: smr_callbacks = smr_callbacks {
     restore: Some(restore),
     state_hash: None,
     on_fatal: None,
+    on_role_change: None,
+    on_membership_change: None,
 };
 
 fn free_port() -> u16 {

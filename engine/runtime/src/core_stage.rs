@@ -465,6 +465,7 @@ impl CoreStage {
             }
             if let Some(role) = rd.role {
                 tracing::info!(role = ?role.role, term = role.term, leader = ?role.leader, "role changed");
+                self.shared.notify(|events| events.role_changed(role.role, role.term, role.leader));
                 if role.role != Role::Leader {
                     self.proposed.clear();
                 }
@@ -479,6 +480,7 @@ impl CoreStage {
             }
             if let Some(conf) = &rd.conf {
                 tracing::info!(?conf, "membership changed");
+                self.shared.notify(|events| events.membership_changed(conf));
                 self.reconcile_peers(conf);
             }
             let needs_log = rd.sync || !rd.entries.is_empty() || !rd.snapshot_chunks.is_empty();

@@ -94,12 +94,18 @@ pub(crate) struct Shared {
     /// Exit code of the first fatal failure, 0 while none.
     pub(crate) fatal_code: AtomicI32,
     pub(crate) fatal: Mutex<Option<Fatal>>,
+    /// The embedder's notifications, if any. Locked only on role and membership changes and on a
+    /// fatal stop, never on the data path.
+    pub(crate) events: Mutex<Option<Box<dyn crate::events::NodeEvents>>>,
     /// Wakes the core. Capacity 1: one pending wake-up is as good as many.
     core_wake: Sender<()>,
 }
 
 impl Shared {
-    pub(crate) fn new(directory: Directory) -> (Arc<Shared>, Receiver<()>) {
+    pub(crate) fn new(
+        directory: Directory,
+        events: Option<Box<dyn crate::events::NodeEvents>>,
+    ) -> (Arc<Shared>, Receiver<()>) {
         let (core_wake, wakes) = bounded(1);
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
@@ -109,6 +115,7 @@ impl Shared {
             directory: Mutex::new(directory),
             fatal_code: AtomicI32::new(0),
             fatal: Mutex::new(None),
+            events: Mutex::new(events),
             core_wake,
         });
         (shared, wakes)
@@ -128,13 +135,26 @@ impl Shared {
     pub(crate) fn fail(&self, exit_code: i32, message: String) {
         tracing::error!(exit_code, "fatal: {message}");
         let mut fatal = self.fatal.lock().expect("no panics while holding the fatal slot");
-        if fatal.is_none() {
+        let first = fatal.is_none();
+        if first {
             *fatal = Some(Fatal { exit_code, message });
             self.fatal_code.store(exit_code, Ordering::Release);
         }
+        let notice = fatal.clone().filter(|_| first);
         drop(fatal);
+        if let Some(notice) = notice {
+            self.notify(|events| events.fatal(&notice));
+        }
         self.shutdown.store(true, Ordering::Release);
         self.wake_core();
+    }
+
+    /// Calls the embedder's notifications, if any.
+    pub(crate) fn notify(&self, call: impl FnOnce(&mut dyn crate::events::NodeEvents)) {
+        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(events) = events.as_mut() {
+            call(events.as_mut());
+        }
     }
 
     pub(crate) fn directory(&self) -> Directory {

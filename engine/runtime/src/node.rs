@@ -25,6 +25,7 @@ use crate::apply_stage::{ApplyStage, announced_member};
 use crate::config::{ConfigError, InitialState, NodeConfig};
 use crate::core_stage::{CoreParts, CoreStage};
 use crate::directory::Directory;
+use crate::events::NodeEvents;
 use crate::handoff::{Fatal, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::log_stage::{EXIT_CODE_BAD_SNAPSHOT, LogStage};
@@ -144,6 +145,19 @@ impl Node {
     /// A [`StartError`] naming what is wrong; [`StartError::exit_code`] gives the process exit
     /// code. Nothing is written to a data directory that is refused.
     pub fn start<S: StateMachine + Send + 'static>(config: NodeConfig, state_machine: S) -> Result<Node, StartError> {
+        Node::start_with_events(config, state_machine, None)
+    }
+
+    /// [`Node::start`], with notifications of role and membership changes and of a fatal stop
+    /// delivered to `events` (see [`NodeEvents`] for the threads they run on).
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub fn start_with_events<S: StateMachine + Send + 'static>(
+        config: NodeConfig,
+        state_machine: S,
+        events: Option<Box<dyn NodeEvents>>,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         config.placement.check_machine()?;
         let expected = Identity { cluster_id: config.cluster_id, node_id: config.node_id, group_id: config.group_id };
@@ -187,7 +201,7 @@ impl Node {
             "node starting"
         );
 
-        let (shared, wakes) = Shared::new(directory.clone());
+        let (shared, wakes) = Shared::new(directory.clone(), events);
         shared.applied_index.store(applier.applied_index(), Ordering::Release);
         let now = std::time::Instant::now();
         let hub = MetricsHub::new(config.group_id, &MetricsConfig::default(), now);

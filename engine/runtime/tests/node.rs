@@ -143,3 +143,32 @@ fn requests_made_in_process_are_served_like_a_clients() {
     assert_eq!(node.call(put(3, b"three"), Duration::from_secs(5)), ResponseBody::ShuttingDown);
     node.shutdown().unwrap();
 }
+
+#[test]
+fn an_embedder_hears_of_role_and_membership_changes() {
+    #[derive(Debug)]
+    struct Recorder(std::sync::mpsc::Sender<String>);
+    impl smr_runtime::NodeEvents for Recorder {
+        fn role_changed(&mut self, role: smr_raft::Role, term: u64, leader: Option<u64>) {
+            let _ = self.0.send(format!("role {role:?} term {term} leader {leader:?}"));
+        }
+        fn membership_changed(&mut self, conf: &smr_raft::ConfState) {
+            let _ = self.0.send(format!("voters {:?}", conf.voters));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node(dir.path());
+    config.initial_state = InitialState::New;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let node = Node::start_with_events(config.clone(), KvStore::new(config.kv), Some(Box::new(Recorder(tx)))).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|e: &String| e.starts_with("role Leader")) && Instant::now() < deadline {
+        if let Ok(event) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(event);
+        }
+    }
+    assert!(seen.iter().any(|e| e == "voters [1]"), "{seen:?}");
+    assert!(seen.iter().any(|e| e.starts_with("role Leader") && e.ends_with("leader Some(1)")), "{seen:?}");
+    node.shutdown().unwrap();
+}
