@@ -35,6 +35,9 @@ pub struct ClientRequest {
     /// Identifies the connection, for logs and per-connection accounting.
     pub connection: u64,
     pub request: Request,
+    /// When the request was decoded (or made, in process): the runtime measures queue wait
+    /// from here.
+    pub received: std::time::Instant,
     responder: Option<Responder>,
 }
 
@@ -67,6 +70,7 @@ impl ClientRequest {
         ClientRequest {
             connection: LOCAL_CONNECTION,
             request,
+            received: std::time::Instant::now(),
             responder: Some(Responder::Local(LocalResponder(Box::new(respond)))),
         }
     }
@@ -407,7 +411,12 @@ fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
             load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
             let responder =
                 Responder::Connection { connection: Arc::clone(&connection), group: header.group, request_id, bytes };
-            let client_request = ClientRequest { connection: connection.id, request, responder: Some(responder) };
+            let client_request = ClientRequest {
+                connection: connection.id,
+                request,
+                received: std::time::Instant::now(),
+                responder: Some(responder),
+            };
             match shared.requests.try_send(client_request) {
                 Ok(()) => {}
                 Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {

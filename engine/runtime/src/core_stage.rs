@@ -285,6 +285,7 @@ impl CoreStage {
             return;
         }
         let now = Instant::now();
+        self.metrics.record_queue_wait(now.saturating_duration_since(request.received));
         match &request.request.body {
             RequestBody::Command { session_id, sequence, payload } => {
                 if !self.replica.is_leader() {
