@@ -5,26 +5,7 @@
 
 use std::time::Duration;
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-distributed, seedable generator. It is
-/// for jitter only; handshake nonces come from the kernel's CSPRNG.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use smr_raft::SplitMix64;
 
 /// Delays between reconnect attempts: `min · 2^failures`, capped at `max`, each drawn uniformly
 /// from the upper half of that value (so the cap still bounds it and no two nodes retry in step).

@@ -53,6 +53,7 @@ pub use error::Error;
 pub use message::{Message, MessageBody};
 pub use ready::{ReadState, Ready, Role, RoleState, SnapshotChunk};
 pub use replica::{EntryId, Replica, Restore};
+pub use rng::{SplitMix64, mix};
 pub use status::{PeerState, PeerStatus, Status};
 pub use types::{
     ClusterId, ConfState, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupId, HardState, Index, NodeId, ReadContext,

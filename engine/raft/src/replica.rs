@@ -15,7 +15,7 @@ use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::read_index::ReadQueue;
 use crate::ready::{ReadState, Ready, Role, RoleState, SnapshotChunk};
-use crate::rng::Rng;
+use crate::rng::SplitMix64;
 use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// Where a replica starts from: what its caller recovered from durable storage.
@@ -72,7 +72,7 @@ pub(crate) struct Outbox {
 #[derive(Debug)]
 pub struct Replica {
     pub(crate) config: Config,
-    pub(crate) rng: Rng,
+    pub(crate) rng: SplitMix64,
 
     // Persistent state (mirrored to disk through `Ready::hard_state`).
     pub(crate) term: Term,
@@ -240,7 +240,7 @@ impl Replica {
 
     fn empty(config: Config, log: RaftLog, conf: ConfState, conf_index: Index) -> Replica {
         // `conf_index` is where `conf` comes from: the log base.
-        let rng = Rng::new(config.seed);
+        let rng = SplitMix64::new(config.seed);
         let election_ticks = config.election_ticks;
         let base = log.base_index();
         Replica {
