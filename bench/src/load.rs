@@ -35,22 +35,22 @@ const STOP: u8 = 2;
 
 /// One step of closed-loop load.
 #[derive(Clone, Debug)]
-pub(crate) struct LoadSpec {
-    pub(crate) outstanding: usize,
-    pub(crate) connections: usize,
-    pub(crate) keys: u64,
-    pub(crate) value_bytes: usize,
-    pub(crate) seed: u64,
+pub struct LoadSpec {
+    pub outstanding: usize,
+    pub connections: usize,
+    pub keys: u64,
+    pub value_bytes: usize,
+    pub seed: u64,
     /// Connection `c` uses session `session_base + c + 1`.
-    pub(crate) session_base: u64,
-    pub(crate) warmup: Duration,
-    pub(crate) duration: Duration,
+    pub session_base: u64,
+    pub warmup: Duration,
+    pub duration: Duration,
 }
 
 /// A base for session ids that differs from run to run, so that commands sent to an existing
 /// cluster are never taken for retries of an earlier run's commands (which the node would
 /// answer from its session table without applying).
-pub(crate) fn session_base() -> u64 {
+pub fn session_base() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     // Leave room below 2^63 for the step and connection offsets; never 0 (no session).
     (crate::rng::mix(nanos as u64 ^ u64::from(std::process::id())) >> 2) | (1 << 40)
@@ -58,18 +58,18 @@ pub(crate) fn session_base() -> u64 {
 
 /// Answers that are not a successful put, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct ErrorCounts {
-    pub(crate) not_leader: u64,
-    pub(crate) busy: u64,
-    pub(crate) timed_out: u64,
+pub struct ErrorCounts {
+    pub not_leader: u64,
+    pub busy: u64,
+    pub timed_out: u64,
     /// Any other answer: shutting down, too large, invalid, or a put result other than Done.
-    pub(crate) other: u64,
+    pub other: u64,
     /// Connections that broke (their commands in flight are counted in `unanswered`).
-    pub(crate) connection: u64,
+    pub connection: u64,
 }
 
 impl ErrorCounts {
-    pub(crate) fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.not_leader + self.busy + self.timed_out + self.other + self.connection
     }
 
@@ -94,20 +94,20 @@ impl fmt::Display for ErrorCounts {
 
 /// What the clients saw in one step.
 #[derive(Debug)]
-pub(crate) struct StepLoad {
+pub struct StepLoad {
     /// Submit-to-response latency of every put completed in the window, in ns.
-    pub(crate) latency: Histogram<u64>,
+    pub latency: Histogram<u64>,
     /// Puts answered `Done` in the window.
-    pub(crate) completed: u64,
-    pub(crate) window: Duration,
-    pub(crate) errors_window: ErrorCounts,
+    pub completed: u64,
+    pub window: Duration,
+    pub errors_window: ErrorCounts,
     /// Errors during warm-up and drain.
-    pub(crate) errors_outside: ErrorCounts,
+    pub errors_outside: ErrorCounts,
     /// Commands never answered: lost with a broken connection, or still in flight when the
     /// drain gave up.
-    pub(crate) unanswered: u64,
+    pub unanswered: u64,
     /// Times a connection waited `RESPONSE_WAIT_MS` with commands in flight and got nothing.
-    pub(crate) stalls: u64,
+    pub stalls: u64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -117,7 +117,7 @@ fn new_histogram() -> Histogram<u64> {
 /// Runs one step against `target` (the leader). `at_start` is called right after the measured
 /// window opens and `at_end` right after it closes, while the load is still running, to read
 /// the node-side figures; their results are returned with the load's.
-pub(crate) fn run_step<S, E>(
+pub fn run_step<S, E>(
     target: SocketAddr,
     addresses: &[SocketAddr],
     spec: &LoadSpec,
