@@ -4,5 +4,7 @@
 //! `rng` is the seeded PRNG they all draw from.
 
 pub mod admin;
+pub mod history;
+pub mod keys;
 pub mod load;
 pub mod rng;
