@@ -26,6 +26,7 @@ use clap::Parser;
 use crate::cluster::LocalCluster;
 use crate::report::{BenchReport, StepResult};
 use smr_bench::admin::{self, StatsSnapshot};
+use smr_bench::keys::Distribution;
 use smr_bench::load::{self, LoadSpec, StepLoad};
 
 /// Connections used when `--connections` is not given: at most this many, one per command
@@ -166,6 +167,9 @@ fn sweep(
             outstanding,
             connections,
             keys: args.keys,
+            distribution: Distribution::Uniform,
+            read_ratio: 0.0,
+            rate: None,
             value_bytes: args.value_bytes,
             seed: args.seed.wrapping_add(step as u64),
             session_base: session_base.wrapping_add((step as u64) << 20),
