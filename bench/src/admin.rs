@@ -18,13 +18,13 @@ fn admin(address: SocketAddr, request: AdminRequest) -> Result<Bytes, String> {
 }
 
 /// The node's status (`smr ctl status`) as JSON.
-pub(crate) fn status(address: SocketAddr) -> Result<serde_json::Value, String> {
+pub fn status(address: SocketAddr) -> Result<serde_json::Value, String> {
     let bytes = admin(address, AdminRequest::Status)?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{address}: status is not JSON: {e}"))
 }
 
 /// Polls every node's status until one says it leads; returns its client address.
-pub(crate) fn wait_for_leader(addresses: &[SocketAddr], patience: Duration) -> Result<SocketAddr, String> {
+pub fn wait_for_leader(addresses: &[SocketAddr], patience: Duration) -> Result<SocketAddr, String> {
     let deadline = Instant::now() + patience;
     loop {
         let mut last = Vec::new();
@@ -45,19 +45,19 @@ pub(crate) fn wait_for_leader(addresses: &[SocketAddr], patience: Duration) -> R
 /// One node's metrics report (cumulative since the node started, as of each stage's last
 /// publish) and when it was taken.
 #[derive(Debug, Clone)]
-pub(crate) struct StatsSnapshot {
-    pub(crate) address: SocketAddr,
-    pub(crate) report: MetricsReport,
+pub struct StatsSnapshot {
+    pub address: SocketAddr,
+    pub report: MetricsReport,
 }
 
-pub(crate) fn stats(address: SocketAddr) -> Result<StatsSnapshot, String> {
+pub fn stats(address: SocketAddr) -> Result<StatsSnapshot, String> {
     let bytes = admin(address, AdminRequest::Stats)?;
     let report = MetricsReport::from_json(&bytes).map_err(|e| format!("{address}: {e}"))?;
     Ok(StatsSnapshot { address, report })
 }
 
 impl StatsSnapshot {
-    pub(crate) fn histogram(&self, stage: &str, name: &str) -> Option<&HistogramReport> {
+    pub fn histogram(&self, stage: &str, name: &str) -> Option<&HistogramReport> {
         let stage = self.report.stages.iter().find(|s| s.stage == stage)?;
         stage.histograms.iter().find(|h| h.name == name)
     }
@@ -65,7 +65,7 @@ impl StatsSnapshot {
     /// The mean of what `stage`'s histogram `name` recorded between `earlier` and `self`, from
     /// the counts and means (sum = count × mean); `None` when nothing was recorded in between,
     /// or the two are not of the same node.
-    pub(crate) fn mean_since(&self, earlier: &StatsSnapshot, stage: &str, name: &str) -> Option<f64> {
+    pub fn mean_since(&self, earlier: &StatsSnapshot, stage: &str, name: &str) -> Option<f64> {
         if self.address != earlier.address || self.report.uptime_ms < earlier.report.uptime_ms {
             return None;
         }
@@ -77,7 +77,7 @@ impl StatsSnapshot {
     }
 
     /// Every counter's increase since `earlier` (of the same node), by name.
-    pub(crate) fn counters_since(&self, earlier: &StatsSnapshot) -> Option<Vec<(&'static str, u64)>> {
+    pub fn counters_since(&self, earlier: &StatsSnapshot) -> Option<Vec<(&'static str, u64)>> {
         if self.address != earlier.address {
             return None;
         }

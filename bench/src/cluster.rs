@@ -43,7 +43,7 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 /// A seed that differs from run to run, for the cluster id and secret.
 fn run_nonce() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    crate::rng::mix(nanos as u64 ^ (u64::from(std::process::id()) << 32))
+    smr_bench::rng::mix(nanos as u64 ^ (u64::from(std::process::id()) << 32))
 }
 
 #[derive(Debug)]
@@ -72,7 +72,7 @@ impl LocalCluster {
         }
         let nonce = run_nonce();
         let cluster_id = nonce | 1;
-        let secret = format!("smr-bench-secret-{:016x}", crate::rng::mix(nonce));
+        let secret = format!("smr-bench-secret-{:016x}", smr_bench::rng::mix(nonce));
         let mut configs = Vec::new();
         for id in 1..=n {
             let mut config = NodeConfig::new(id, cluster_id, dir.path().join(format!("node{id}")), members.clone());

@@ -11,12 +11,9 @@
 //! table and the JSON. Open-loop load, plots and other systems side by side come later and fit
 //! beside these (another driver in `load`, other renderers in `report`).
 
-mod admin;
 mod cluster;
-mod load;
 mod procstat;
 mod report;
-mod rng;
 mod signals;
 
 use std::net::SocketAddr;
@@ -26,10 +23,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::admin::StatsSnapshot;
 use crate::cluster::LocalCluster;
-use crate::load::{LoadSpec, StepLoad};
 use crate::report::{BenchReport, StepResult};
+use smr_bench::admin::{self, StatsSnapshot};
+use smr_bench::keys::Distribution;
+use smr_bench::load::{self, LoadSpec, StepLoad};
 
 /// Connections used when `--connections` is not given: at most this many, one per command
 /// outstanding below it.
@@ -169,6 +167,9 @@ fn sweep(
             outstanding,
             connections,
             keys: args.keys,
+            distribution: Distribution::Uniform,
+            read_ratio: 0.0,
+            rate: None,
             value_bytes: args.value_bytes,
             seed: args.seed.wrapping_add(step as u64),
             session_base: session_base.wrapping_add((step as u64) << 20),

@@ -6,8 +6,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::load::{ErrorCounts, LoadSpec, StepLoad};
 use crate::{Args, Probe};
+use smr_bench::load::{ErrorCounts, LoadSpec, StepLoad};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct BenchReport {
