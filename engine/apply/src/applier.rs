@@ -31,7 +31,9 @@ pub enum ApplyError {
     BadBatch { index: Index, source: BatchError },
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SMRSNAP1";
+/// Version 2 bounds the state machine's section with its length, so that `restore` reads exactly
+/// what `snapshot` wrote and sees the end of its input where its data ends.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SMRSNAP2";
 
 /// Applies committed entries, in order, exactly once per client command.
 #[derive(Debug)]
@@ -167,8 +169,8 @@ impl<S: StateMachine> Applier<S> {
         self.state_machine.query(query)
     }
 
-    /// Writes the replicated state: applied index, sessions, the state machine, and a CRC32C of
-    /// all of it.
+    /// Writes the replicated state: applied index, sessions, the state machine's section (its
+    /// length, then what it wrote), and a CRC32C of all of it.
     ///
     /// # Errors
     /// Any I/O error of `out`.
@@ -187,7 +189,10 @@ impl<S: StateMachine> Applier<S> {
                 w.write_all(result)?;
             }
         }
-        self.state_machine.snapshot(&mut w)?;
+        let mut state = Vec::new();
+        self.state_machine.snapshot(&mut state)?;
+        w.write_all(&(state.len() as u64).to_le_bytes())?;
+        w.write_all(&state)?;
         let crc = w.crc;
         out.write_all(&crc.to_le_bytes())
     }
@@ -237,7 +242,11 @@ impl<S: StateMachine> Applier<S> {
                 sessions.record(id, seq, Bytes::from(result), last_index);
             }
         }
-        self.state_machine.restore(&mut r)?;
+        let state_bytes = read_u64(&mut r)?;
+        let mut section = (&mut r).take(state_bytes);
+        self.state_machine.restore(&mut section)?;
+        // Whatever the state machine left unread is still covered by the checksum.
+        std::io::copy(&mut section, &mut std::io::sink())?;
         let computed = r.crc;
         let mut stored = [0u8; 4];
         input.read_exact(&mut stored)?;

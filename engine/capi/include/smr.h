@@ -380,6 +380,10 @@ smr_status smr_reader_read(smr_reader *reader,
  * there is a snapshot) and its threads run; it may not be leader yet (proposals answer
  * `SMR_E_NOT_LEADER` until an election is won).
  *
+ * Signals: if SIGPIPE still has its default action, it is set to ignored for the process (a
+ * peer or client that closes its connection would otherwise kill the process on smr's next
+ * write, which sees EPIPE instead). A handler the application installed is left alone.
+ *
  * Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT` (text not UTF-8, over 1 MiB, unknown start
  * mode), `SMR_E_CONFIG` (the message names the key), `SMR_E_START`, `SMR_E_WRONG_THREAD`
  * (from inside a callback).

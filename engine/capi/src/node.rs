@@ -177,6 +177,7 @@ unsafe fn start(
         return Err(fail(SMR_E_NULL, "smr_node_start: callbacks is NULL"));
     }
     refuse_in_callback("smr_node_start")?;
+    ignore_default_sigpipe();
     // SAFETY: non-NULL and readable per the contract; the table is copied.
     let table = unsafe { callbacks.read() };
     let callbacks = Arc::new(Callbacks::new(table, user_data)?);
@@ -203,6 +204,22 @@ unsafe fn start(
     Ok(())
 }
 
+/// Sets SIGPIPE to ignored when it has the default action (terminate), as Rust programs do at
+/// start-up: smr writes to sockets whose other end may have closed, and must see EPIPE.
+fn ignore_default_sigpipe() {
+    // SAFETY: sigaction with a NULL new action only reads the current one into `current`, a
+    // zeroed, properly sized struct owned by this frame; `signal` then sets a standard
+    // disposition. Both are async-signal-safe process-wide settings.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &raw mut current) == 0
+            && current.sa_sigaction == libc::SIG_DFL
+        {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
+}
+
 /// Calls `on_fatal` once the node stops on its own.
 fn watch_fatal(inner: &Inner) {
     while !inner.watcher_stop.load(Ordering::Acquire) {
@@ -227,6 +244,10 @@ fn watch_fatal(inner: &Inner) {
 /// The call returns once the node has recovered its data (calling `restore` on this thread when
 /// there is a snapshot) and its threads run; it may not be leader yet (proposals answer
 /// `SMR_E_NOT_LEADER` until an election is won).
+///
+/// Signals: if SIGPIPE still has its default action, it is set to ignored for the process (a
+/// peer or client that closes its connection would otherwise kill the process on smr's next
+/// write, which sees EPIPE instead). A handler the application installed is left alone.
 ///
 /// Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT` (text not UTF-8, over 1 MiB, unknown start
 /// mode), `SMR_E_CONFIG` (the message names the key), `SMR_E_START`, `SMR_E_WRONG_THREAD`

@@ -67,4 +67,14 @@ mod tests {
             b.range(10, 13);
         }
     }
+
+    #[test]
+    fn below_stays_in_range_and_is_deterministic() {
+        let (mut a, mut b) = (SplitMix64::new(7), SplitMix64::new(7));
+        for _ in 0..10_000 {
+            let x = a.below(100_000);
+            assert!(x < 100_000);
+            assert_eq!(x, b.below(100_000));
+        }
+    }
 }
