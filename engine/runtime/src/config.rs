@@ -329,7 +329,7 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn three_members() -> Vec<Member> {

@@ -696,15 +696,7 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../node.example.toml");
 
-    fn three_members() -> Vec<Member> {
-        (1..=3)
-            .map(|id| Member {
-                id,
-                peer_address: ([127, 0, 0, 1], 7000 + id as u16).into(),
-                client_address: ([127, 0, 0, 1], 7100 + id as u16).into(),
-            })
-            .collect()
-    }
+    use crate::config::tests::three_members;
 
     fn valid() -> NodeConfig {
         let mut config = NodeConfig::new(1, 0xc1, "/var/lib/smr/node1".into(), three_members());
