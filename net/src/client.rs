@@ -16,6 +16,12 @@ use crate::client_proto::{ProtoError, Request, RequestBody, Response, ResponseBo
 use crate::conn::{ConnError, FrameReader};
 use crate::frame::{FrameError, FrameKind};
 
+/// A server that sends nothing for this long while the client waits is not an error of the
+/// client's: `response_ms` bounds each wait instead.
+const RECV_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
+/// A response frame whose first byte has arrived must be complete within this time.
+const RECV_FRAME_MAX: Duration = Duration::from_secs(10);
+
 /// Settings of one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -164,7 +170,12 @@ impl Client {
                 }
                 return Ok(decode_response(&payload)?);
             }
-            match self.reader.fill_with_deadlines(&self.stream, wait, wait, Some(deadline)) {
+            // The deadline bounds this call. The idle and slow-frame bounds are measured from the
+            // last byte received and from a frame's first byte, across calls: with a short
+            // `response_ms` (a polling open-loop client) they would have expired before the
+            // next call even read, and it would never have read again.
+            match self.reader.fill_with_deadlines(&self.stream, RECV_IDLE_MAX, RECV_FRAME_MAX.max(wait), Some(deadline))
+            {
                 Ok(_) => {}
                 Err(ConnError::Deadline | ConnError::Idle(_) | ConnError::SlowFrame(_)) => {
                     return Err(ClientError::TimedOut(wait));

@@ -267,3 +267,28 @@ fn every_request_of_a_flood_is_answered_exactly_once() {
     assert_eq!(runtime.join().unwrap(), ok);
     assert_eq!(server.stats().client_busy, busy);
 }
+
+#[test]
+fn a_client_polling_with_a_short_wait_still_receives_later_answers() {
+    let (server, requests) = server(config(), 1024);
+    // A 1 ms wait per recv, as an open-loop load generator polls; the answer comes 50 ms later.
+    let mut client =
+        Client::connect(&[server.local_addr()], ClientConfig { response_ms: 1, ..ClientConfig::default() }).unwrap();
+    let id = client.submit(command(1)).unwrap();
+    let runtime = std::thread::spawn(move || {
+        let request = requests.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        request.respond(ResponseBody::Ok(Bytes::from_static(b"late")));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match client.recv() {
+            Ok(response) => break response,
+            Err(smr_net::ClientError::TimedOut(_)) if Instant::now() < deadline => {}
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(response.request_id, id);
+    assert_eq!(response.body, ResponseBody::Ok(Bytes::from_static(b"late")));
+    runtime.join().unwrap();
+}
