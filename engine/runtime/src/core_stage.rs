@@ -209,12 +209,7 @@ impl CoreStage {
         let now = Instant::now();
         let mut deadline = self.next_tick;
         if let Some(opened) = self.batch_opened {
-            let hold_max = if self.pipeline.linger_us_max == 0 {
-                self.tick()
-            } else {
-                Duration::from_micros(self.pipeline.linger_us_max)
-            };
-            deadline = deadline.min(opened + hold_max);
+            deadline = deadline.min(opened + self.batch_hold_max());
         }
         let timeout = deadline.saturating_duration_since(now);
         select! {
@@ -377,6 +372,11 @@ impl CoreStage {
         }
     }
 
+    /// The longest an open batch is held: `linger_us_max`, or one tick when that is 0.
+    fn batch_hold_max(&self) -> Duration {
+        if self.pipeline.linger_us_max == 0 { self.tick() } else { Duration::from_micros(self.pipeline.linger_us_max) }
+    }
+
     /// Proposes the open batch when it is due. A batch that is not full is held while
     /// `proposals_inflight_max` entries proposed here are still uncommitted: the pipeline is
     /// busy anyway, and one larger entry costs the followers one append, one fsync share and one
@@ -386,11 +386,7 @@ impl CoreStage {
     fn flush_batch_if_due(&mut self, now: Instant) {
         let Some(opened) = self.batch_opened else { return };
         let held = now.duration_since(opened);
-        let hold_max = if self.pipeline.linger_us_max == 0 {
-            self.tick()
-        } else {
-            Duration::from_micros(self.pipeline.linger_us_max)
-        };
+        let hold_max = self.batch_hold_max();
         let lingering = held < Duration::from_micros(self.pipeline.linger_us_max);
         let pipeline_full =
             self.pipeline.proposals_inflight_max > 0 && self.proposed.len() >= self.pipeline.proposals_inflight_max;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use smr_net::ClientRequest;
 use smr_raft::{Entry, HardState, Index, SnapshotChunk, Term};
 
@@ -122,9 +122,8 @@ impl Shared {
     }
 
     pub(crate) fn wake_core(&self) {
-        match self.core_wake.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
+        // Full: a wake-up is already pending. Disconnected: the core has stopped.
+        let _ = self.core_wake.try_send(());
     }
 
     pub(crate) fn stopping(&self) -> bool {

@@ -19,7 +19,7 @@ use crossbeam_channel::bounded;
 use smr_apply::{Applier, StateMachine};
 use smr_log::{Log, LogError};
 use smr_net::{ClientServer, PeerTransport};
-use smr_raft::{ConfChange, ConfState, EntryKind, Replica, Restore, SnapshotMeta};
+use smr_raft::{ConfChange, ConfState, EntryKind, Replica, Restore};
 
 use crate::apply_stage::{ApplyStage, announced_member};
 use crate::config::{ConfigError, InitialState, NodeConfig};
@@ -504,10 +504,7 @@ fn recover<S: StateMachine>(
         let replica = Replica::join(raft).map_err(|e| StartError::Recovery(e.to_string()))?;
         (replica, StartMode::Joined)
     };
-    let conf = snapshot.as_ref().map_or_else(ConfState::default, |s: &crate::snapshot::Snapshot| {
-        let SnapshotMeta { conf, .. } = &s.meta;
-        conf.clone()
-    });
+    let conf = snapshot.as_ref().map(|s| s.meta.conf.clone()).unwrap_or_default();
     Ok(Recovery { replica, applier_restored: snapshot, mode, directory, conf })
 }
 
