@@ -82,7 +82,7 @@ pub use config::{ConfigError, NetConfig};
 pub use conn::ConnError;
 pub use frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind};
 pub use handshake::{Identity, PROTOCOL_VERSION, RefuseReason};
-pub use peer::{Inbound, PeerTransport, SendError, StartError};
+pub use peer::{Inbound, PeerSender, PeerTransport, SendError, StartError};
 pub use server::{ClientRequest, ClientServer, LOCAL_CONNECTION};
 pub use stats::NetStats;
 pub use wire::{EncodeError, WireError, decode_message, decode_message_batch, encode_message, encode_message_batched};

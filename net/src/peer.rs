@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -119,7 +119,6 @@ impl Drop for ConnectionGuard {
 
 struct Link {
     slot: Arc<PeerSlot>,
-    queue: Sender<Message>,
     /// Dropped to stop the link thread.
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -133,6 +132,7 @@ struct Link {
 pub struct PeerTransport {
     shared: Arc<Shared>,
     links: HashMap<NodeId, Link>,
+    sender: PeerSender,
     local_addr: SocketAddr,
     accept_thread: Option<JoinHandle<()>>,
 }
@@ -181,8 +181,14 @@ impl PeerTransport {
             accepted_connections: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
         });
-        let mut transport =
-            PeerTransport { shared: Arc::clone(&shared), links: HashMap::new(), local_addr, accept_thread: None };
+        let sender = PeerSender { shared: Arc::clone(&shared), queues: Arc::new(RwLock::new(HashMap::new())) };
+        let mut transport = PeerTransport {
+            shared: Arc::clone(&shared),
+            links: HashMap::new(),
+            sender,
+            local_addr,
+            accept_thread: None,
+        };
         for &(id, address) in peers {
             transport.add_peer(id, address)?;
         }
@@ -210,26 +216,14 @@ impl PeerTransport {
     /// Unknown peer, or its queue is full (by count or bytes); the message is dropped and
     /// counted either way.
     pub fn send(&self, message: Message) -> Result<(), SendError> {
-        let to = message.to;
-        let Some(link) = self.links.get(&to) else {
-            bump(&self.shared.counters.send_dropped_unknown_peer);
-            return Err(SendError::UnknownPeer(to));
-        };
-        let bytes = message_queue_bytes(&message);
-        let queued = link.slot.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if queued + bytes > self.shared.config.peer_queue_bytes_max {
-            link.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            bump(&self.shared.counters.send_dropped_queue_full);
-            return Err(SendError::QueueFull(to));
-        }
-        match link.queue.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                link.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                bump(&self.shared.counters.send_dropped_queue_full);
-                Err(SendError::QueueFull(to))
-            }
-        }
+        self.sender.send(message)
+    }
+
+    /// A handle that queues messages to the current peers from another thread (the log writer
+    /// sends the acknowledgements it made durable without a hand-off back to the core). Peers
+    /// added or removed later are seen by every handle.
+    pub fn sender(&self) -> PeerSender {
+        self.sender.clone()
     }
 
     /// Adds a peer (a node that joined the configuration). Its link starts at once.
@@ -267,7 +261,8 @@ impl PeerTransport {
             .name(format!("net-link-{}-{}", self.shared.identity.node_id, id))
             .spawn(move || link_state.run())?;
         self.shared.registry.lock().expect("registry lock poisoned").insert(id, Arc::clone(&slot));
-        self.links.insert(id, Link { slot, queue: queue_tx, stop: Some(stop_tx), thread: Some(thread) });
+        self.sender.queues_mut().insert(id, PeerQueue { slot: Arc::clone(&slot), queue: queue_tx });
+        self.links.insert(id, Link { slot, stop: Some(stop_tx), thread: Some(thread) });
         Ok(())
     }
 
@@ -281,6 +276,7 @@ impl PeerTransport {
     /// Removes a peer: its connection is closed and its queued messages dropped.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.shared.registry.lock().expect("registry lock poisoned").remove(&id);
+        self.sender.queues_mut().remove(&id);
         if let Some(link) = self.links.remove(&id) {
             link.stop_and_join();
         }
@@ -311,6 +307,7 @@ impl PeerTransport {
         if self.shared.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.sender.queues_mut().clear();
         for (_, link) in self.links.drain() {
             link.stop_and_join();
         }
@@ -330,6 +327,63 @@ impl PeerTransport {
 impl Drop for PeerTransport {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// Queues messages to peers from any thread. Cheap to clone; every clone sees the transport's
+/// current peers. Once the transport stops, every send fails as to an unknown peer.
+#[derive(Clone)]
+pub struct PeerSender {
+    shared: Arc<Shared>,
+    /// Written only when a peer is added or removed; the send path takes the read lock, which
+    /// no writer holds in steady state.
+    queues: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
+}
+
+#[derive(Clone)]
+struct PeerQueue {
+    slot: Arc<PeerSlot>,
+    queue: Sender<Message>,
+}
+
+impl std::fmt::Debug for PeerSender {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("PeerSender").field("node_id", &self.shared.identity.node_id).finish()
+    }
+}
+
+impl PeerSender {
+    /// Queues `message` for `message.to`. Never blocks. See [`PeerTransport::send`].
+    ///
+    /// # Errors
+    /// Unknown peer, or its queue is full (by count or bytes); the message is dropped and
+    /// counted either way.
+    pub fn send(&self, message: Message) -> Result<(), SendError> {
+        let to = message.to;
+        let queues = self.queues.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(peer) = queues.get(&to) else {
+            bump(&self.shared.counters.send_dropped_unknown_peer);
+            return Err(SendError::UnknownPeer(to));
+        };
+        let bytes = message_queue_bytes(&message);
+        let queued = peer.slot.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > self.shared.config.peer_queue_bytes_max {
+            peer.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            bump(&self.shared.counters.send_dropped_queue_full);
+            return Err(SendError::QueueFull(to));
+        }
+        match peer.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                peer.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                bump(&self.shared.counters.send_dropped_queue_full);
+                Err(SendError::QueueFull(to))
+            }
+        }
+    }
+
+    fn queues_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, PeerQueue>> {
+        self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -282,8 +282,10 @@ impl<S: StateMachine> ApplyStage<S> {
         }
         self.bytes_since_snapshot += bytes_applied;
         if self.applier.applied_index() > before {
+            // The core reads it at its next round; nothing it does is urgent on an apply (it
+            // only bounds which snapshots the core accepts, and the snapshot path checks it),
+            // so the apply costs the core no wake-up.
             self.shared.applied_index.store(self.applier.applied_index(), Ordering::Release);
-            self.shared.wake_core();
         }
         Ok(())
     }

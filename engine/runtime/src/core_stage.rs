@@ -38,13 +38,12 @@ const TICKS_CATCH_UP_MAX: u32 = 100;
 /// answers rather than `ShuttingDown`.
 const DRAIN_MS_MAX: u64 = 2_000;
 
-/// A ready whose persisted messages wait for the log writer.
+/// A ready the core has not yet been told is durable.
 #[derive(Debug)]
 struct Unpersisted {
     number: u64,
-    /// False when the ready had nothing to write: it is durable once every earlier one is.
+    /// False when the ready went nowhere near the log: it is durable once every earlier one is.
     needs_log: bool,
-    messages: Vec<Message>,
 }
 
 pub(crate) struct CoreStage {
@@ -70,6 +69,11 @@ pub(crate) struct CoreStage {
     batch: BatchBuilder,
     batch_waiting: Vec<Waiting>,
     batch_opened: Option<Instant>,
+    /// Proposals made since the last commit was handed to the apply stage, with their waiting
+    /// requests. They go to the apply stage just before the commit that covers them (or when
+    /// leadership is lost), so that a proposal costs the apply stage no wake-up of its own.
+    /// Bounded by the core's `uncommitted_bytes_max`, as the proposals are.
+    proposals_unsent: Vec<ApplyWork>,
     reads_batch: Vec<Waiting>,
     reads: HashMap<ReadContext, (Vec<Waiting>, Instant)>,
     next_read_context: ReadContext,
@@ -143,6 +147,7 @@ impl CoreStage {
             started: now,
             batch_waiting: Vec::new(),
             batch_opened: None,
+            proposals_unsent: Vec::new(),
             reads_batch: Vec::new(),
             reads: HashMap::new(),
             next_read_context: 1,
@@ -336,6 +341,13 @@ impl CoreStage {
         }
     }
 
+    /// Hands the proposals made since the last commit to the apply stage.
+    fn send_proposals(&mut self) {
+        for work in std::mem::take(&mut self.proposals_unsent) {
+            self.send_apply(work);
+        }
+    }
+
     /// Proposes the open batch, if any.
     fn flush_batch(&mut self) {
         self.batch_opened = None;
@@ -350,7 +362,7 @@ impl CoreStage {
             Ok(id) => {
                 self.metrics.record_batch(commands as u64, bytes as u64);
                 self.proposed.push_back((id.index, Instant::now()));
-                self.send_apply(ApplyWork::Proposed { index: id.index, term: id.term, requests: waiting });
+                self.proposals_unsent.push(ApplyWork::Proposed { index: id.index, term: id.term, requests: waiting });
             }
             Err(error) => {
                 let body = match error {
@@ -465,6 +477,9 @@ impl CoreStage {
                 self.shared.notify(|events| events.role_changed(role.role, role.term, role.leader));
                 if role.role != Role::Leader {
                     self.proposed.clear();
+                    // The apply stage answers them: when their index commits with another
+                    // entry, or when they time out.
+                    self.send_proposals();
                 }
                 if role.role != Role::Leader && !self.batch_waiting.is_empty() {
                     self.batch_opened = None;
@@ -480,7 +495,12 @@ impl CoreStage {
                 self.shared.notify(|events| events.membership_changed(conf));
                 self.reconcile_peers(conf);
             }
-            let needs_log = rd.sync || !rd.entries.is_empty() || !rd.snapshot_chunks.is_empty();
+            let writes = rd.sync || !rd.entries.is_empty() || !rd.snapshot_chunks.is_empty();
+            // Persisted messages leave from the log writer once their ready is durable. A ready
+            // with nothing to write is durable once every earlier one is: its messages go out
+            // at once when nothing is pending, else they queue behind the pending ones.
+            let pending = self.unpersisted.iter().any(|ready| ready.needs_log);
+            let needs_log = writes || (pending && !rd.persisted_messages.is_empty());
             if needs_log {
                 let work = LogWork::Persist {
                     queued: Instant::now(),
@@ -488,6 +508,7 @@ impl CoreStage {
                     chunks: rd.snapshot_chunks,
                     entries: rd.entries,
                     hard_state: rd.hard_state.filter(|_| rd.sync),
+                    messages: rd.persisted_messages,
                 };
                 if self.to_log.send(work).is_err() {
                     self.shared.fail(0, "the log stage stopped".into());
@@ -495,8 +516,12 @@ impl CoreStage {
                 }
                 self.log_waker.wake();
                 self.log_woken = Instant::now();
+            } else {
+                for message in rd.persisted_messages {
+                    self.send_peer(message);
+                }
             }
-            self.unpersisted.push_back(Unpersisted { number: rd.number, needs_log, messages: rd.persisted_messages });
+            self.unpersisted.push_back(Unpersisted { number: rd.number, needs_log });
             for read in rd.read_states {
                 if let Some((waiting, _)) = self.reads.remove(&read.context) {
                     self.send_apply(ApplyWork::Read { index: read.index, requests: waiting });
@@ -521,6 +546,7 @@ impl CoreStage {
                     self.metrics.record_duration(Histo::CommitLatency, now.duration_since(at));
                     self.proposed.pop_front();
                 }
+                self.send_proposals();
                 self.send_apply(ApplyWork::Commit { index: rd.commit_index, queued: now });
             }
             if rd.need_snapshot {
@@ -539,7 +565,8 @@ impl CoreStage {
         }
     }
 
-    /// Sends the persisted messages of every ready the log reports durable, and tells the core.
+    /// Tells the core which readies the log reports durable (their messages were sent by the
+    /// log writer).
     fn complete_persisted(&mut self) {
         let durable = self.shared.durable_token.load(Ordering::Acquire);
         let mut last = None;
@@ -548,9 +575,6 @@ impl CoreStage {
                 break;
             }
             let done = self.unpersisted.pop_front().expect("front exists");
-            for message in done.messages {
-                self.send_peer(message);
-            }
             last = Some(done.number);
         }
         if let Some(number) = last {
@@ -615,6 +639,9 @@ impl CoreStage {
     }
 
     fn on_snapshot_taken(&mut self, taken: SnapshotTaken) {
+        // The apply stage does not wake the core for every apply; the snapshot's index is
+        // applied, and the core must know it before it takes the snapshot.
+        self.check_applied();
         match self.replica.on_snapshot(taken.index, taken.bytes) {
             Ok(()) => {
                 self.hub.counters().snapshots_taken.bump();
@@ -705,6 +732,7 @@ impl CoreStage {
     fn stop(mut self) {
         // Unanswered requests are answered `ShuttingDown` as they drop.
         self.batch_waiting.clear();
+        self.proposals_unsent.clear();
         self.reads_batch.clear();
         self.reads.clear();
         self.metrics.publish_now();

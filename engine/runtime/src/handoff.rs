@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use smr_net::ClientRequest;
-use smr_raft::{Entry, HardState, Index, SnapshotChunk, Term};
+use smr_raft::{Entry, HardState, Index, Message, SnapshotChunk, Term};
 
 use crate::directory::Directory;
 use crate::snapshot::Snapshot;
@@ -27,12 +27,17 @@ use crate::snapshot::Snapshot;
 #[derive(Debug)]
 pub(crate) enum LogWork {
     /// Persist one ready: snapshot chunks, then entries, then the hard state (when `sync`).
+    /// Once it is durable, the log writer sends its `messages` (the ready's persisted messages:
+    /// acknowledgements and votes) itself, so that an acknowledgement leaves without a hand-off
+    /// back to the core. A ready with nothing to write still comes here when it has messages
+    /// and an earlier ready is not yet durable: its messages must wait for that one.
     Persist {
         queued: Instant,
         number: u64,
         chunks: Vec<SnapshotChunk>,
         entries: Vec<Entry>,
         hard_state: Option<HardState>,
+        messages: Vec<Message>,
     },
     /// Drop the durable log through `index` (a snapshot covering it is saved).
     Compact { index: Index },

@@ -5,11 +5,14 @@
 //! `fdatasync` (group commit), then reports the highest durable ready number to the core through
 //! an atomic and a wake-up. It never sends anything to the core that could block.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use smr_log::{Log, LogError};
+use smr_net::PeerSender;
+use smr_raft::Message;
 
 use crate::handoff::{ApplyWork, LogWork, Shared};
 use crate::metrics::Histo;
@@ -39,6 +42,16 @@ pub(crate) struct LogStage {
     pub(crate) snapshot_bytes_max: u64,
     pub(crate) busy_poll: bool,
     pub(crate) metrics: crate::metrics::StageRecorder,
+    /// Sends the persisted messages of each ready once it is durable.
+    pub(crate) peers: PeerSender,
+    /// Persisted messages by ready number, waiting for their ready to be durable. Bounded by
+    /// the log queue (`pipeline.log_queue_max` readies) and the log's own pending-submit bound.
+    pub(crate) unsent: VecDeque<(u64, Vec<Message>)>,
+    /// Numbers of readies without persisted messages, not yet reported durable: the core is
+    /// woken when one of them becomes durable (its own entries count towards a commit). A
+    /// ready whose messages this stage sends needs no wake-up: the acknowledgement has left,
+    /// and the core sees the durable token at its next round. Bounded like `unsent`.
+    pub(crate) silent: VecDeque<u64>,
 }
 
 impl std::fmt::Debug for LogStage {
@@ -89,6 +102,7 @@ impl LogStage {
             if disconnected {
                 // The core stopped: make everything it handed over durable, then stop.
                 let durable = self.log.sync_all().map_err(log_stop)?;
+                self.send_durable_messages(durable.token);
                 self.shared.durable_token.store(durable.token, Ordering::Release);
                 return Ok(());
             }
@@ -113,17 +127,38 @@ impl LogStage {
             tracing::trace!(token = durable.token, index = durable.index, "log durable");
             if durable.token > reported {
                 reported = durable.token;
+                self.send_durable_messages(durable.token);
                 self.shared.durable_token.store(durable.token, Ordering::Release);
-                self.shared.wake_core();
+                let mut core_waits = false;
+                while self.silent.front().is_some_and(|&number| number <= durable.token) {
+                    self.silent.pop_front();
+                    core_waits = true;
+                }
+                if core_waits {
+                    self.shared.wake_core();
+                }
             }
             self.metrics.maybe_publish(std::time::Instant::now());
+        }
+    }
+
+    /// Sends the persisted messages of every ready through `token`: the acknowledgements and
+    /// votes that promise this node holds what they acknowledge.
+    fn send_durable_messages(&mut self, token: u64) {
+        while self.unsent.front().is_some_and(|(number, _)| *number <= token) {
+            let (_, messages) = self.unsent.pop_front().expect("front exists");
+            for message in messages {
+                if self.peers.send(message).is_err() {
+                    self.metrics.counters().peer_messages_dropped.bump();
+                }
+            }
         }
     }
 
     fn handle(&mut self, work: LogWork) -> Result<(), Stop> {
         let started = std::time::Instant::now();
         match work {
-            LogWork::Persist { queued, number, chunks, entries, hard_state } => {
+            LogWork::Persist { queued, number, chunks, entries, hard_state, messages } => {
                 self.metrics.record_queue_wait(started.duration_since(queued));
                 for chunk in chunks {
                     let whole = self
@@ -163,6 +198,11 @@ impl LogStage {
                 }
                 tracing::trace!(number, entries = entries.len(), hard_state = hard_state.is_some(), "submit");
                 self.log.submit(number, &entries, hard_state).map_err(log_stop)?;
+                if messages.is_empty() {
+                    self.silent.push_back(number);
+                } else {
+                    self.unsent.push_back((number, messages));
+                }
             }
             LogWork::Compact { index } => {
                 let index = index.min(self.log.durable_through());

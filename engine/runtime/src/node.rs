@@ -9,7 +9,7 @@
 //! 4. the state machine is restored from the snapshot, the Raft core from snapshot + log;
 //! 5. the transport and client listener start, then the stage threads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -258,6 +258,9 @@ impl Node {
             snapshot_bytes_max: pipeline.snapshot_bytes_max,
             busy_poll: pipeline.busy_poll,
             metrics: hub.recorder(Stage::Log, &[], now),
+            peers: transport.sender(),
+            unsent: VecDeque::new(),
+            silent: VecDeque::new(),
         };
         let apply_stage = ApplyStage::new(
             applier,
