@@ -59,7 +59,8 @@ impl Replica {
                         ProgressState::Snapshot => self.snapshot_sendable(pr),
                         _ => {
                             pr.can_send(self.config.inflight_appends_max, self.config.inflight_bytes_max)
-                                && (pr.next_index <= last || pr.commit_sent < commit.min(last))
+                                && (pr.next_index <= last
+                                    || (pr.state == ProgressState::Probe && pr.commit_sent < commit.min(last)))
                         }
                     }
             })
@@ -95,7 +96,12 @@ impl Replica {
             let next = pr.next_index;
             let has_entries = next <= last;
             let probing = pr.state == ProgressState::Probe;
-            if !has_entries && !probing && pr.commit_sent >= commit.min(last) {
+            if !has_entries && !probing {
+                // A new commit index alone does not make an append: it travels with the next
+                // entries or the next heartbeat. An append just to carry it would cost each
+                // follower a message, a wake-up and an acknowledgement per commit, half the
+                // messages of a lightly loaded cluster; followers learn it at most one
+                // heartbeat later, which delays only their own apply.
                 return;
             }
             if !has_entries && probing && pr.commit_sent >= commit.min(last) && pr.match_index + 1 == next {
