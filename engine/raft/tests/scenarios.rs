@@ -282,3 +282,41 @@ fn a_restart_with_entries_of_a_term_whose_hard_state_was_lost_resumes_in_that_te
     assert_eq!(rd.hard_state.map(|h| h.term), Some(3), "the resumed term is persisted");
     assert!(rd.sync);
 }
+
+#[test]
+fn a_new_commit_index_reaches_followers_with_the_next_append_or_heartbeat_not_alone() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.tick_all(1);
+    let id = c.propose(1, b"a");
+    c.process(1);
+    // The append reaches both followers; their acknowledgements commit the entry on the leader.
+    let appends: Vec<_> = c.in_flight.drain(..).collect();
+    for m in appends {
+        c.deliver(m);
+    }
+    let acks: Vec<_> = c.in_flight.drain(..).collect();
+    for m in acks {
+        c.deliver(m);
+    }
+    assert_eq!(c.node(1).commit_index(), id.index, "a quorum of acknowledgements commits the entry");
+    // The commit alone sends nothing: no append without entries just to carry it.
+    assert!(c.in_flight.is_empty(), "the leader sent {:?}", c.in_flight);
+    assert!(c.node(2).commit_index() < id.index);
+    // The next proposal's append carries it to the followers...
+    let next = c.propose(1, b"b");
+    c.process(1);
+    for m in c.in_flight.drain(..).collect::<Vec<_>>() {
+        assert!(matches!(m.body, smr_raft::MessageBody::Append { commit_index, .. } if commit_index == id.index));
+        c.deliver(m);
+    }
+    assert_eq!(c.node(2).commit_index(), id.index);
+    assert_eq!(c.node(3).commit_index(), id.index);
+    // ...and when nothing more is proposed, the heartbeats do.
+    c.deliver_all();
+    assert_eq!(c.node(1).commit_index(), next.index);
+    assert!(c.node(2).commit_index() < next.index);
+    c.tick_all(2);
+    assert_eq!(c.node(2).commit_index(), next.index, "a heartbeat carried the commit index");
+    assert_eq!(c.node(3).commit_index(), next.index);
+}
