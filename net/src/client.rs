@@ -149,7 +149,7 @@ impl Client {
     /// # Errors
     /// The connection failed.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        let mut writer = &self.stream;
+        let mut writer = crate::nosignal::NoSignal(&self.stream);
         self.batch.write_to(&mut writer).map_err(|error| ClientError::Conn(ConnError::Io(error)))
     }
 

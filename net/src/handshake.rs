@@ -206,7 +206,7 @@ fn nonce() -> Result<[u8; NONCE_BYTES], ConnError> {
 fn send_frame(stream: &mut TcpStream, kind: FrameKind, payload: &[u8]) -> Result<(), ConnError> {
     let mut frame = Vec::with_capacity(payload.len() + 32);
     encode_frame(&mut frame, kind, 0, 0, payload, usize::MAX).map_err(ConnError::Frame)?;
-    stream.write_all(&frame)?;
+    crate::nosignal::NoSignal(stream).write_all(&frame)?;
     Ok(())
 }
 

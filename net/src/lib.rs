@@ -66,6 +66,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+mod nosignal;
 pub mod peer;
 mod rng;
 pub mod server;

@@ -627,7 +627,7 @@ impl LinkState {
             }
         };
         let _ = stream.set_write_timeout(Some(config.write_timeout()));
-        let mut writer = &stream;
+        let mut writer = crate::nosignal::NoSignal(&stream);
         let end = loop {
             select! {
                 recv(self.queue) -> message => match message {
@@ -707,7 +707,7 @@ impl LinkState {
         dequeued_bytes
     }
 
-    fn flush(&mut self, writer: &mut &TcpStream) -> io::Result<()> {
+    fn flush(&mut self, writer: &mut crate::nosignal::NoSignal<'_>) -> io::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }

@@ -299,7 +299,7 @@ fn write_loop(
 ) {
     let frame_bytes_max = shared.config.frame_bytes_max;
     let mut batch = SendBatch::new();
-    let mut writer = stream;
+    let mut writer = crate::nosignal::NoSignal(stream);
     let mut broken = false;
     let release = |bytes: usize| {
         load.inflight.fetch_sub(1, Ordering::Relaxed);
