@@ -118,6 +118,10 @@ mod tests;
 pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 pub use error::{EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError};
 pub use fault::{ACK_BEFORE_FSYNC_ENV as FAULT_ACK_BEFORE_FSYNC_ENV, SYNC_JOURNAL_ENV as FAULT_SYNC_JOURNAL_ENV};
+
+/// True when this build has the test-only `fault-injection` feature (and so honours the
+/// `SMR_FAULT_*` variables instead of refusing them).
+pub const FAULT_INJECTION_BUILT: bool = cfg!(feature = "fault-injection");
 pub use io::LogWaker;
 pub use log::{Durable, Log, LogStats, Recovered};
 pub use offline::{ReadOnlyLog, Verification, recorded_segment_bytes, verify};
