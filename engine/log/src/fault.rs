@@ -320,7 +320,8 @@ mod power_loss {
     /// in `journal` (its `SMR_FAULT_SYNC_JOURNAL`) that no completed sync covered (all of them,
     /// a seeded random subset, or all with the last one torn, by `how`), syncs the reverted
     /// files, and empties the journal so that the next run starts fresh. Bytes a completed sync
-    /// covered are never touched.
+    /// covered are never touched. `log_dir` is the directory the log was opened in (for a node,
+    /// `data_dir/log`); `seed` picks the random subset or the tear, and replays them.
     ///
     /// # Errors
     /// [`LogError::Locked`] while a log has the directory open (the node is still running);
