@@ -71,6 +71,23 @@
 //! - Open syncs everything it recovered: after a process crash, writes never synced are still
 //!   visible in the page cache, and must not be reported durable by the next process.
 //!
+//! ## Fault injection (tests only)
+//!
+//! Built with the cargo feature `fault-injection` (never in a release build), the log reads two
+//! environment variables at [`Log::open`]; any other build refuses to open when one is set
+//! ([`LogError::Config`] naming it), and an open with one set logs a warning.
+//!
+//! - `SMR_FAULT_SYNC_JOURNAL=<path>` ([`FAULT_SYNC_JOURNAL_ENV`]): journal every write before it
+//!   is issued and every completed sync after its `fdatasync`, so that `fault::drop_unsynced`
+//!   can emulate a power loss on the stopped node (a SIGKILL keeps the page cache; a power loss
+//!   does not): it reverts every write no completed sync covered (all, a seeded subset, or all
+//!   with the last torn at a sector).
+//! - `SMR_FAULT_ACK_BEFORE_FSYNC=1` ([`FAULT_ACK_BEFORE_FSYNC_ENV`]): a planted durability bug:
+//!   entries and hard states are reported durable once written, and no `fdatasync` is issued.
+//!   The power-loss tests must report lost writes with it.
+//!
+//! See `fault.rs` for the journal's format.
+//!
 //! ## Files
 //!
 //! `dir/state` (two 4 KiB slots, see `state.rs`) and `dir/{sequence:020}.seg` segments
@@ -80,6 +97,10 @@
 mod config;
 mod error;
 mod fallback;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
 mod io;
 mod log;
 mod offline;
@@ -96,6 +117,11 @@ mod tests;
 
 pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 pub use error::{EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError};
+pub use fault::{ACK_BEFORE_FSYNC_ENV as FAULT_ACK_BEFORE_FSYNC_ENV, SYNC_JOURNAL_ENV as FAULT_SYNC_JOURNAL_ENV};
+
+/// True when this build has the test-only `fault-injection` feature (and so honours the
+/// `SMR_FAULT_*` variables instead of refusing them).
+pub const FAULT_INJECTION_BUILT: bool = cfg!(feature = "fault-injection");
 pub use io::LogWaker;
 pub use log::{Durable, Log, LogStats, Recovered};
 pub use offline::{ReadOnlyLog, Verification, recorded_segment_bytes, verify};

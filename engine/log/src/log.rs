@@ -11,6 +11,7 @@ use smr_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 use crate::config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 use crate::error::LogError;
 use crate::fallback::FallbackIo;
+use crate::fault::{Faults, Journal, journal_name};
 use crate::io::{Backend, Completion, LogWaker, StateWrite, SyncJob};
 use crate::prealloc::Preallocator;
 use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
@@ -114,6 +115,8 @@ struct SyncInFlight {
     covers: u64,
     files: Vec<PathBuf>,
     state: Option<DurableState>,
+    /// The last journaled write it covers (fault injection only).
+    journal_through: Option<u64>,
 }
 
 /// Test-only seams: fault injection and the write/sync trace for crash-state tests.
@@ -185,6 +188,11 @@ pub struct Log {
     completions: Vec<Completion>,
     #[cfg(test)]
     pub(crate) seams: TestSeams,
+    /// The planted durability bug (fault injection): report writes durable on completion,
+    /// never fdatasync.
+    ack_before_fsync: bool,
+    /// The sync journal (fault injection).
+    journal: Option<Journal>,
     /// Holds the directory's exclusive lock for as long as the log is open.
     _lock: File,
 }
@@ -225,8 +233,27 @@ impl Log {
     /// [`LogError::Corruption`] for corruption inside the log (never skipped), [`LogError::Foreign`]
     /// for files of another cluster, node or group, [`LogError::Config`] for a bad config, I/O
     /// errors. All of them are fatal.
+    ///
+    /// Reads the fault-injection variables `SMR_FAULT_SYNC_JOURNAL` and
+    /// `SMR_FAULT_ACK_BEFORE_FSYNC` (test builds with the `fault-injection` feature only; any
+    /// other build refuses to open with [`LogError::Config`] naming the variable when one is set).
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, Recovered), LogError> {
+        let faults = Faults::from_env()?;
+        Log::open_with(dir, config, faults)
+    }
+
+    /// [`Log::open`] with the fault injection given rather than read from the environment.
+    pub(crate) fn open_with(dir: &Path, config: LogConfig, faults: Faults) -> Result<(Log, Recovered), LogError> {
         config.validate()?;
+        if faults.active() {
+            tracing::warn!(
+                "smr-log: FAULT INJECTION ACTIVE in {} (test-only): sync journal {:?}, ack before fsync {}",
+                dir.display(),
+                faults.sync_journal,
+                faults.ack_before_fsync
+            );
+        }
+        let mut journal = faults.sync_journal.as_deref().map(Journal::open).transpose()?;
         fs::create_dir_all(dir).map_err(|e| LogError::io("create_dir", dir, e))?;
         let forced = std::env::var(FORCE_FALLBACK_ENV).is_ok_and(|v| v == "1");
         let io = choose_io(&config, forced)?;
@@ -305,6 +332,12 @@ impl Log {
         }
         state.file.sync_data().map_err(|e| crate::segment::sync_error(&state.path, e))?;
         sync_dir(dir)?;
+        if let Some(journal) = journal.as_mut() {
+            use std::os::unix::fs::FileExt;
+            let mut slots = vec![0u8; 2 * crate::state::STATE_SLOT_BYTES as usize];
+            state.file.read_exact_at(&mut slots, 0).map_err(|e| LogError::io("read", &state.path, e))?;
+            journal.opened(&slots)?;
+        }
 
         let first_index = durable_state.snapshot_index + 1;
         let shared = Arc::new(Shared::new(first_index));
@@ -359,6 +392,8 @@ impl Log {
             completions: Vec::new(),
             #[cfg(test)]
             seams: TestSeams::default(),
+            ack_before_fsync: faults.ack_before_fsync,
+            journal,
             config,
             _lock: lock,
         };
@@ -776,6 +811,7 @@ impl Log {
         let id = self.next_id;
         self.next_id += 1;
         self.stats.bytes_written += buffer.len() as u64;
+        self.journal_write(&path, at.offset, buffer.len(), None)?;
         let write = InflightWrite { submit, buffer, done: 0, file, path, offset: at.offset };
         #[cfg(test)]
         if let Some(trace) = self.seams.trace.as_mut() {
@@ -803,6 +839,9 @@ impl Log {
             return Ok(());
         };
         let covers = last.number;
+        if self.ack_before_fsync {
+            return self.ack_without_sync();
+        }
         if self.dirty.is_empty() && !self.state_pending {
             // Nothing written since the last job completed: these submits need no I/O of their
             // own (empty readies, or their writes are all covered already).
@@ -820,6 +859,11 @@ impl Log {
             let (offset, bytes) = self.state.prepare(&self.config, &state);
             StateWrite { file: Arc::clone(&self.state_file), offset, bytes }
         });
+        if let Some(write) = &state_write {
+            let path = self.state.path.clone();
+            self.journal_write(&path, write.offset, write.bytes.len(), Some(&write.bytes))?;
+        }
+        let journal_through = self.journal.as_ref().and_then(Journal::through);
         #[cfg(test)]
         if let Some(trace) = self.seams.trace.as_mut() {
             use crate::tests::trace::{FileId, TraceOp};
@@ -835,9 +879,46 @@ impl Log {
             files: dirty.iter().map(|(_, file, _)| Arc::clone(file)).collect(),
             state: state_write,
         };
-        self.sync =
-            Some(SyncInFlight { number, covers, files: dirty.into_iter().map(|(_, _, path)| path).collect(), state });
+        self.sync = Some(SyncInFlight {
+            number,
+            covers,
+            files: dirty.into_iter().map(|(_, _, path)| path).collect(),
+            state,
+            journal_through,
+        });
         self.io.sync(job).map_err(|e| self.fail(e))
+    }
+
+    /// Journals a write about to be issued (fault injection; nothing without a journal).
+    fn journal_write(&mut self, path: &Path, offset: u64, len: usize, data: Option<&[u8]>) -> Result<(), LogError> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        match journal.write(journal_name(path), offset, len, data) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// The planted durability bug (`SMR_FAULT_ACK_BEFORE_FSYNC=1`, fault injection only):
+    /// writes the pending hard state without syncing it and reports every submit whose writes
+    /// completed durable, with no fdatasync at all.
+    fn ack_without_sync(&mut self) -> Result<(), LogError> {
+        use std::os::unix::fs::FileExt;
+        self.dirty.clear();
+        if self.state_pending {
+            self.state_pending = false;
+            let state = self.state_latest;
+            let (offset, bytes) = self.state.prepare(&self.config, &state);
+            let path = self.state.path.clone();
+            self.journal_write(&path, offset, bytes.len(), Some(&bytes))?;
+            if let Err(error) = self.state_file.write_all_at(&bytes, offset) {
+                return Err(self.fail(LogError::io("pwrite", path, error)));
+            }
+            self.state.committed(state);
+        }
+        self.advance(u64::MAX, u64::MAX);
+        Ok(())
     }
 
     /// Marks durable every submit up to `covers` whose writes completed before job `job` was
@@ -913,7 +994,10 @@ impl Log {
                         let submit = self.submits.iter_mut().find(|s| s.number == write.submit).expect("pending");
                         submit.writes_left -= 1;
                         self.return_buffer(write.buffer);
-                        if let Some((covers, job)) = self.last_job_done {
+                        if self.ack_before_fsync {
+                            // The planted bug: durable as soon as written.
+                            self.advance(u64::MAX, u64::MAX);
+                        } else if let Some((covers, job)) = self.last_job_done {
                             self.advance(covers, job);
                         }
                         Ok(())
@@ -932,6 +1016,10 @@ impl Log {
                             self.dirty.push((sequence, Arc::clone(&write.file), write.path.clone()));
                         }
                         let offset = write.offset + write.done as u64;
+                        if let Err(error) = self.journal_write(&write.path, offset, left - written, None) {
+                            self.writes.insert(id, write);
+                            return Err(error);
+                        }
                         // SAFETY: as in `issue_write`: the buffer stays in `self.writes`,
                         // unmodified, until this id's completion is collected.
                         let (ptr, len) = unsafe { (write.buffer.as_ptr().add(write.done), left - written) };
@@ -965,6 +1053,16 @@ impl Log {
                         #[cfg(test)]
                         if let Some(trace) = self.seams.trace.as_mut() {
                             trace.push(crate::tests::trace::TraceOp::SyncDone { job: id });
+                        }
+                        if let Some(journal) = self.journal.as_mut() {
+                            // After the fdatasync returned, before anything is reported durable.
+                            let mut names: Vec<&str> = sync.files.iter().map(|p| journal_name(p)).collect();
+                            if sync.state.is_some() {
+                                names.push(crate::state::STATE_FILE_NAME);
+                            }
+                            if let Err(error) = journal.synced(Some(id), sync.journal_through, &names) {
+                                return Err(self.fail(error));
+                            }
                         }
                         if let Some(state) = sync.state {
                             self.state.committed(state);
@@ -1088,9 +1186,20 @@ impl Log {
             let (offset, bytes) = self.state.prepare(&self.config, &state);
             trace.push(crate::tests::trace::TraceOp::Write { file: crate::tests::trace::FileId::State, offset, bytes });
         }
+        if self.journal.is_some() {
+            let (offset, bytes) = self.state.prepare(&self.config, &state);
+            let path = self.state.path.clone();
+            self.journal_write(&path, offset, bytes.len(), Some(&bytes))?;
+        }
         match self.state.store(&self.config, state) {
             Ok(()) => {
                 self.state_latest = state;
+                if let Some(journal) = self.journal.as_mut() {
+                    let through = journal.through();
+                    if let Err(error) = journal.synced(None, through, &[crate::state::STATE_FILE_NAME]) {
+                        return Err(self.fail(error));
+                    }
+                }
                 Ok(())
             }
             Err(error) => Err(self.fail(error)),
@@ -1125,7 +1234,7 @@ impl Log {
 /// The file a [`Log`] holds an exclusive `flock` on while it is open.
 pub(crate) const LOCK_FILE_NAME: &str = "lock";
 
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
     use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE_NAME);
     let file = fs::OpenOptions::new()

@@ -212,8 +212,10 @@ impl StateFile {
     pub(crate) fn create(dir: &Path, config: &LogConfig, state: DurableState) -> Result<StateFile, LogError> {
         let path = dir.join(STATE_FILE_NAME);
         let temp = dir.join(format!("{STATE_FILE_NAME}.tmp"));
-        let mut bytes = encode_slot(config, &state, 1);
-        bytes.resize((2 * STATE_SLOT_BYTES) as usize, 0);
+        // Generation 1 goes where `prepare` puts odd generations (slot 1), so that the first
+        // update (generation 2, slot 0) does not overwrite the only valid slot.
+        let mut bytes = vec![0u8; STATE_SLOT_BYTES as usize];
+        bytes.extend_from_slice(&encode_slot(config, &state, 1));
         fs::write(&temp, &bytes).map_err(|e| LogError::io("write", &temp, e))?;
         File::open(&temp).and_then(|f| f.sync_all()).map_err(|e| sync_error(&temp, e))?;
         fs::rename(&temp, &path).map_err(|e| LogError::io("rename", &path, e))?;
@@ -277,6 +279,17 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         let reopened = StateFile::open(dir.path(), &config()).expect("open").expect("exists");
         assert_eq!(reopened.current(), state(2));
+    }
+
+    #[test]
+    fn a_torn_first_update_leaves_the_created_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = StateFile::create(dir.path(), &config(), state(1)).expect("create");
+        let (offset, bytes) = file.prepare(&config(), &state(2));
+        // The first update's slot write is cut after its first 40 bytes.
+        file.file.write_all_at(&bytes[..40], offset).expect("torn write");
+        let reopened = StateFile::open(dir.path(), &config()).expect("open").expect("exists");
+        assert_eq!(reopened.current(), state(1));
     }
 
     #[test]

@@ -39,12 +39,37 @@ fn block_stop_signals() -> libc::sigset_t {
     set
 }
 
+/// The log's test-only fault-injection variables: refused (as a config error, before anything is
+/// opened) by a binary built without the `fault-injection` feature; announced loudly by one
+/// built with it.
+fn check_fault_injection() -> Result<(), String> {
+    let set: Vec<&str> = [smr_log::FAULT_SYNC_JOURNAL_ENV, smr_log::FAULT_ACK_BEFORE_FSYNC_ENV]
+        .into_iter()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    if !smr_log::FAULT_INJECTION_BUILT {
+        return Err(format!(
+            "{} set, but this smr binary was built without fault-injection (a test-only feature); unset it",
+            set.join(" and ")
+        ));
+    }
+    tracing::warn!("STORAGE FAULT INJECTION ACTIVE ({}): a test-only mode, never for real data", set.join(", "));
+    Ok(())
+}
+
 pub(crate) fn run(args: NodeArgs) -> ExitCode {
     let signals = block_stop_signals();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(error) = check_fault_injection() {
+        eprintln!("smr node: {error}");
+        return ExitCode::from(smr_runtime::EXIT_CODE_CONFIG as u8);
+    }
     let mut config = match config_file::load(&args.config) {
         Ok(config) => config,
         Err(error) => {

@@ -9,6 +9,7 @@ mod faults;
 mod fuzz;
 mod lifecycle;
 mod offline;
+mod power_loss;
 
 use std::path::Path;
 

@@ -340,3 +340,83 @@ pub fn bytes(text: &str) -> Bytes {
 pub fn data_dir(cluster: &Cluster, id: u64) -> &Path {
     &cluster.config(id).data_dir
 }
+
+impl Cluster {
+    /// The configs of `n` founding nodes, none started yet (start each with
+    /// [`Cluster::spawn`]): for a test that prepares a node's data directory first.
+    pub fn configure(n: u64, tune: fn(&mut NodeConfig)) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let members: Vec<Member> = (1..=n).map(member).collect();
+        let mut cluster = Cluster { dir, members: members.clone(), configs: Vec::new(), children: Vec::new(), tune };
+        for id in 1..=n {
+            let config = cluster.config_for(id, &members, InitialState::New);
+            cluster.configs.push(config);
+            cluster.children.push(None);
+        }
+        cluster
+    }
+
+    /// [`Cluster::spawn`] with extra environment variables for the node's process.
+    pub fn spawn_with_env(&mut self, id: u64, env: &[(String, String)]) {
+        let slot = self.slot(id);
+        let path = self.config_path(id);
+        std::fs::write(&path, config_file::to_toml(&self.configs[slot])).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .expect("log file");
+        let child = Command::new(smr())
+            .arg("node")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn smr node");
+        self.children[slot] = Some(child);
+    }
+
+    /// SIGKILLs every running node before waiting for any (a power cut hits them together);
+    /// returns their ids.
+    pub fn kill_all_at_once(&mut self) -> Vec<u64> {
+        let ids = self.running();
+        for child in self.children.iter().flatten() {
+            // SAFETY: sending a signal to a child process we own and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+        for child in self.children.iter_mut() {
+            if let Some(mut child) = child.take() {
+                let _ = child.wait();
+            }
+        }
+        ids
+    }
+
+    /// Waits up to `PATIENCE` for node `id` to exit on its own and returns its exit code
+    /// (`None` when killed by a signal); panics if it is still running.
+    pub fn wait_exit(&mut self, id: u64) -> Option<i32> {
+        let slot = self.slot(id);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let child = self.children[slot].as_mut().expect("node is running");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[slot] = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("node {id} did not exit within {PATIENCE:?}\n{}", tail(&self.node_log(id), 30));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replaces node `id`'s config (written at its next spawn).
+    pub fn set_config(&mut self, config: NodeConfig) {
+        let slot = self.slot(config.node_id);
+        self.configs[slot] = config;
+    }
+}
