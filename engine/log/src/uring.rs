@@ -162,6 +162,18 @@ impl UringIo {
         }
     }
 
+    /// How many completions a blocking wait waits for: every operation in the kernel (the
+    /// writes and the steps of the sync job), so that the owner thread sleeps once per sync job
+    /// rather than once per step; or the waker alone when nothing else is outstanding. A wake-up
+    /// counts towards the number, so a woken wait returns at most one operation early. New work
+    /// arriving meanwhile waits for the sync in flight, which it would wait for anyway: the log
+    /// keeps one sync job in the kernel at a time, and the next one covers the new writes.
+    fn completions_to_wait_for(&self) -> usize {
+        let job_steps_left = self.job.as_ref().map_or(0, |job| job.steps - job.completed);
+        let in_kernel = self.writes.len() + job_steps_left;
+        if in_kernel > 0 { in_kernel } else { usize::from(self.wake_armed) }
+    }
+
     /// Pushes pending writes unlinked.
     fn flush_pending(&mut self) -> Result<(), LogError> {
         for id in std::mem::take(&mut self.pending) {
@@ -330,8 +342,7 @@ impl Backend for UringIo {
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
         self.flush_pending()?;
         self.start_deferred_if_ready()?;
-        let outstanding = !self.writes.is_empty() || self.job.is_some() || self.wake_armed;
-        self.submit(usize::from(block && outstanding))?;
+        self.submit(if block { self.completions_to_wait_for() } else { 0 })?;
         let mut rearm = false;
         let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (user_data, result) in cqes {
