@@ -20,7 +20,8 @@ use smr_apply::{BatchBuilder, Command};
 use smr_log::LogWaker;
 use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
 use smr_raft::{
-    ConfChange, ConfChangeOp, ConfState, Error as RaftError, Index, Message, NodeId, ReadContext, Replica, Role,
+    ConfChange, ConfChangeOp, ConfState, Error as RaftError, HardState, Index, Message, NodeId, ReadContext, Replica,
+    Role,
 };
 
 use crate::config::PipelineConfig;
@@ -34,6 +35,12 @@ const INPUT_PER_ROUND_MAX: usize = 1024;
 /// Ticks the core catches up at once after a stall; beyond it the clock is reset (a stall that
 /// long has already cost leadership, and a burst of ticks would only add elections).
 const TICKS_CATCH_UP_MAX: u32 = 100;
+/// How far the commit hint in the durable hard state may lag the commit index before a ready that
+/// syncs anyway writes it. The hint is only a starting point after a restart (a lagging one is
+/// safe: the leader tells the node the rest), and writing it costs a second `fdatasync` (of the
+/// state file) in the ready's sync; so it goes with term and vote changes, and once per this
+/// many commits.
+const COMMIT_HINT_LAG_MAX: u64 = 4096;
 /// How long a stopping node keeps serving proposals already made, so that their clients get
 /// answers rather than `ShuttingDown`.
 const DRAIN_MS_MAX: u64 = 2_000;
@@ -78,6 +85,8 @@ pub(crate) struct CoreStage {
     reads: HashMap<ReadContext, (Vec<Waiting>, Instant)>,
     next_read_context: ReadContext,
     unpersisted: VecDeque<Unpersisted>,
+    /// The hard state last handed to the log writer.
+    hard_state_written: HardState,
     applied_seen: Index,
     commit_sent: Index,
     directory_generation: u64,
@@ -124,6 +133,7 @@ pub(crate) struct CoreParts {
 impl CoreStage {
     pub(crate) fn new(parts: CoreParts) -> CoreStage {
         let now = Instant::now();
+        let hard_state_written = parts.replica.hard_state();
         let pipeline = parts.pipeline;
         let applied = parts.replica.applied_index();
         let mut stage = CoreStage {
@@ -152,6 +162,7 @@ impl CoreStage {
             reads: HashMap::new(),
             next_read_context: 1,
             unpersisted: VecDeque::new(),
+            hard_state_written,
             applied_seen: applied,
             commit_sent: applied,
             directory_generation: 0,
@@ -341,6 +352,20 @@ impl CoreStage {
         }
     }
 
+    /// The hard state a ready writes: a new term or vote always (before anything that depends on
+    /// it leaves); a new commit hint only when it lags by `COMMIT_HINT_LAG_MAX`, and only with a
+    /// ready that syncs anyway.
+    fn hard_state_to_write(&mut self, sync: bool, hard_state: Option<HardState>) -> Option<HardState> {
+        let hs = hard_state.filter(|_| sync)?;
+        let written = self.hard_state_written;
+        let vote_changed = hs.term != written.term || hs.vote != written.vote;
+        if !vote_changed && hs.commit < written.commit.saturating_add(COMMIT_HINT_LAG_MAX) {
+            return None;
+        }
+        self.hard_state_written = hs;
+        Some(hs)
+    }
+
     /// Hands the proposals made since the last commit to the apply stage.
     fn send_proposals(&mut self) {
         for work in std::mem::take(&mut self.proposals_unsent) {
@@ -507,7 +532,7 @@ impl CoreStage {
                     number: rd.number,
                     chunks: rd.snapshot_chunks,
                     entries: rd.entries,
-                    hard_state: rd.hard_state.filter(|_| rd.sync),
+                    hard_state: self.hard_state_to_write(rd.sync, rd.hard_state),
                     messages: rd.persisted_messages,
                 };
                 if self.to_log.send(work).is_err() {
