@@ -16,8 +16,10 @@
 //! that the three replicas applied the same commands and reached the same state hash; a run that
 //! fails those checks fails the benchmark.
 //!
-//! The table gives, per depth and side, the median over the rounds of throughput and of the p50
-//! and p99 latencies (proposal to completion), and the C/Rust ratios. The benchmark compiles
+//! The table gives, per depth and side, the median over the rounds of throughput, of the p50
+//! and p99 latencies (proposal to completion) and of the CPU time per put (user + system of the
+//! whole process over the measured seconds: the figure least disturbed by other load on the
+//! machine), and the C/Rust ratios. The benchmark compiles
 //! bench.c itself with `gcc -O2` against the `libsmr.a` cargo built with this profile.
 //!
 //! `--side rust DIR OUTSTANDING (--seconds S --warmup W | --ops N)` runs the Rust half once and
@@ -192,6 +194,18 @@ impl StateMachine for Kv {
 }
 
 // ---- The Rust half's driver: the same as bench.c's. ----
+
+/// User and system CPU time of this process (all three nodes and the driver), in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given, owned by this frame.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &raw mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
 
 /// The put of write `id`, as bench.c's `make_command`.
 fn make_command(id: u64) -> [u8; COMMAND_BYTES] {
@@ -380,6 +394,7 @@ fn rust_side(dir: &Path, outstanding: usize, length: Length) -> Result<(), Strin
     // The run: this thread only watches the clock and proposes again after a failure.
     let began = Instant::now();
     let mut measure_start = began;
+    let mut cpu_start = cpu_seconds();
     driver.launch_idle();
     loop {
         std::thread::sleep(Duration::from_millis(if ops_limit != 0 { 1 } else { 5 }));
@@ -390,6 +405,7 @@ fn rust_side(dir: &Path, outstanding: usize, length: Length) -> Result<(), Strin
             }
         } else if driver.phase.load(Ordering::SeqCst) == WARMUP && elapsed >= warmup {
             measure_start = Instant::now();
+            cpu_start = cpu_seconds();
             driver.phase.store(MEASURE, Ordering::SeqCst);
         } else if driver.phase.load(Ordering::SeqCst) == MEASURE && elapsed >= warmup + seconds {
             break;
@@ -400,6 +416,7 @@ fn rust_side(dir: &Path, outstanding: usize, length: Length) -> Result<(), Strin
         driver.launch_idle();
     }
     let measure_end = Instant::now();
+    let cpu_used = cpu_seconds() - cpu_start;
     driver.phase.store(STOP, Ordering::SeqCst);
     let waiting = Instant::now();
     while driver.active.load(Ordering::SeqCst) > 0 {
@@ -443,11 +460,12 @@ fn rust_side(dir: &Path, outstanding: usize, length: Length) -> Result<(), Strin
     );
     println!(
         "{{\"side\":\"rust\",\"outstanding\":{outstanding},\"seconds\":{measured_seconds:.3},\"ops\":{measured},\
-         \"ops_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"completed\":{completed},\"errors\":{errors},\
+         \"ops_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"cpu_us_per_op\":{:.2},\"completed\":{completed},\"errors\":{errors},\
          \"bad_results\":{bad},\"applied\":[{},{},{}],\"replicas_equal\":{equal}}}",
         measured as f64 / measured_seconds,
         percentile(50),
         percentile(99),
+        if measured == 0 { 0.0 } else { cpu_used * 1e6 / measured as f64 },
         applied[0],
         applied[1],
         applied[2],
@@ -525,6 +543,7 @@ struct Figures {
     ops_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    cpu_us_per_op: f64,
 }
 
 /// Runs one side in a fresh process and directory, again after an unclean run (said on stderr).
@@ -559,7 +578,12 @@ fn run_side_once(program: &Path, side_args: &[&str], outstanding: usize, options
         ));
     }
     let get = |name| field(line, name).ok_or_else(|| format!("no {name} in {line:?}"));
-    Ok(Figures { ops_per_sec: get("ops_per_sec")?, p50_us: get("p50_us")?, p99_us: get("p99_us")? })
+    Ok(Figures {
+        ops_per_sec: get("ops_per_sec")?,
+        p50_us: get("p50_us")?,
+        p99_us: get("p99_us")?,
+        cpu_us_per_op: get("cpu_us_per_op")?,
+    })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -587,40 +611,55 @@ fn compare(options: &Options) -> Result<(), String> {
     for &outstanding in &options.outstanding {
         let (mut c, mut rust) = (Vec::new(), Vec::new());
         for round in 1..=options.rounds {
-            let figures = run_side(&c_program, &[], outstanding, options)?;
-            eprintln!(
-                "outstanding {outstanding} round {round} C:    {:>9.0} ops/s p50 {:>6} µs p99 {:>6} µs",
-                figures.ops_per_sec, figures.p50_us, figures.p99_us
-            );
-            c.push(figures);
-            let figures = run_side(&own, &["--side", "rust"], outstanding, options)?;
-            eprintln!(
-                "outstanding {outstanding} round {round} Rust: {:>9.0} ops/s p50 {:>6} µs p99 {:>6} µs",
-                figures.ops_per_sec, figures.p50_us, figures.p99_us
-            );
-            rust.push(figures);
+            for (name, program, args, runs) in
+                [("C", &c_program, &[][..], &mut c), ("Rust", &own, &["--side", "rust"][..], &mut rust)]
+            {
+                let figures = run_side(program, args, outstanding, options)?;
+                eprintln!(
+                    "outstanding {outstanding} round {round} {name:<4}: {:>7.0} ops/s, p50 {:>5} µs, p99 {:>6} µs, \
+                     CPU {:>5.1} µs/op",
+                    figures.ops_per_sec, figures.p50_us, figures.p99_us, figures.cpu_us_per_op
+                );
+                runs.push(figures);
+            }
         }
         table.push((outstanding, c, rust));
     }
     println!();
-    println!("| outstanding | side | ops/s (median) | p50 µs | p99 µs | ops/s of each round |");
-    println!("|---:|---|---:|---:|---:|---|");
+    println!("| outstanding | side | ops/s | p50 µs | p99 µs | CPU µs/op | ops/s of each round |");
+    println!("|---:|---|---:|---:|---:|---:|---|");
     for (outstanding, c, rust) in &table {
         let medians = |runs: &[Figures]| {
-            (
-                median(runs.iter().map(|f| f.ops_per_sec).collect()),
-                median(runs.iter().map(|f| f.p50_us).collect()),
-                median(runs.iter().map(|f| f.p99_us).collect()),
-            )
+            let of = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+            [of(|f| f.ops_per_sec), of(|f| f.p50_us), of(|f| f.p99_us), of(|f| f.cpu_us_per_op)]
         };
         let each =
             |runs: &[Figures]| runs.iter().map(|f| format!("{:.0}", f.ops_per_sec)).collect::<Vec<_>>().join(", ");
-        let (c_ops, c_p50, c_p99) = medians(c);
-        let (r_ops, r_p50, r_p99) = medians(rust);
-        println!("| {outstanding} | C | {c_ops:.0} | {c_p50:.0} | {c_p99:.0} | {} |", each(c));
-        println!("| {outstanding} | Rust | {r_ops:.0} | {r_p50:.0} | {r_p99:.0} | {} |", each(rust));
-        println!("| {outstanding} | C / Rust | {:.3} | {:.3} | {:.3} | |", c_ops / r_ops, c_p50 / r_p50, c_p99 / r_p99);
+        let (c_medians, rust_medians) = (medians(c), medians(rust));
+        for (side, m, runs) in [("C", c_medians, c), ("Rust", rust_medians, rust)] {
+            println!(
+                "| {outstanding} | {side} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                each(runs)
+            );
+        }
+        let ratio = |i: usize| c_medians[i] / rust_medians[i];
+        println!(
+            "| {outstanding} | C / Rust | {:.3} | {:.3} | {:.3} | {:.3} | |",
+            ratio(0),
+            ratio(1),
+            ratio(2),
+            ratio(3)
+        );
     }
+    println!(
+        "\nMedians over the rounds. The C boundary costs what C/Rust shows: below 1 for ops/s, above 1 for latency \
+         and CPU. CPU µs/op is the user + system time of the whole process (3 nodes and the driver) per put, the \
+         least sensitive to other load on the machine."
+    );
     Ok(())
 }
 

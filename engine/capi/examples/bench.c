@@ -14,8 +14,8 @@
  * Usage: bench DIR OUTSTANDING --seconds S --warmup W   (a timed run)
  *        bench DIR OUTSTANDING --ops N                   (exactly N puts, for the smoke test)
  *
- * Prints one line of JSON: ops/s and p50/p99 latency (proposal to completion, in µs) of the
- * measured phase, errors, results that were not a previous value of the same key, the number of
+ * Prints one line of JSON: ops/s, p50/p99 latency (proposal to completion, in µs) and CPU time
+ * per put (user + system of this process) of the measured phase, errors, results that were not a previous value of the same key, the number of
  * commands each replica applied and whether the replicas' state hashes agree. Exits 0 when the
  * run was clean (no errors, every result right, replicas equal), 1 otherwise.
  *
@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -229,6 +230,14 @@ struct driver {
     int outstanding;
     request_slot slots[OUTSTANDING_MAX];
 };
+
+/* User and system CPU time of this process (all three nodes and the driver), in seconds. */
+static double cpu_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)usage.ru_utime.tv_sec + (double)usage.ru_utime.tv_usec / 1e6 + (double)usage.ru_stime.tv_sec +
+           (double)usage.ru_stime.tv_usec / 1e6;
+}
 
 static double seconds_between(const struct timespec *a, const struct timespec *b) {
     return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
@@ -432,6 +441,7 @@ int main(int argc, char **argv) {
     struct timespec measure_start, measure_end;
     clock_gettime(CLOCK_MONOTONIC, &began);
     measure_start = began;
+    double cpu_start = cpu_seconds();
     launch_idle(&d);
     for (;;) {
         sleep_ms(ops != 0 ? 1 : 5);
@@ -441,6 +451,7 @@ int main(int argc, char **argv) {
             if (atomic_load(&d.next_id) > ops && atomic_load(&d.active) == 0) break;
         } else if (atomic_load(&d.phase) == PHASE_WARMUP && elapsed >= warmup) {
             measure_start = now;
+            cpu_start = cpu_seconds();
             atomic_store(&d.phase, PHASE_MEASURE);
         } else if (atomic_load(&d.phase) == PHASE_MEASURE && elapsed >= warmup + seconds) {
             break;
@@ -452,6 +463,7 @@ int main(int argc, char **argv) {
         launch_idle(&d);
     }
     clock_gettime(CLOCK_MONOTONIC, &measure_end);
+    double cpu_used = cpu_seconds() - cpu_start;
     atomic_store(&d.phase, PHASE_STOP);
     for (int waited = 0; atomic_load(&d.active) > 0; waited++) {
         if (waited == 30000) return fprintf(stderr, "bench: puts still in flight after 30 s\n"), 1;
@@ -483,10 +495,10 @@ int main(int argc, char **argv) {
     uint64_t measured = atomic_load(&d.measured), errors = atomic_load(&d.errors);
     uint64_t bad = atomic_load(&d.bad_results), completed = atomic_load(&d.completed);
     printf("{\"side\":\"c\",\"outstanding\":%d,\"seconds\":%.3f,\"ops\":%llu,\"ops_per_sec\":%.1f,"
-           "\"p50_us\":%u,\"p99_us\":%u,\"completed\":%llu,\"errors\":%llu,\"bad_results\":%llu,"
+           "\"p50_us\":%u,\"p99_us\":%u,\"cpu_us_per_op\":%.2f,\"completed\":%llu,\"errors\":%llu,\"bad_results\":%llu,"
            "\"applied\":[%llu,%llu,%llu],\"replicas_equal\":%s}\n",
            outstanding, measured_seconds, (unsigned long long)measured, (double)measured / measured_seconds, p50,
-           p99, (unsigned long long)completed, (unsigned long long)errors, (unsigned long long)bad,
+           p99, measured ? cpu_used * 1e6 / (double)measured : 0.0, (unsigned long long)completed, (unsigned long long)errors, (unsigned long long)bad,
            (unsigned long long)applied[0], (unsigned long long)applied[1], (unsigned long long)applied[2],
            equal ? "true" : "false");
     fflush(stdout);
