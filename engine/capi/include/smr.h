@@ -94,8 +94,9 @@ enum smr_status
    */
   SMR_E_WRONG_THREAD = -11,
   /**
-   * A bug in smr: a panic was caught at the boundary. The node is stopped and `on_fatal`
-   * has been called.
+   * A bug in smr: a panic was caught at the boundary; the message says where. When it
+   * happened in a call on a node, that node is stopped, `on_fatal` has been called (exit
+   * code 70), and every later call on it returns `SMR_E_FATAL`.
    */
   SMR_E_PANIC = -12,
   /**
@@ -108,8 +109,9 @@ enum smr_status
    */
   SMR_E_INVALID_REQUEST = -14,
   /**
-   * The node stopped on its own after a fatal failure (a disk error, say); the message
-   * gives its exit code and reason, as `on_fatal` did.
+   * The node stopped on its own after a fatal failure (a disk error, say, or a panic caught
+   * in smr); the message gives its exit code and reason, as `on_fatal` did. Every call on the
+   * node returns it until `smr_node_stop`; only `smr_node_stop` and `smr_node_free` remain.
    */
   SMR_E_FATAL = -15,
   /**
@@ -340,6 +342,7 @@ smr_status smr_result_set(smr_result_sink *sink,
  * Appends `data[0..len]` to the snapshot being written (`data` may be NULL when `len` is 0).
  *
  * Threads: only from inside `snapshot`, on its thread (else `SMR_E_WRONG_THREAD`).
+ * Ownership: `data` stays the caller's; it is copied into the snapshot during the call.
  * Errors: `SMR_E_NULL`; `SMR_E_IO` when the node could not write (the message says why;
  * return non-zero from `snapshot` then; the node reports the error itself).
  *
@@ -356,6 +359,7 @@ smr_status smr_writer_write(smr_writer *writer,
  * `*got` is 0 only at the end of the snapshot (or when `capacity` is 0).
  *
  * Threads: only from inside `restore`, on its thread (else `SMR_E_WRONG_THREAD`).
+ * Ownership: `buffer` and `got` stay the caller's; smr writes them during the call only.
  * Errors: `SMR_E_NULL` (`reader`, `got`, or `buffer` with `capacity` above 0); `SMR_E_IO` when
  * the snapshot cannot be read (return non-zero from `restore` then).
  *
@@ -384,6 +388,12 @@ smr_status smr_reader_read(smr_reader *reader,
  * peer or client that closes its connection would otherwise kill the process on smr's next
  * write, which sees EPIPE instead). A handler the application installed is left alone.
  *
+ * Threads: any thread but a callback's (`SMR_E_WRONG_THREAD`). Several nodes may run in one
+ * process, each with its own callbacks and `user_data`.
+ * Ownership: `config_toml` is read during the call only; `callbacks` is copied; `user_data`
+ * stays the caller's and must outlive the node; `*out` is the caller's to free with
+ * `smr_node_free` (also after a failed `smr_node_stop`).
+ *
  * Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT` (text not UTF-8, over 1 MiB, unknown start
  * mode), `SMR_E_CONFIG` (the message names the key), `SMR_E_START`, `SMR_E_WRONG_THREAD`
  * (from inside a callback).
@@ -401,7 +411,8 @@ smr_status smr_node_start(const char *config_toml,
 
 /**
  * `smr_node_start` with the config read from the file at `path` (NUL-terminated, UTF-8);
- * relative paths in the file resolve against the file's directory.
+ * relative paths in the file resolve against the file's directory. Threads, ownership and
+ * errors as for `smr_node_start`; `path` is read during the call only.
  *
  * # Safety
  * `path` is a NUL-terminated string; the rest as for `smr_node_start`.
@@ -422,8 +433,9 @@ smr_status smr_node_start_file(const char *path,
  * the first result. Session 0 is never deduplicated.
  *
  * Threads: any thread, including inside callbacks.
- * Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT`, `SMR_E_STOPPED`, `SMR_E_SHUTTING_DOWN`;
- * the outcome itself (`SMR_E_NOT_LEADER`, `SMR_E_BUSY`...) goes to the completion.
+ * Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT`, `SMR_E_STOPPED`, `SMR_E_SHUTTING_DOWN`,
+ * `SMR_E_FATAL`; the outcome itself (`SMR_E_NOT_LEADER`, `SMR_E_BUSY`...) goes to the
+ * completion.
  *
  * # Safety
  * `node` is a live handle; `command` points at `len` readable bytes; `context` is valid
@@ -439,7 +451,7 @@ smr_status smr_propose(smr_node *node,
 
 /**
  * Frees a buffer filled by smr and sets it to `{NULL, 0}`; a NULL `buffer` or an empty one is
- * fine.
+ * fine. Threads: any thread (the buffer is the caller's, not tied to the node or its thread).
  *
  * # Safety
  * `buffer` is NULL or points at an `smr_buffer` filled by smr and not yet freed.
@@ -488,7 +500,13 @@ smr_status smr_read_barrier(smr_node *node,
  * log, does not vote) when `learner` is non-zero. Start the new node with `SMR_START_JOIN`.
  * Waits at most `timeout_ms` (above 0) for the change to commit. Leader only.
  *
+ * To promote a learner to voter, call it again with `learner` 0; both addresses may then be
+ * "" to keep the ones the cluster knows (a node whose addresses are unknown is
+ * `SMR_E_INVALID_REQUEST`). The usual way to grow a cluster: add as a learner, wait until it has
+ * caught up (`applied_index` in its `smr_status_json`), promote.
+ *
  * Threads: any thread but a callback's (`SMR_E_WRONG_THREAD`).
+ * Ownership: the addresses are read during the call only.
  *
  * # Safety
  * `node` is a live handle; the addresses are NUL-terminated strings.
@@ -556,6 +574,7 @@ smr_status smr_metrics_json(smr_node *node,
 
 /**
  * Frees a string returned by smr (`smr_status_json`, `smr_metrics_json`); NULL is fine.
+ * Threads: any thread.
  *
  * # Safety
  * `text` is NULL or a string from smr not yet freed.
@@ -593,7 +612,7 @@ smr_status smr_node_free(smr_node *node);
 
 /**
  * The static text of a status code: never NULL, never to be freed. An unknown code gives
- * "unknown status code".
+ * "unknown status code". Threads: any thread.
  */
 const char *smr_strerror(int32_t status);
 
@@ -603,7 +622,7 @@ const char *smr_strerror(int32_t status);
  * the detail of its status is recorded on the completion's thread before it runs.
  *
  * Ownership: the string belongs to smr and stays valid until the next `smr_*` call on this
- * thread; copy it to keep it. Never NULL.
+ * thread; copy it to keep it. Never NULL. Threads: any thread; each thread has its own.
  */
 const char *smr_last_error_message(void);
 

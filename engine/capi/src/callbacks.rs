@@ -364,6 +364,7 @@ pub unsafe extern "C" fn smr_result_set(
 /// Appends `data[0..len]` to the snapshot being written (`data` may be NULL when `len` is 0).
 ///
 /// Threads: only from inside `snapshot`, on its thread (else `SMR_E_WRONG_THREAD`).
+/// Ownership: `data` stays the caller's; it is copied into the snapshot during the call.
 /// Errors: `SMR_E_NULL`; `SMR_E_IO` when the node could not write (the message says why;
 /// return non-zero from `snapshot` then; the node reports the error itself).
 ///
@@ -400,6 +401,7 @@ pub unsafe extern "C" fn smr_writer_write(writer: *mut smr_writer, data: *const 
 /// `*got` is 0 only at the end of the snapshot (or when `capacity` is 0).
 ///
 /// Threads: only from inside `restore`, on its thread (else `SMR_E_WRONG_THREAD`).
+/// Ownership: `buffer` and `got` stay the caller's; smr writes them during the call only.
 /// Errors: `SMR_E_NULL` (`reader`, `got`, or `buffer` with `capacity` above 0); `SMR_E_IO` when
 /// the snapshot cannot be read (return non-zero from `restore` then).
 ///

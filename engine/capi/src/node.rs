@@ -4,7 +4,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use smr_runtime::{InitialState, Node, NodeConfig, config_file};
 
 use crate::callbacks::{CEvents, CStateMachine, Callbacks, UserData, bytes_arg, smr_callbacks};
 use crate::status::smr_status::{self, *};
-use crate::status::{as_callback, fail, guard, panic_text, refuse_in_callback};
+use crate::status::{PanicPoint, as_callback, fail, guard, injection_point, panic_text, refuse_in_callback};
 
 /// The longest config text accepted, 1 MiB: a config is a page of TOML.
 const CONFIG_BYTES_MAX: usize = 1 << 20;
@@ -58,10 +58,15 @@ struct Inner {
     node: RwLock<Option<Node>>,
     callbacks: Arc<Callbacks>,
     watcher_stop: AtomicBool,
+    /// Set by a panic caught in a call on the node: the node is stopped, and every later call
+    /// is refused with `SMR_E_FATAL` and this reason.
+    panicked: OnceLock<String>,
 }
 
 impl Inner {
     /// Runs `f` on the running node; a panic in it is reported like a fatal failure of the node.
+    /// A node that stopped on its own (a fatal failure or an earlier panic) refuses with
+    /// `SMR_E_FATAL`.
     fn with_node(&self, f: impl FnOnce(&Node) -> Result<(), smr_status>) -> Result<(), smr_status> {
         let guard = match self.node.try_read() {
             Ok(guard) => guard,
@@ -75,10 +80,26 @@ impl Inner {
         let Some(node) = guard.as_ref() else {
             return Err(fail(SMR_E_STOPPED, "the node was stopped with smr_node_stop"));
         };
-        match catch_unwind(AssertUnwindSafe(|| f(node))) {
+        if let Some(message) = self.panicked.get() {
+            return Err(fail(SMR_E_FATAL, format!("the node stopped after {message} (exit code {EXIT_CODE_PANIC})")));
+        }
+        if node.is_stopping()
+            && let Some(fatal) = node.fatal()
+        {
+            return Err(fail(
+                SMR_E_FATAL,
+                format!("the node stopped: {} (exit code {})", fatal.message, fatal.exit_code),
+            ));
+        }
+        let call = || {
+            injection_point(PanicPoint::OnNode);
+            f(node)
+        };
+        match catch_unwind(AssertUnwindSafe(call)) {
             Ok(result) => result,
             Err(payload) => {
-                let message = format!("panic in smr: {}", panic_text(payload.as_ref()));
+                let message = format!("a panic in smr: {}", panic_text(payload.as_ref()));
+                let _ = self.panicked.set(message.clone());
                 node.stop_handle().stop();
                 self.callbacks.notify_fatal(EXIT_CODE_PANIC, &message);
                 Err(fail(SMR_E_PANIC, message))
@@ -192,7 +213,12 @@ unsafe fn start(
             let status = if error.exit_code() == smr_runtime::EXIT_CODE_CONFIG { SMR_E_CONFIG } else { SMR_E_START };
             fail(status, format!("{error} (exit code {})", error.exit_code()))
         })?;
-    let inner = Arc::new(Inner { node: RwLock::new(Some(node)), callbacks, watcher_stop: AtomicBool::new(false) });
+    let inner = Arc::new(Inner {
+        node: RwLock::new(Some(node)),
+        callbacks,
+        watcher_stop: AtomicBool::new(false),
+        panicked: OnceLock::new(),
+    });
     let watched = Arc::clone(&inner);
     let watcher = std::thread::Builder::new()
         .name("smr-capi-fatal".into())
@@ -249,6 +275,12 @@ fn watch_fatal(inner: &Inner) {
 /// peer or client that closes its connection would otherwise kill the process on smr's next
 /// write, which sees EPIPE instead). A handler the application installed is left alone.
 ///
+/// Threads: any thread but a callback's (`SMR_E_WRONG_THREAD`). Several nodes may run in one
+/// process, each with its own callbacks and `user_data`.
+/// Ownership: `config_toml` is read during the call only; `callbacks` is copied; `user_data`
+/// stays the caller's and must outlive the node; `*out` is the caller's to free with
+/// `smr_node_free` (also after a failed `smr_node_stop`).
+///
 /// Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT` (text not UTF-8, over 1 MiB, unknown start
 /// mode), `SMR_E_CONFIG` (the message names the key), `SMR_E_START`, `SMR_E_WRONG_THREAD`
 /// (from inside a callback).
@@ -288,7 +320,8 @@ pub unsafe extern "C" fn smr_node_start(
 }
 
 /// `smr_node_start` with the config read from the file at `path` (NUL-terminated, UTF-8);
-/// relative paths in the file resolve against the file's directory.
+/// relative paths in the file resolve against the file's directory. Threads, ownership and
+/// errors as for `smr_node_start`; `path` is read during the call only.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string; the rest as for `smr_node_start`.
@@ -328,8 +361,9 @@ pub type smr_completion_fn =
 /// the first result. Session 0 is never deduplicated.
 ///
 /// Threads: any thread, including inside callbacks.
-/// Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT`, `SMR_E_STOPPED`, `SMR_E_SHUTTING_DOWN`;
-/// the outcome itself (`SMR_E_NOT_LEADER`, `SMR_E_BUSY`...) goes to the completion.
+/// Errors: `SMR_E_NULL`, `SMR_E_INVALID_ARGUMENT`, `SMR_E_STOPPED`, `SMR_E_SHUTTING_DOWN`,
+/// `SMR_E_FATAL`; the outcome itself (`SMR_E_NOT_LEADER`, `SMR_E_BUSY`...) goes to the
+/// completion.
 ///
 /// # Safety
 /// `node` is a live handle; `command` points at `len` readable bytes; `context` is valid
@@ -389,7 +423,7 @@ fn into_buffer(bytes: &[u8]) -> smr_buffer {
 }
 
 /// Frees a buffer filled by smr and sets it to `{NULL, 0}`; a NULL `buffer` or an empty one is
-/// fine.
+/// fine. Threads: any thread (the buffer is the caller's, not tied to the node or its thread).
 ///
 /// # Safety
 /// `buffer` is NULL or points at an `smr_buffer` filled by smr and not yet freed.
@@ -507,7 +541,13 @@ unsafe fn admin(
 /// log, does not vote) when `learner` is non-zero. Start the new node with `SMR_START_JOIN`.
 /// Waits at most `timeout_ms` (above 0) for the change to commit. Leader only.
 ///
+/// To promote a learner to voter, call it again with `learner` 0; both addresses may then be
+/// "" to keep the ones the cluster knows (a node whose addresses are unknown is
+/// `SMR_E_INVALID_REQUEST`). The usual way to grow a cluster: add as a learner, wait until it has
+/// caught up (`applied_index` in its `smr_status_json`), promote.
+///
 /// Threads: any thread but a callback's (`SMR_E_WRONG_THREAD`).
+/// Ownership: the addresses are read during the call only.
 ///
 /// # Safety
 /// `node` is a live handle; the addresses are NUL-terminated strings.
@@ -525,7 +565,7 @@ pub unsafe extern "C" fn smr_add_node(
         let peer = unsafe { str_arg("smr_add_node: peer_address", peer_address) }?;
         // SAFETY: NUL-terminated per the contract.
         let client = unsafe { str_arg("smr_add_node: client_address", client_address) }?;
-        let address = format!("{peer},{client}");
+        let address = if peer.is_empty() && client.is_empty() { String::new() } else { format!("{peer},{client}") };
         // SAFETY: a live handle per the contract.
         unsafe {
             admin(node, "smr_add_node", timeout_ms, || {
@@ -626,6 +666,7 @@ pub unsafe extern "C" fn smr_metrics_json(node: *mut smr_node, out: *mut *mut c_
 }
 
 /// Frees a string returned by smr (`smr_status_json`, `smr_metrics_json`); NULL is fine.
+/// Threads: any thread.
 ///
 /// # Safety
 /// `text` is NULL or a string from smr not yet freed.
@@ -682,7 +723,13 @@ fn stop(handle: &smr_node) -> Result<(), smr_status> {
     node.shutdown().map_err(|fatal| {
         handle.inner.callbacks.notify_fatal(fatal.exit_code, &fatal.message);
         fail(SMR_E_FATAL, format!("the node had stopped: {} (exit code {})", fatal.message, fatal.exit_code))
-    })
+    })?;
+    match handle.inner.panicked.get() {
+        Some(message) => {
+            Err(fail(SMR_E_FATAL, format!("the node had stopped after {message} (exit code {EXIT_CODE_PANIC})")))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Stops the node if it runs (as `smr_node_stop`) and frees the handle; NULL is fine. The
@@ -707,4 +754,137 @@ pub unsafe extern "C" fn smr_node_free(node: *mut smr_node) -> smr_status {
             Err(status) => Err(status),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The panic path of a call on a running node, through the real entry points, with a panic
+    //! injected by the test seam in `status.rs` (which exists in unit tests only).
+
+    use std::ffi::CStr;
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::callbacks::{smr_command, smr_reader, smr_result_sink, smr_writer};
+    use crate::status::{inject_panic, smr_last_error_message};
+
+    #[derive(Default)]
+    struct Seen {
+        fatal_calls: AtomicU32,
+        fatal: Mutex<Option<(i32, String)>>,
+        completions: AtomicU32,
+    }
+
+    unsafe extern "C" fn apply(_: *mut c_void, _: u64, _: *const smr_command, _: usize, _: *mut smr_result_sink) {}
+
+    unsafe extern "C" fn snapshot(_: *mut c_void, _: *mut smr_writer) -> c_int {
+        0
+    }
+
+    unsafe extern "C" fn restore(_: *mut c_void, _: *mut smr_reader) -> c_int {
+        0
+    }
+
+    unsafe extern "C" fn on_fatal(user_data: *mut c_void, exit_code: i32, message: *const c_char) {
+        // SAFETY: the `Seen` given at start, alive until the node is freed.
+        let seen = unsafe { &*user_data.cast::<Seen>() };
+        // SAFETY: a NUL-terminated message, valid during the call.
+        let message = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+        seen.fatal_calls.fetch_add(1, Ordering::SeqCst);
+        *seen.fatal.lock().unwrap() = Some((exit_code, message));
+    }
+
+    unsafe extern "C" fn completion(context: *mut c_void, _: smr_status, _: *const u8, _: usize) {
+        // SAFETY: the `Seen` passed as the context.
+        unsafe { &*context.cast::<Seen>() }.completions.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn last_error() -> String {
+        // SAFETY: never NULL, valid until the next call on this thread.
+        unsafe { CStr::from_ptr(smr_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    fn config(dir: &Path) -> String {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (peer, client) = (port(), port());
+        format!(
+            "node_id = 1\ncluster_id = \"0xcd\"\ndata_dir = \"{}\"\nsecret = \"panic-path-test-secret-of-32-chars\"\n\
+             peer_listen = \"127.0.0.1:{peer}\"\nclient_listen = \"127.0.0.1:{client}\"\n\
+             [[members]]\nid = 1\npeer_address = \"127.0.0.1:{peer}\"\nclient_address = \"127.0.0.1:{client}\"\n\
+             [log]\nsegment_bytes = 4194304\nentry_bytes_max = 3145728\nsubmit_bytes_max = 8388608\n",
+            dir.join("data").display()
+        )
+    }
+
+    #[test]
+    fn a_panic_in_a_call_on_a_node_is_smr_e_panic_then_on_fatal_then_smr_e_fatal_for_every_later_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config(dir.path());
+        let seen = Seen::default();
+        let user_data = std::ptr::from_ref(&seen).cast_mut().cast::<c_void>();
+        let table = smr_callbacks {
+            apply: Some(apply),
+            snapshot: Some(snapshot),
+            restore: Some(restore),
+            state_hash: None,
+            on_fatal: Some(on_fatal),
+            on_role_change: None,
+            on_membership_change: None,
+        };
+        let mut node = std::ptr::null_mut();
+        let new = smr_start_mode::SMR_START_NEW as i32;
+        // SAFETY: valid pointers; `seen` outlives the node.
+        let status = unsafe { smr_node_start(text.as_ptr().cast(), text.len(), new, &table, user_data, &mut node) };
+        assert_eq!(status, SMR_OK, "{}", last_error());
+        // A one-node cluster elects itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // SAFETY: a live handle; the command lives through the call.
+            match unsafe { smr_propose_sync(node, 1, 1, b"x".as_ptr(), 1, 5_000, std::ptr::null_mut()) } {
+                SMR_OK => break,
+                SMR_E_NOT_LEADER if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("the node did not take a command: {other:?}: {}", last_error()),
+            }
+        }
+        assert_eq!(seen.fatal_calls.load(Ordering::SeqCst), 0);
+
+        // The panic: the entry point answers SMR_E_PANIC and says so, and on_fatal hears of it.
+        inject_panic(PanicPoint::OnNode);
+        // SAFETY: a live handle.
+        let status = unsafe { smr_propose_sync(node, 1, 2, b"y".as_ptr(), 1, 5_000, std::ptr::null_mut()) };
+        assert_eq!(status, SMR_E_PANIC);
+        assert_eq!(last_error(), "a panic in smr: injected panic at OnNode");
+        assert_eq!(seen.fatal_calls.load(Ordering::SeqCst), 1);
+        let (exit_code, message) = seen.fatal.lock().unwrap().clone().unwrap();
+        assert_eq!(exit_code, EXIT_CODE_PANIC);
+        assert!(message.contains("injected panic at OnNode"), "{message}");
+
+        // Every later call on the node is refused as failed, with the reason; no completion runs.
+        let refused = |status: smr_status, what: &str| {
+            assert_eq!(status, SMR_E_FATAL, "{what}: {}", last_error());
+            assert!(last_error().contains("injected panic at OnNode"), "{what}: {}", last_error());
+        };
+        let context = user_data;
+        // SAFETY: a live handle, and valid pointers, for each call below.
+        unsafe {
+            refused(smr_propose_sync(node, 1, 3, b"z".as_ptr(), 1, 5_000, std::ptr::null_mut()), "propose_sync");
+            refused(smr_propose(node, 1, 3, b"z".as_ptr(), 1, Some(completion), context), "propose");
+            refused(smr_read_barrier(node, 5_000), "read_barrier");
+            refused(smr_transfer_leader(node, 1, 5_000), "transfer_leader");
+            let mut json = std::ptr::null_mut();
+            refused(smr_metrics_json(node, &mut json), "metrics_json");
+            assert!(json.is_null());
+            refused(smr_status_json(node, 5_000, &mut json), "status_json");
+            assert!(json.is_null());
+            // Stopping reports the failure once; then the handle is merely stopped.
+            refused(smr_node_stop(node), "node_stop");
+            assert_eq!(smr_node_stop(node), SMR_E_STOPPED);
+            assert_eq!(smr_propose(node, 1, 4, b"z".as_ptr(), 1, Some(completion), context), SMR_E_STOPPED);
+            assert_eq!(smr_node_free(node), SMR_OK);
+        }
+        assert_eq!(seen.completions.load(Ordering::SeqCst), 0, "no completion for a refused proposal");
+        assert_eq!(seen.fatal_calls.load(Ordering::SeqCst), 1, "on_fatal is called once");
+    }
 }

@@ -45,16 +45,18 @@ pub enum smr_status {
     /// The call would block the thread it is made on, and it is made from inside a callback
     /// (which runs on one of the node's own threads): it would deadlock the node.
     SMR_E_WRONG_THREAD = -11,
-    /// A bug in smr: a panic was caught at the boundary. The node is stopped and `on_fatal`
-    /// has been called.
+    /// A bug in smr: a panic was caught at the boundary; the message says where. When it
+    /// happened in a call on a node, that node is stopped, `on_fatal` has been called (exit
+    /// code 70), and every later call on it returns `SMR_E_FATAL`.
     SMR_E_PANIC = -12,
     /// An unexpected failure inside smr; the message says what.
     SMR_E_INTERNAL = -13,
     /// The node refused the request as malformed or naming something that does not exist
     /// (removing an unknown member, say); the message says why.
     SMR_E_INVALID_REQUEST = -14,
-    /// The node stopped on its own after a fatal failure (a disk error, say); the message
-    /// gives its exit code and reason, as `on_fatal` did.
+    /// The node stopped on its own after a fatal failure (a disk error, say, or a panic caught
+    /// in smr); the message gives its exit code and reason, as `on_fatal` did. Every call on the
+    /// node returns it until `smr_node_stop`; only `smr_node_stop` and `smr_node_free` remain.
     SMR_E_FATAL = -15,
     /// Writing a snapshot or reading one back failed (an I/O error of the node's files).
     SMR_E_IO = -16,
@@ -162,8 +164,47 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
+/// Where this crate's own unit tests can make an entry point panic, to test the panic path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanicPoint {
+    /// At the start of every entry point's body, under [`guard`].
+    Entry,
+    /// Inside a call on a running node, under its own `catch_unwind`.
+    OnNode,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The point at which the next call on this thread panics (unit tests only).
+    static INJECTED_PANIC: Cell<Option<PanicPoint>> = const { Cell::new(None) };
+}
+
+/// Makes the next call on this thread that passes `point` panic (unit tests only: the seam does
+/// not exist in the library that C links).
+#[cfg(test)]
+pub(crate) fn inject_panic(point: PanicPoint) {
+    INJECTED_PANIC.with(|injected| injected.set(Some(point)));
+}
+
+/// Panics if a unit test injected a panic at `point` on this thread; nothing outside tests.
+#[cfg(test)]
+pub(crate) fn injection_point(point: PanicPoint) {
+    if INJECTED_PANIC.with(|injected| injected.get()) == Some(point) {
+        INJECTED_PANIC.with(|injected| injected.set(None));
+        panic!("injected panic at {point:?}");
+    }
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+pub(crate) fn injection_point(_point: PanicPoint) {}
+
 /// Runs the body of an entry point that has no node to notify: a panic becomes `SMR_E_PANIC`.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), smr_status>) -> smr_status {
+    let body = || {
+        injection_point(PanicPoint::Entry);
+        body()
+    };
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => SMR_OK,
         Ok(Err(status)) => status,
@@ -172,7 +213,7 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), smr_status>) -> smr_status
 }
 
 /// The static text of a status code: never NULL, never to be freed. An unknown code gives
-/// "unknown status code".
+/// "unknown status code". Threads: any thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn smr_strerror(status: i32) -> *const c_char {
     let found = ALL_STATUSES.iter().find(|s| **s as i32 == status);
@@ -184,8 +225,53 @@ pub extern "C" fn smr_strerror(status: i32) -> *const c_char {
 /// the detail of its status is recorded on the completion's thread before it runs.
 ///
 /// Ownership: the string belongs to smr and stays valid until the next `smr_*` call on this
-/// thread; copy it to keep it. Never NULL.
+/// thread; copy it to keep it. Never NULL. Threads: any thread; each thread has its own.
 #[unsafe(no_mangle)]
 pub extern "C" fn smr_last_error_message() -> *const c_char {
     LAST_ERROR.try_with(|last| last.borrow().as_ptr()).unwrap_or(c"".as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: never NULL, valid until the next call on this thread.
+        unsafe { CStr::from_ptr(smr_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn guard_passes_outcomes_through_and_turns_a_panic_into_smr_e_panic() {
+        assert_eq!(guard(|| Ok(())), SMR_OK);
+        assert_eq!(guard(|| Err(fail(SMR_E_BUSY, "full"))), SMR_E_BUSY);
+        assert_eq!(last_error(), "full");
+        assert_eq!(guard(|| panic!("a static message")), SMR_E_PANIC);
+        assert_eq!(last_error(), "panic in smr: a static message");
+        let detail = 42;
+        assert_eq!(guard(|| panic!("a formatted message {detail}")), SMR_E_PANIC);
+        assert_eq!(last_error(), "panic in smr: a formatted message 42");
+        assert_eq!(guard(|| std::panic::panic_any(7_u8)), SMR_E_PANIC);
+        assert_eq!(last_error(), "panic in smr: a panic without a message");
+    }
+
+    #[test]
+    fn an_entry_point_that_panics_returns_smr_e_panic_and_the_next_call_works() {
+        let mut got = 5;
+        inject_panic(PanicPoint::Entry);
+        // SAFETY: every pointer is valid; the injected panic fires before any is used.
+        let status = unsafe { crate::smr_reader_read(std::ptr::null_mut(), std::ptr::null_mut(), 0, &mut got) };
+        assert_eq!(status, SMR_E_PANIC);
+        assert_eq!(last_error(), "panic in smr: injected panic at Entry");
+        // SAFETY: as above; this time the NULL reader is refused.
+        let status = unsafe { crate::smr_reader_read(std::ptr::null_mut(), std::ptr::null_mut(), 0, &mut got) };
+        assert_eq!(status, SMR_E_NULL, "the injection fires once");
+    }
+
+    #[test]
+    fn a_panic_in_a_callback_depth_guard_leaves_the_depth_balanced() {
+        assert!(!in_callback());
+        let caught = catch_unwind(|| as_callback(|| panic!("inside")));
+        assert!(caught.is_err());
+        assert!(!in_callback(), "leaving a callback by unwinding still lowers the depth");
+    }
 }

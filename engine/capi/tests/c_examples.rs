@@ -1,6 +1,7 @@
 //! The C examples, compiled with gcc against `libsmr.a` under AddressSanitizer and run:
 //! `examples/kv.c` (the minimal key-value backend, run twice to restart from a snapshot) and
-//! `examples/errors.c` (the error paths of the API, checked from C).
+//! `examples/errors.c` (the error paths of the API, checked from C), and `examples/bench.c` (the
+//! C half of `benches/boundary.rs`) on a small workload, its results checked.
 //!
 //! gcc is required: `.ci/run` installs it. Without it these tests say so loudly and pass, so
 //! that `cargo test` works on a machine without a C compiler.
@@ -139,4 +140,35 @@ fn errors_example_gets_every_documented_status() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "errors.c failed ({:?}); see its stderr above", output.status);
     assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn bench_program_runs_a_small_workload_and_checks_its_results() {
+    if !gcc_available() {
+        return;
+    }
+    let program = compile("bench");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(&program)
+        .arg(dir.path())
+        .args(["8", "--ops", "300"])
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1")
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("--- bench stdout:\n{stdout}--- stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "bench reported an unclean run ({:?})", output.status);
+    // Write 1 found the leader; the other 299 ran 8 at a time. Every put completed with a
+    // previous value of its own key, and every replica applied all 300 to the same state.
+    for field in [
+        "\"outstanding\":8,",
+        "\"ops\":299,",
+        "\"completed\":300,",
+        "\"errors\":0,",
+        "\"bad_results\":0,",
+        "\"applied\":[300,300,300]",
+        "\"replicas_equal\":true",
+    ] {
+        assert!(stdout.contains(field), "bench's JSON lacks {field}: {stdout}");
+    }
 }
