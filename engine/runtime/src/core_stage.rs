@@ -352,20 +352,6 @@ impl CoreStage {
         }
     }
 
-    /// The hard state a ready writes: a new term or vote always (before anything that depends on
-    /// it leaves); a new commit hint only when it lags by `COMMIT_HINT_LAG_MAX`, and only with a
-    /// ready that syncs anyway.
-    fn hard_state_to_write(&mut self, sync: bool, hard_state: Option<HardState>) -> Option<HardState> {
-        let hs = hard_state.filter(|_| sync)?;
-        let written = self.hard_state_written;
-        let vote_changed = hs.term != written.term || hs.vote != written.vote;
-        if !vote_changed && hs.commit < written.commit.saturating_add(COMMIT_HINT_LAG_MAX) {
-            return None;
-        }
-        self.hard_state_written = hs;
-        Some(hs)
-    }
-
     /// Hands the proposals made since the last commit to the apply stage.
     fn send_proposals(&mut self) {
         for work in std::mem::take(&mut self.proposals_unsent) {
@@ -532,7 +518,7 @@ impl CoreStage {
                     number: rd.number,
                     chunks: rd.snapshot_chunks,
                     entries: rd.entries,
-                    hard_state: self.hard_state_to_write(rd.sync, rd.hard_state),
+                    hard_state: hard_state_to_write(&mut self.hard_state_written, rd.sync, rd.hard_state),
                     messages: rd.persisted_messages,
                 };
                 if self.to_log.send(work).is_err() {
@@ -767,5 +753,42 @@ impl CoreStage {
         drop(to_apply);
         log_waker.wake();
         transport.shutdown();
+    }
+}
+
+/// The hard state a ready writes, given the one last written: a new term or vote always (before
+/// anything that depends on it leaves); a new commit hint only when it lags by
+/// `COMMIT_HINT_LAG_MAX`, and only with a ready that syncs anyway.
+fn hard_state_to_write(written: &mut HardState, sync: bool, hard_state: Option<HardState>) -> Option<HardState> {
+    let hs = hard_state.filter(|_| sync)?;
+    let vote_changed = hs.term != written.term || hs.vote != written.vote;
+    if !vote_changed && hs.commit < written.commit.saturating_add(COMMIT_HINT_LAG_MAX) {
+        return None;
+    }
+    *written = hs;
+    Some(hs)
+}
+
+#[cfg(test)]
+mod tests {
+    use smr_raft::HardState;
+
+    use super::{COMMIT_HINT_LAG_MAX, hard_state_to_write};
+
+    #[test]
+    fn term_and_vote_are_always_written_and_the_commit_hint_only_when_far_behind() {
+        let mut written = HardState { term: 2, vote: Some(1), commit: 10 };
+        let commit_only = |commit| Some(HardState { term: 2, vote: Some(1), commit });
+        assert_eq!(hard_state_to_write(&mut written, true, commit_only(11)), None, "a commit hint alone waits");
+        assert_eq!(hard_state_to_write(&mut written, true, None), None);
+        let far = commit_only(10 + COMMIT_HINT_LAG_MAX);
+        assert_eq!(hard_state_to_write(&mut written, false, far), None, "never without a sync of its own");
+        assert_eq!(hard_state_to_write(&mut written, true, far), far);
+        assert_eq!(written, far.unwrap());
+        let new_term = Some(HardState { term: 3, vote: None, commit: 12 + COMMIT_HINT_LAG_MAX });
+        assert_eq!(hard_state_to_write(&mut written, true, new_term), new_term);
+        let vote = Some(HardState { term: 3, vote: Some(2), commit: 12 + COMMIT_HINT_LAG_MAX });
+        assert_eq!(hard_state_to_write(&mut written, true, vote), vote);
+        assert_eq!(written, vote.unwrap());
     }
 }
