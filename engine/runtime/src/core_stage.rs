@@ -787,8 +787,8 @@ mod tests {
         assert_eq!(written, far.unwrap());
         let new_term = Some(HardState { term: 3, vote: None, commit: 12 + COMMIT_HINT_LAG_MAX });
         assert_eq!(hard_state_to_write(&mut written, true, new_term), new_term);
-        let vote = Some(HardState { term: 3, vote: Some(2), commit: 12 + COMMIT_HINT_LAG_MAX });
-        assert_eq!(hard_state_to_write(&mut written, true, vote), vote);
-        assert_eq!(written, vote.unwrap());
+        let vote = HardState { term: 3, vote: Some(2), commit: 12 + COMMIT_HINT_LAG_MAX };
+        assert_eq!(hard_state_to_write(&mut written, true, Some(vote)), Some(vote));
+        assert_eq!(written, vote);
     }
 }
