@@ -22,12 +22,13 @@ const SAMPLES_MAX: usize = 86_400;
 /// The stretch at each end of the window whose samples are averaged for the growth.
 const GROWTH_STRETCH: Duration = Duration::from_secs(60);
 
-/// One reading of every node: when (since sampling began) and each node's RSS in KiB (`None` if
-/// its `/proc` entry could not be read, e.g. it had exited).
+/// One reading of every node: when (since sampling began) and each node's RSS and anonymous
+/// RSS in KiB (`None` if its `/proc` entry could not be read, e.g. it had exited).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Sample {
     pub(crate) at: Duration,
     pub(crate) rss_kib: Vec<Option<u64>>,
+    pub(crate) anon_kib: Vec<Option<u64>>,
 }
 
 /// Samples every node's RSS on a thread until stopped.
@@ -40,7 +41,12 @@ pub(crate) struct Sampler {
 }
 
 fn sample(pids: &[u32], at: Duration) -> Sample {
-    Sample { at, rss_kib: pids.iter().map(|&pid| procstat::memory_of_pid(pid).ok().map(|m| m.rss_kib)).collect() }
+    let memory: Vec<Option<procstat::Memory>> = pids.iter().map(|&pid| procstat::memory_of_pid(pid).ok()).collect();
+    Sample {
+        at,
+        rss_kib: memory.iter().map(|m| Some(m.as_ref()?.rss_kib)).collect(),
+        anon_kib: memory.iter().map(|m| m.as_ref()?.anon_kib).collect(),
+    }
 }
 
 impl Sampler {
@@ -113,6 +119,12 @@ pub(crate) struct NodeMemory {
     pub(crate) growth_kib: Option<f64>,
     /// Least-squares slope of RSS over the window, KiB per minute (at least 3 samples).
     pub(crate) slope_kib_per_min: Option<f64>,
+    /// The same growth and slope of the anonymous RSS alone (heap, stacks): RSS also counts
+    /// the pages of the node's memory-mapped log that were touched, which grow with the log and
+    /// are the kernel's to reclaim.
+    pub(crate) anon_last_kib: Option<f64>,
+    pub(crate) anon_growth_kib: Option<f64>,
+    pub(crate) anon_slope_kib_per_min: Option<f64>,
     /// The stretch averaged at each end, in seconds.
     pub(crate) stretch_secs: f64,
     /// Samples in the window.
@@ -127,33 +139,64 @@ pub(crate) fn summarize(samples: &[Sample], peaks: &[Option<u64>], from: Duratio
         .iter()
         .enumerate()
         .map(|(index, &peak)| {
-            let points: Vec<(f64, f64)> = samples
-                .iter()
-                .filter(|s| s.at >= from && s.at <= to)
-                .filter_map(|s| {
-                    Some((s.at.saturating_sub(from).as_secs_f64(), *s.rss_kib.get(index)?.as_ref()? as f64))
-                })
-                .collect();
-            let mean_between = |lo: f64, hi: f64| {
-                let values: Vec<f64> = points.iter().filter(|(t, _)| *t >= lo && *t <= hi).map(|p| p.1).collect();
-                (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-            };
-            let end = window.as_secs_f64();
-            let first = mean_between(0.0, stretch.as_secs_f64());
-            let last = mean_between(end - stretch.as_secs_f64(), end);
+            let rss = Series::of(samples, from, to, stretch, |s| s.rss_kib.get(index).copied().flatten());
+            let anon = Series::of(samples, from, to, stretch, |s| s.anon_kib.get(index).copied().flatten());
             NodeMemory {
                 node: index + 1,
                 peak_rss_kib: peak,
-                max_sampled_rss_kib: points.iter().map(|p| p.1 as u64).max(),
-                rss_first_kib: first,
-                rss_last_kib: last,
-                growth_kib: first.zip(last).map(|(a, b)| b - a),
-                slope_kib_per_min: slope(&points).map(|per_sec| per_sec * 60.0),
+                max_sampled_rss_kib: rss.points.iter().map(|p| p.1 as u64).max(),
+                rss_first_kib: rss.first,
+                rss_last_kib: rss.last,
+                growth_kib: rss.growth(),
+                slope_kib_per_min: rss.slope_per_min(),
+                anon_last_kib: anon.last,
+                anon_growth_kib: anon.growth(),
+                anon_slope_kib_per_min: anon.slope_per_min(),
                 stretch_secs: stretch.as_secs_f64(),
-                samples: points.len(),
+                samples: rss.points.len(),
             }
         })
         .collect()
+}
+
+/// One node's readings of one kind in a window: (seconds into the window, KiB), and the means
+/// of the first and last stretch.
+struct Series {
+    points: Vec<(f64, f64)>,
+    first: Option<f64>,
+    last: Option<f64>,
+}
+
+impl Series {
+    fn of(
+        samples: &[Sample],
+        from: Duration,
+        to: Duration,
+        stretch: Duration,
+        value: impl Fn(&Sample) -> Option<u64>,
+    ) -> Series {
+        let points: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.at >= from && s.at <= to)
+            .filter_map(|s| Some((s.at.saturating_sub(from).as_secs_f64(), value(s)? as f64)))
+            .collect();
+        let mean_between = |lo: f64, hi: f64| {
+            let values: Vec<f64> = points.iter().filter(|(t, _)| *t >= lo && *t <= hi).map(|p| p.1).collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let end = to.saturating_sub(from).as_secs_f64();
+        let first = mean_between(0.0, stretch.as_secs_f64());
+        let last = mean_between(end - stretch.as_secs_f64(), end);
+        Series { points, first, last }
+    }
+
+    fn growth(&self) -> Option<f64> {
+        self.first.zip(self.last).map(|(a, b)| b - a)
+    }
+
+    fn slope_per_min(&self) -> Option<f64> {
+        slope(&self.points).map(|per_sec| per_sec * 60.0)
+    }
 }
 
 /// Least-squares slope of `(x, y)` points; `None` for fewer than 3 or all at one `x`.
@@ -174,7 +217,14 @@ mod tests {
     use super::*;
 
     fn samples(values: &[(u64, [Option<u64>; 2])]) -> Vec<Sample> {
-        values.iter().map(|(secs, rss)| Sample { at: Duration::from_secs(*secs), rss_kib: rss.to_vec() }).collect()
+        values
+            .iter()
+            .map(|(secs, rss)| Sample {
+                at: Duration::from_secs(*secs),
+                rss_kib: rss.to_vec(),
+                anon_kib: rss.iter().map(|r| r.map(|kib| kib / 2)).collect(),
+            })
+            .collect()
     }
 
     #[test]
@@ -200,6 +250,10 @@ mod tests {
         let slope = memory[1].slope_kib_per_min.unwrap();
         assert!((slope - 1024.0).abs() < 5.0, "{slope}");
         assert_eq!(memory[1].max_sampled_rss_kib, Some(102_400 + 300 * 1024 / 60));
+        // The anonymous part (half of it here) is summed up the same way.
+        let anon = memory[1].anon_slope_kib_per_min.unwrap();
+        assert!((anon - 512.0).abs() < 5.0, "{anon}");
+        assert_eq!(memory[0].anon_growth_kib, Some(0.0));
     }
 
     #[test]

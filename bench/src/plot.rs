@@ -87,6 +87,7 @@ fn throughput_p99(report: &BenchReport) -> Result<String, String> {
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, (FONT, 20))
             .margin(20)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
@@ -107,15 +108,13 @@ fn throughput_p99(report: &BenchReport) -> Result<String, String> {
                 .map_err(|e| e.to_string())?
                 .label(label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            // Each point a dot with its level of outstanding commands beside it.
             chart
-                .draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, colour.filled())))
-                .map_err(|e| e.to_string())?;
-            chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|p| Text::new(format!("{}", p.2), (p.0, p.1), (FONT, 14).into_font().color(&colour))),
-                )
+                .draw_series(points.iter().map(|p| {
+                    EmptyElement::at((p.0, p.1))
+                        + Circle::new((0, 0), 4, colour.filled())
+                        + Text::new(format!("{}", p.2), (7, -18), (FONT, 14).into_font().color(&colour))
+                }))
                 .map_err(|e| e.to_string())?;
         }
         chart
@@ -210,6 +209,7 @@ fn percentiles(report: &BenchReport) -> Result<String, String> {
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, (FONT, 20))
             .margin(20)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(InverseTail { end: x_max }, (y_min..y_max).log_scale())

@@ -45,6 +45,9 @@ pub(crate) fn cpu_ns_of_self() -> Result<u64, String> {
 pub(crate) struct Memory {
     pub(crate) rss_kib: u64,
     pub(crate) peak_rss_kib: u64,
+    /// The anonymous part of `rss_kib` (`RssAnon`: heap and stacks, not mapped files such as
+    /// the node's memory-mapped log); `None` on kernels before 4.5, which lack the line.
+    pub(crate) anon_kib: Option<u64>,
 }
 
 /// The value of a `Name:   1234 kB` line of `/proc/<pid>/status`, in KiB.
@@ -58,7 +61,11 @@ fn status_kib(status: &str, name: &str) -> Option<u64> {
 }
 
 pub(crate) fn parse_memory(status: &str) -> Option<Memory> {
-    Some(Memory { rss_kib: status_kib(status, "VmRSS")?, peak_rss_kib: status_kib(status, "VmHWM")? })
+    Some(Memory {
+        rss_kib: status_kib(status, "VmRSS")?,
+        peak_rss_kib: status_kib(status, "VmHWM")?,
+        anon_kib: status_kib(status, "RssAnon"),
+    })
 }
 
 /// The memory of process `pid`.
@@ -77,7 +84,12 @@ mod tests {
         let status = "Name:\tsmr\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1204316 kB\nVmSize:\t 1138780 kB\n\
                       VmLck:\t       0 kB\nVmHWM:\t   91232 kB\nVmRSS:\t   88120 kB\nRssAnon:\t   40000 kB\n\
                       Threads:\t12\n";
-        assert_eq!(parse_memory(status), Some(Memory { rss_kib: 88_120, peak_rss_kib: 91_232 }));
+        assert_eq!(
+            parse_memory(status),
+            Some(Memory { rss_kib: 88_120, peak_rss_kib: 91_232, anon_kib: Some(40_000) })
+        );
+        let old_kernel = "VmHWM:\t 9 kB\nVmRSS:\t 8 kB\n";
+        assert_eq!(parse_memory(old_kernel), Some(Memory { rss_kib: 8, peak_rss_kib: 9, anon_kib: None }));
         // A kernel thread has neither line; a garbled value or unit is refused.
         assert_eq!(parse_memory("Name:\tkthreadd\nState:\tS\n"), None);
         assert_eq!(parse_memory("VmHWM:\t 9 kB\nVmRSS:\t x kB\n"), None);

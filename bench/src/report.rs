@@ -207,7 +207,19 @@ pub(crate) fn write_aligned(out: &mut dyn Write, rows: &[Vec<String>]) -> std::i
 
 /// The memory of each node in each step, in MiB.
 fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Result<()> {
-    let header = ["outstanding", "node", "peak RSS MiB", "first MiB", "last MiB", "growth MiB", "MiB/min", "samples"];
+    let header = [
+        "outstanding",
+        "node",
+        "peak RSS MiB",
+        "first MiB",
+        "last MiB",
+        "growth MiB",
+        "MiB/min",
+        "anon MiB",
+        "anon growth",
+        "anon MiB/min",
+        "samples",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     let mib = |kib: Option<f64>| kib.map(|k| k / 1024.0);
     let mut stretch = None;
@@ -222,6 +234,9 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
                 cell(mib(node.rss_last_kib), 1),
                 cell(mib(node.growth_kib), 2),
                 cell(mib(node.slope_kib_per_min), 3),
+                cell(mib(node.anon_last_kib), 1),
+                cell(mib(node.anon_growth_kib), 2),
+                cell(mib(node.anon_slope_kib_per_min), 3),
                 node.samples.to_string(),
             ]);
         }
@@ -233,7 +248,8 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
         out,
         "Memory: each node's RSS (/proc/PID/status VmRSS) sampled every {} s in the window; peak = VmHWM at the \
          step's end (highest since the node started); growth = mean of the last {stretch:.0} s minus mean of the \
-         first {stretch:.0} s; MiB/min = least-squares slope.",
+         first {stretch:.0} s; MiB/min = least-squares slope; anon = the anonymous part of RSS (RssAnon: heap, \
+         stacks), without the touched pages of the memory-mapped log.",
         crate::memory::SAMPLE_INTERVAL.as_secs()
     )
 }
