@@ -129,6 +129,16 @@ pub(crate) struct NodeMemory {
     pub(crate) stretch_secs: f64,
     /// Samples in the window.
     pub(crate) samples: usize,
+    /// Every sample of the window, for plotting or a closer look.
+    pub(crate) series: Vec<MemoryPoint>,
+}
+
+/// One sample of one node: seconds into the window, RSS and anonymous RSS in KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(crate) struct MemoryPoint {
+    pub(crate) secs: f64,
+    pub(crate) rss_kib: u64,
+    pub(crate) anon_kib: Option<u64>,
 }
 
 /// Each node's memory over the window `[from, to]`, from `samples` and the final `peaks`.
@@ -154,6 +164,17 @@ pub(crate) fn summarize(samples: &[Sample], peaks: &[Option<u64>], from: Duratio
                 anon_slope_kib_per_min: anon.slope_per_min(),
                 stretch_secs: stretch.as_secs_f64(),
                 samples: rss.points.len(),
+                series: samples
+                    .iter()
+                    .filter(|s| s.at >= from && s.at <= to)
+                    .filter_map(|s| {
+                        Some(MemoryPoint {
+                            secs: s.at.saturating_sub(from).as_secs_f64(),
+                            rss_kib: s.rss_kib.get(index).copied().flatten()?,
+                            anon_kib: s.anon_kib.get(index).copied().flatten(),
+                        })
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -243,6 +264,8 @@ mod tests {
         assert_eq!(memory[0].slope_kib_per_min, Some(0.0));
         assert_eq!(memory[0].peak_rss_kib, Some(110_000));
         assert_eq!(memory[0].samples, 301);
+        assert_eq!(memory[0].series.len(), 301);
+        assert_eq!(memory[1].series[300], MemoryPoint { secs: 300.0, rss_kib: 107_520, anon_kib: Some(53_760) });
         assert_eq!(memory[0].stretch_secs, 60.0);
         // The means of the first and last minutes are 4 minutes apart: about 4 MiB.
         let growth = memory[1].growth_kib.unwrap();

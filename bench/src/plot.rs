@@ -3,7 +3,9 @@
 //! - `throughput-p99.svg`: throughput against p99 latency across the sweep, one point per level
 //!   of outstanding commands, labelled; etcd's levels beside them when `--peers` ran it;
 //! - `latency-percentiles.svg`: each step's latency distribution the way HdrHistogram plots it,
-//!   latency against percentile on a log-scaled `1/(1-p)` axis, one curve per step.
+//!   latency against percentile on a log-scaled `1/(1-p)` axis, one curve per step;
+//! - `memory.svg` (when the nodes' memory was sampled): each node's RSS and anonymous RSS over
+//!   the measured windows, one after the other.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use crate::report::BenchReport;
 
 pub(crate) const THROUGHPUT_P99_FILE: &str = "throughput-p99.svg";
 pub(crate) const PERCENTILES_FILE: &str = "latency-percentiles.svg";
+pub(crate) const MEMORY_FILE: &str = "memory.svg";
 
 const SIZE: (u32, u32) = (960, 600);
 const FONT: &str = "sans-serif";
@@ -33,13 +36,17 @@ fn colour(index: usize) -> RGBColor {
     COLOURS[index % COLOURS.len()]
 }
 
-/// Writes both plots into `dir`; returns their paths.
+/// Writes the plots into `dir`; returns their paths.
 pub(crate) fn write_plots(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
-    for (file, draw) in [
+    let mut plots = vec![
         (THROUGHPUT_P99_FILE, throughput_p99 as fn(&BenchReport) -> Result<String, String>),
         (PERCENTILES_FILE, percentiles),
-    ] {
+    ];
+    if report.steps.iter().any(|s| s.memory.is_some()) {
+        plots.push((MEMORY_FILE, memory));
+    }
+    for (file, draw) in plots {
         let path = dir.join(file);
         let svg = draw(report).map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
         std::fs::write(&path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -243,6 +250,88 @@ fn percentiles(report: &BenchReport) -> Result<String, String> {
     Ok(svg)
 }
 
+/// Seconds since the first window opened, RSS in MiB, anonymous RSS in MiB.
+type MemorySample = (f64, f64, Option<f64>);
+
+fn memory(report: &BenchReport) -> Result<String, String> {
+    let nodes = report.steps.iter().filter_map(|s| s.memory.as_ref()).map(Vec::len).max().unwrap_or(0);
+    // Per node, per step, its samples.
+    let mut lines: Vec<Vec<Vec<MemorySample>>> = vec![Vec::new(); nodes];
+    let mut offset = 0.0;
+    for step in &report.steps {
+        for node in step.memory.iter().flatten() {
+            let points = node
+                .series
+                .iter()
+                .map(|p| (offset + p.secs, p.rss_kib as f64 / 1024.0, p.anon_kib.map(|k| k as f64 / 1024.0)))
+                .collect();
+            if let Some(slot) = lines.get_mut(node.node.saturating_sub(1)) {
+                slot.push(points);
+            }
+        }
+        offset += step.window_secs;
+    }
+    let y_max = lines.iter().flatten().flatten().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let levels: Vec<String> = report.steps.iter().map(|s| s.outstanding.to_string()).collect();
+        let caption = format!("Memory of each node over the measured windows (outstanding: {})", levels.join(", "));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, (FONT, 20))
+            .margin(20)
+            .margin_right(40)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..offset.max(1.0), 0.0..y_max)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds of measured load (steps one after the other)")
+            .y_desc("MiB")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (index, steps) in lines.iter().enumerate() {
+            let colour = colour(index);
+            let faint = colour.mix(0.5);
+            for (step, points) in steps.iter().enumerate() {
+                let rss = chart
+                    .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), colour.stroke_width(2)))
+                    .map_err(|e| e.to_string())?;
+                if step == 0 {
+                    rss.label(format!("node {} RSS", index + 1))
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                }
+                let anon = chart
+                    .draw_series(LineSeries::new(
+                        points.iter().filter_map(|p| Some((p.0, p.2?))),
+                        faint.stroke_width(1),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                if step == 0 {
+                    anon.label(format!("node {} anonymous", index + 1))
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], faint.stroke_width(1)));
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +419,56 @@ mod tests {
         let document = roxmltree::Document::parse(&svg).unwrap();
         assert!(texts(&document).iter().any(|l| l == "etcd 3.4.23"));
         assert_eq!(count(&document, "circle"), 6);
+    }
+
+    #[test]
+    fn memory_is_plotted_when_it_was_sampled() {
+        use crate::memory::{MemoryPoint, NodeMemory};
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = synthetic();
+        for step in &mut report.steps {
+            step.memory = Some(
+                (1..=3)
+                    .map(|node| NodeMemory {
+                        node,
+                        peak_rss_kib: Some(200_000),
+                        max_sampled_rss_kib: Some(150_000),
+                        rss_first_kib: Some(100_000.0),
+                        rss_last_kib: Some(150_000.0),
+                        growth_kib: Some(50_000.0),
+                        slope_kib_per_min: Some(300_000.0),
+                        anon_last_kib: Some(75_000.0),
+                        anon_growth_kib: Some(25_000.0),
+                        anon_slope_kib_per_min: Some(150_000.0),
+                        stretch_secs: 3.0,
+                        samples: 11,
+                        series: (0..=10)
+                            .map(|s| MemoryPoint {
+                                secs: f64::from(s),
+                                rss_kib: 100_000 + 5_000 * s as u64,
+                                anon_kib: Some(50_000 + 2_500 * s as u64),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            );
+        }
+        let paths = write_plots(&report, dir.path()).unwrap();
+        assert_eq!(paths.len(), 3);
+        assert_eq!(paths[2], dir.path().join(MEMORY_FILE));
+        let text = std::fs::read_to_string(&paths[2]).unwrap();
+        let svg = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("not XML: {e}\n{text}"));
+        let labels = texts(&svg);
+        for expected in ["node 1 RSS", "node 3 RSS", "node 2 anonymous", "MiB"] {
+            assert!(labels.iter().any(|l| l == expected), "no text {expected:?} in {labels:?}");
+        }
+        // 3 nodes x 3 steps x (RSS + anonymous) lines of 11 points each.
+        let lines = svg
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .filter(|n| n.attribute("points").unwrap_or("").split_whitespace().count() == 11)
+            .count();
+        assert_eq!(lines, 18, "{text}");
     }
 
     #[test]
