@@ -16,9 +16,14 @@ use crate::signals;
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The `smr` binary next to this one (both are built into the same target directory).
-pub(crate) fn smr_binary() -> Result<PathBuf, String> {
+pub fn smr_binary() -> Result<PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
-    let dir = me.parent().ok_or_else(|| format!("{} has no parent directory", me.display()))?;
+    smr_binary_beside(&me)
+}
+
+/// The `smr` binary in the same directory as `executable`.
+pub fn smr_binary_beside(executable: &Path) -> Result<PathBuf, String> {
+    let dir = executable.parent().ok_or_else(|| format!("{} has no parent directory", executable.display()))?;
     let smr = dir.join("smr");
     if smr.is_file() {
         Ok(smr)
@@ -43,11 +48,11 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 /// A seed that differs from run to run, for the cluster id and secret.
 fn run_nonce() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    smr_bench::rng::mix(nanos as u64 ^ (u64::from(std::process::id()) << 32))
+    crate::rng::mix(nanos as u64 ^ (u64::from(std::process::id()) << 32))
 }
 
 #[derive(Debug)]
-pub(crate) struct LocalCluster {
+pub struct LocalCluster {
     configs: Vec<NodeConfig>,
     children: Vec<Child>,
     /// Dropped after the children are stopped (fields drop after `Drop::drop`).
@@ -56,7 +61,7 @@ pub(crate) struct LocalCluster {
 
 impl LocalCluster {
     /// Starts `n` founding nodes with default settings (fsync on).
-    pub(crate) fn start(smr: &Path, n: u64) -> Result<LocalCluster, String> {
+    pub fn start(smr: &Path, n: u64) -> Result<LocalCluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("smr-bench-")
             .tempdir()
@@ -72,7 +77,7 @@ impl LocalCluster {
         }
         let nonce = run_nonce();
         let cluster_id = nonce | 1;
-        let secret = format!("smr-bench-secret-{:016x}", smr_bench::rng::mix(nonce));
+        let secret = format!("smr-bench-secret-{:016x}", crate::rng::mix(nonce));
         let mut configs = Vec::new();
         for id in 1..=n {
             let mut config = NodeConfig::new(id, cluster_id, dir.path().join(format!("node{id}")), members.clone());
@@ -124,20 +129,20 @@ impl LocalCluster {
         self.dir.path().join(format!("node{id}.log"))
     }
 
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub(crate) fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
 
-    pub(crate) fn client_addresses(&self) -> Vec<SocketAddr> {
+    pub fn client_addresses(&self) -> Vec<SocketAddr> {
         self.configs.iter().map(|c| c.client_listen).collect()
     }
 
     /// An error naming every node that has exited, with its exit status.
-    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
+    pub fn check_alive(&mut self) -> Result<(), String> {
         let mut dead = Vec::new();
         for (config, child) in self.configs.iter().zip(self.children.iter_mut()) {
             match child.try_wait() {
@@ -150,7 +155,7 @@ impl LocalCluster {
     }
 
     /// The last `lines` lines of every node's log, for an error report.
-    pub(crate) fn log_tails(&self, lines: usize) -> String {
+    pub fn log_tails(&self, lines: usize) -> String {
         let mut text = String::new();
         for config in &self.configs {
             let id = config.node_id;

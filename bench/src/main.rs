@@ -1,33 +1,39 @@
 //! `smr-bench`: an end-to-end benchmark of a replicated smr cluster.
 //!
 //! With no arguments it starts three real `smr node` processes on loopback (fsync on), waits for
-//! a leader, and sweeps a closed-loop load of puts at 1, 16 and 256 commands outstanding,
+//! a leader, and sweeps a closed-loop load of puts at 1, 16, 256 and 1024 commands outstanding,
 //! printing one table: throughput, latency percentiles, errors, CPU per command (of the three
-//! node processes) and the leader's batching (entries per fsync, commands per entry).
-//! `--cluster` drives an existing cluster instead.
+//! node processes), the leader's batching (entries per fsync, commands per entry) and each
+//! node's memory. It writes `results.json` and two SVG plots into `--out` (default
+//! `bench-results/`). `--cluster` drives an existing cluster instead; `--peers DIR` measures the
+//! machine's limits and etcd in the same run and puts them beside smr's figures.
 //!
-//! Modules: `cluster` starts and stops local nodes, `admin` asks nodes for status and metrics,
-//! `load` is the closed-loop driver, `procstat` reads CPU time from `/proc`, `report` builds the
-//! table and the JSON. Open-loop load, plots and other systems side by side come later and fit
-//! beside these (another driver in `load`, other renderers in `report`).
+//! Modules: `cluster` (in the library) starts and stops local nodes, `admin` asks nodes for
+//! status and metrics, `load` is the load driver, `procstat` reads CPU time and memory from
+//! `/proc`, `memory` samples the nodes' memory during a step, `report` builds the table and the
+//! JSON, `plot` draws the plots, `peers` runs and reads the peer scripts.
 
-mod cluster;
+mod memory;
+mod peers;
+mod plot;
 mod procstat;
 mod report;
-mod signals;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::cluster::LocalCluster;
+use crate::memory::Sampler;
+use crate::peers::PeersReport;
 use crate::report::{BenchReport, StepResult};
 use smr_bench::admin::{self, StatsSnapshot};
+use smr_bench::cluster::{self, LocalCluster};
 use smr_bench::keys::Distribution;
 use smr_bench::load::{self, LoadSpec, StepLoad};
+use smr_bench::signals;
 
 /// Connections used when `--connections` is not given: at most this many, one per command
 /// outstanding below it.
@@ -44,7 +50,7 @@ const LEADER_PATIENCE: Duration = Duration::from_secs(30);
 )]
 pub(crate) struct Args {
     /// Commands outstanding per step, comma-separated; each step runs warm-up then measurement.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,256", value_parser = parse_positive)]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024", value_parser = parse_positive)]
     outstanding: Vec<usize>,
     /// Client connections (each on its own thread) sharing a step's outstanding commands;
     /// default min(outstanding, 16); never more than the outstanding count.
@@ -69,9 +75,21 @@ pub(crate) struct Args {
     /// then no CPU figure is measured.
     #[arg(long, value_delimiter = ',')]
     cluster: Option<Vec<SocketAddr>>,
-    /// Also write the results as JSON to this file.
+    /// Also write the results as JSON to this file (they are always written to
+    /// OUT/results.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Directory for results.json and the plots (created if missing).
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Directory of the peer scripts `machine-limits` and `etcd` (e.g. ../shared/peers): run
+    /// machine-limits first, then smr's sweep, then etcd at the same levels, payload and
+    /// durations, and show them side by side with the benchmark's targets. Needs a local cluster.
+    #[arg(long, conflicts_with = "cluster")]
+    peers: Option<PathBuf>,
+    /// Seconds per test of machine-limits (with --peers); it runs 8 timed tests plus a 2 GiB write.
+    #[arg(long, default_value_t = 10, value_parser = parse_positive_u64)]
+    peers_machine_secs: u64,
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {
@@ -112,6 +130,88 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    // The peers' work files go where the nodes' data goes, so that all measure the same disk.
+    let work_parent = std::env::temp_dir();
+    let peer_scripts = args.peers.as_deref().map(peers::scripts).transpose()?;
+    let machine = match &peer_scripts {
+        Some((machine_limits, _)) => {
+            let json = args.out.join("machine-limits.json");
+            let script_args = [
+                "--seconds".to_owned(),
+                args.peers_machine_secs.to_string(),
+                "--json".to_owned(),
+                json.display().to_string(),
+                "--dir".to_owned(),
+                work_parent.display().to_string(),
+            ];
+            peers::run_script(machine_limits, &script_args)?;
+            Some((peers::read_machine_limits(&json)?, json))
+        }
+        None => None,
+    };
+
+    let mut report = BenchReport::new(args, args.cluster.is_none());
+    let outcome = run_smr(args, &mut report);
+
+    let outcome = match (outcome, &peer_scripts, machine) {
+        (Ok(()), Some((_, etcd_script)), Some((machine, machine_json))) => {
+            let json = args.out.join("etcd.json");
+            let mut script_args = vec![
+                "--seconds".to_owned(),
+                args.duration_secs.to_string(),
+                "--warmup".to_owned(),
+                args.warmup_secs.to_string(),
+                "--key-size".to_owned(),
+                "16".to_owned(),
+                "--val-size".to_owned(),
+                args.value_bytes.to_string(),
+                "--json".to_owned(),
+                json.display().to_string(),
+                "--dir".to_owned(),
+                work_parent.display().to_string(),
+            ];
+            script_args.extend(args.outstanding.iter().map(usize::to_string));
+            peers::run_script(etcd_script, &script_args).and_then(|()| {
+                let etcd = peers::read_etcd(&json)?;
+                report.peers = Some(PeersReport::new(&report.steps, machine, etcd, machine_json, json));
+                Ok(())
+            })
+        }
+        (outcome, _, _) => outcome,
+    };
+
+    // Print and write whatever was measured, also when a later step failed.
+    if !report.steps.is_empty() {
+        report::print_table(&report).map_err(|e| format!("cannot write the table: {e}"))?;
+        let mut written = Vec::new();
+        let results = args.out.join("results.json");
+        for path in std::iter::once(&results).chain(&args.json) {
+            std::fs::write(path, report.to_json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            written.push(path.clone());
+        }
+        written.extend(plot::write_plots(&report, &args.out)?);
+        if let Some(peers) = &report.peers {
+            written.extend([peers.machine_json.clone(), peers.etcd_json.clone()]);
+        }
+        print_written(&written).map_err(|e| format!("cannot write the table: {e}"))?;
+    }
+    outcome
+}
+
+fn print_written(paths: &[PathBuf]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out)?;
+    writeln!(out, "Written:")?;
+    for path in paths {
+        writeln!(out, "  {}", path.display())?;
+    }
+    Ok(())
+}
+
+/// Starts the local cluster (unless `--cluster`), runs the sweep and stops the cluster.
+fn run_smr(args: &Args, report: &mut BenchReport) -> Result<(), String> {
     let mut local = match &args.cluster {
         Some(_) => None,
         None => {
@@ -128,17 +228,7 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(local) = &local {
         eprintln!("smr-bench: data and logs under {}", local.dir().display());
     }
-
-    let mut report = BenchReport::new(args, local.is_some());
-    let outcome = sweep(args, &addresses, local.as_mut(), &mut report);
-    // Print whatever was measured, also when a later step failed.
-    if !report.steps.is_empty() {
-        report::print_table(&report).map_err(|e| format!("cannot write the table: {e}"))?;
-        if let Some(path) = &args.json {
-            std::fs::write(path, report.to_json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            eprintln!("smr-bench: wrote {}", path.display());
-        }
-    }
+    let outcome = sweep(args, &addresses, local.as_mut(), report);
     if let (Err(_), Some(local)) = (&outcome, &local) {
         eprintln!("{}", local.log_tails(20));
     }
@@ -177,9 +267,14 @@ fn sweep(
             duration: Duration::from_secs(args.duration_secs),
         };
         let pids: Vec<u32> = local.as_deref().map(LocalCluster::pids).unwrap_or_default();
+        let sampler = if pids.is_empty() { None } else { Some(Sampler::start(&pids)?) };
         let probe = || Probe::take(&pids, leader);
         let (load, start, end) = load::run_step(leader, addresses, &spec, probe, probe)?;
-        let result = StepResult::from_measurements(&spec, &load, &start, &end, leader);
+        let memory = sampler.map(|s| {
+            let window = (s.since_start(start.at), s.since_start(end.at));
+            s.finish(window.0, window.1)
+        });
+        let result = StepResult::from_measurements(&spec, &load, &start, &end, leader, memory);
         report.steps.push(result);
         if let Some(local) = local.as_deref_mut() {
             local.check_alive()?;
@@ -215,15 +310,18 @@ pub(crate) struct Probe {
     pub(crate) client_cpu_ns: Option<u64>,
     /// The leader's metrics report, if it answered.
     pub(crate) leader_stats: Option<StatsSnapshot>,
+    /// When the CPU times were read.
+    pub(crate) at: Instant,
 }
 
 impl Probe {
     fn take(pids: &[u32], leader: SocketAddr) -> Probe {
         // CPU first: it is the figure most sensitive to when it is read.
+        let at = Instant::now();
         let nodes_cpu_ns = if pids.is_empty() { None } else { procstat::cpu_ns_of_pids(pids).ok() };
         let client_cpu_ns = procstat::cpu_ns_of_self().ok();
         let leader_stats = admin::stats(leader).ok();
-        Probe { nodes_cpu_ns, client_cpu_ns, leader_stats }
+        Probe { nodes_cpu_ns, client_cpu_ns, leader_stats, at }
     }
 }
 
@@ -237,7 +335,7 @@ mod tests {
 
     #[test]
     fn outstanding_list_defaults_and_parses() {
-        assert_eq!(parse(&[]).unwrap().outstanding, vec![1, 16, 256]);
+        assert_eq!(parse(&[]).unwrap().outstanding, vec![1, 16, 256, 1024]);
         assert_eq!(parse(&["--outstanding", "4,64"]).unwrap().outstanding, vec![4, 64]);
         assert_eq!(parse(&["--outstanding=8"]).unwrap().outstanding, vec![8]);
     }
@@ -259,6 +357,17 @@ mod tests {
         let args = parse(&["--connections", "4"]).unwrap();
         assert_eq!(args.connections_for(2), 2);
         assert_eq!(args.connections_for(256), 4);
+    }
+
+    #[test]
+    fn out_and_peers_flags() {
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.out, args.peers, args.peers_machine_secs), (PathBuf::from("bench-results"), None, 10));
+        let args = parse(&["--out", "/tmp/x", "--peers", "../shared/peers"]).unwrap();
+        assert_eq!((args.out, args.peers), (PathBuf::from("/tmp/x"), Some(PathBuf::from("../shared/peers"))));
+        // The peers run beside a cluster smr-bench starts itself.
+        assert!(parse(&["--peers", "p", "--cluster", "127.0.0.1:7101"]).is_err());
+        assert!(parse(&["--peers-machine-secs", "0"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! CPU time of processes from `/proc/<pid>/stat`: utime + stime, in clock ticks, turned into
-//! nanoseconds with `sysconf(_SC_CLK_TCK)`.
+//! nanoseconds with `sysconf(_SC_CLK_TCK)`; and their memory from `/proc/<pid>/status`: resident
+//! set size now (`VmRSS`) and at its peak (`VmHWM`, the high-water mark since the process began).
 
 /// Fields of `/proc/<pid>/stat` after the command name, which is in parentheses and may itself
 /// contain spaces and parentheses (hence: split after the *last* `)`).
@@ -39,9 +40,69 @@ pub(crate) fn cpu_ns_of_self() -> Result<u64, String> {
     cpu_ns_of("/proc/self/stat")
 }
 
+/// A process's resident memory, in KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Memory {
+    pub(crate) rss_kib: u64,
+    pub(crate) peak_rss_kib: u64,
+    /// The anonymous part of `rss_kib` (`RssAnon`: heap and stacks, not mapped files such as
+    /// the node's memory-mapped log); `None` on kernels before 4.5, which lack the line.
+    pub(crate) anon_kib: Option<u64>,
+}
+
+/// The value of a `Name:   1234 kB` line of `/proc/<pid>/status`, in KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+        let mut words = rest.split_whitespace();
+        let value = words.next()?.parse().ok()?;
+        (words.next()? == "kB").then_some(value)
+    })
+}
+
+pub(crate) fn parse_memory(status: &str) -> Option<Memory> {
+    Some(Memory {
+        rss_kib: status_kib(status, "VmRSS")?,
+        peak_rss_kib: status_kib(status, "VmHWM")?,
+        anon_kib: status_kib(status, "RssAnon"),
+    })
+}
+
+/// The memory of process `pid`.
+pub(crate) fn memory_of_pid(pid: u32) -> Result<Memory, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_memory(&status).ok_or_else(|| format!("no VmRSS and VmHWM lines in {path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_memory_from_a_status_file() {
+        let status = "Name:\tsmr\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1204316 kB\nVmSize:\t 1138780 kB\n\
+                      VmLck:\t       0 kB\nVmHWM:\t   91232 kB\nVmRSS:\t   88120 kB\nRssAnon:\t   40000 kB\n\
+                      Threads:\t12\n";
+        assert_eq!(
+            parse_memory(status),
+            Some(Memory { rss_kib: 88_120, peak_rss_kib: 91_232, anon_kib: Some(40_000) })
+        );
+        let old_kernel = "VmHWM:\t 9 kB\nVmRSS:\t 8 kB\n";
+        assert_eq!(parse_memory(old_kernel), Some(Memory { rss_kib: 8, peak_rss_kib: 9, anon_kib: None }));
+        // A kernel thread has neither line; a garbled value or unit is refused.
+        assert_eq!(parse_memory("Name:\tkthreadd\nState:\tS\n"), None);
+        assert_eq!(parse_memory("VmHWM:\t 9 kB\nVmRSS:\t x kB\n"), None);
+        assert_eq!(parse_memory("VmHWM:\t 9 kB\nVmRSS:\t 8 MB\n"), None);
+        // VmRSSfoo is not VmRSS.
+        assert_eq!(parse_memory("VmHWM:\t 9 kB\nVmRSSfoo:\t 8 kB\n"), None);
+    }
+
+    #[test]
+    fn reads_the_memory_of_this_process() {
+        let memory = memory_of_pid(std::process::id()).unwrap();
+        assert!(memory.rss_kib > 0 && memory.peak_rss_kib >= memory.rss_kib, "{memory:?}");
+    }
 
     #[test]
     fn parses_a_sample_line() {

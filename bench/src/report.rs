@@ -6,8 +6,18 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use hdrhistogram::Histogram;
+
+use crate::memory::NodeMemory;
+use crate::peers::PeersReport;
 use crate::{Args, Probe};
 use smr_bench::load::{ErrorCounts, LoadSpec, StepLoad};
+
+/// Points per decade of `1/(1-p)` in a step's latency percentile curve.
+const CURVE_POINTS_PER_DECADE: u32 = 10;
+/// The curve stops at the 99.9999th percentile (`1/(1-p)` = 10^6), or where the histogram has no
+/// more samples to tell percentiles apart.
+const CURVE_DECADES_MAX: u32 = 6;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct BenchReport {
@@ -21,6 +31,8 @@ pub(crate) struct BenchReport {
     pub(crate) warmup_secs: u64,
     pub(crate) duration_secs: u64,
     pub(crate) steps: Vec<StepResult>,
+    /// The machine's limits and etcd, measured in the same run (`--peers`).
+    pub(crate) peers: Option<PeersReport>,
 }
 
 impl BenchReport {
@@ -35,6 +47,7 @@ impl BenchReport {
             warmup_secs: args.warmup_secs,
             duration_secs: args.duration_secs,
             steps: Vec::new(),
+            peers: None,
         }
     }
 
@@ -54,6 +67,34 @@ pub(crate) struct Latency {
     pub(crate) p99: f64,
     pub(crate) p99_9: f64,
     pub(crate) max: f64,
+}
+
+/// One point of a latency percentile curve: `percentile` in 0..100, latency in µs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(crate) struct PercentilePoint {
+    pub(crate) percentile: f64,
+    pub(crate) latency_us: f64,
+}
+
+/// The latency distribution as HdrHistogram plots it: at percentiles `p` with `1/(1-p)` evenly
+/// spaced on a log scale (0, 20.6, 36.9, 49.9, ..., 90, ..., 99, ... %), as far as the sample
+/// count tells them apart, then the maximum as 100 %.
+pub(crate) fn percentile_curve(h: &Histogram<u64>) -> Vec<PercentilePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let us = |ns: u64| ns as f64 / 1_000.0;
+    let mut curve = Vec::new();
+    for step in 0..=CURVE_DECADES_MAX * CURVE_POINTS_PER_DECADE {
+        let inverse_tail = 10f64.powf(f64::from(step) / f64::from(CURVE_POINTS_PER_DECADE));
+        if inverse_tail > h.len() as f64 {
+            break;
+        }
+        let quantile = 1.0 - 1.0 / inverse_tail;
+        curve.push(PercentilePoint { percentile: quantile * 100.0, latency_us: us(h.value_at_quantile(quantile)) });
+    }
+    curve.push(PercentilePoint { percentile: 100.0, latency_us: us(h.max()) });
+    curve
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +130,10 @@ pub(crate) struct StepResult {
     pub(crate) leader_commit_latency_mean_us: Option<f64>,
     /// Increase of each of the leader's counters over the window.
     pub(crate) leader_counters: Option<BTreeMap<&'static str, u64>>,
+    /// The latency percentile curve of the window (see [`percentile_curve`]).
+    pub(crate) latency_percentiles: Vec<PercentilePoint>,
+    /// Each node's memory over the window; `None` for a cluster not started by smr-bench.
+    pub(crate) memory: Option<Vec<NodeMemory>>,
 }
 
 fn per_command_us(start: Option<u64>, end: Option<u64>, completed: u64) -> Option<f64> {
@@ -103,6 +148,7 @@ impl StepResult {
         start: &Probe,
         end: &Probe,
         leader: std::net::SocketAddr,
+        memory: Option<Vec<NodeMemory>>,
     ) -> StepResult {
         let h = &load.latency;
         let us = |ns: u64| ns as f64 / 1_000.0;
@@ -136,12 +182,76 @@ impl StepResult {
                 .and_then(|(s, e)| e.mean_since(s, "core", "commit_latency_ns"))
                 .map(|ns| ns / 1_000.0),
             leader_counters: stats.and_then(|(s, e)| e.counters_since(s)).map(|c| c.into_iter().collect()),
+            latency_percentiles: percentile_curve(h),
+            memory,
         }
     }
 }
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Rows of cells, right-aligned in columns two spaces apart.
+pub(crate) fn write_aligned(out: &mut dyn Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|t| t.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(text, &width)| format!("{text:>width$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// The memory of each node in each step, in MiB.
+fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Result<()> {
+    let header = [
+        "outstanding",
+        "node",
+        "peak RSS MiB",
+        "first MiB",
+        "last MiB",
+        "growth MiB",
+        "MiB/min",
+        "anon MiB",
+        "anon growth",
+        "anon MiB/min",
+        "samples",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    let mib = |kib: Option<f64>| kib.map(|k| k / 1024.0);
+    let mut stretch = None;
+    for step in &report.steps {
+        for node in step.memory.iter().flatten() {
+            stretch = Some(node.stretch_secs);
+            rows.push(vec![
+                step.outstanding.to_string(),
+                node.node.to_string(),
+                cell(mib(node.peak_rss_kib.map(|k| k as f64)), 1),
+                cell(mib(node.rss_first_kib), 1),
+                cell(mib(node.rss_last_kib), 1),
+                cell(mib(node.growth_kib), 2),
+                cell(mib(node.slope_kib_per_min), 3),
+                cell(mib(node.anon_last_kib), 1),
+                cell(mib(node.anon_growth_kib), 2),
+                cell(mib(node.anon_slope_kib_per_min), 3),
+                node.samples.to_string(),
+            ]);
+        }
+    }
+    let Some(stretch) = stretch else { return Ok(()) };
+    writeln!(out)?;
+    write_aligned(out, &rows)?;
+    writeln!(
+        out,
+        "Memory: each node's RSS (/proc/PID/status VmRSS) sampled every {} s in the window; peak = VmHWM at the \
+         step's end (highest since the node started); growth = mean of the last {stretch:.0} s minus mean of the \
+         first {stretch:.0} s; MiB/min = least-squares slope; anon = the anonymous part of RSS (RssAnon: heap, \
+         stacks), without the touched pages of the memory-mapped log.",
+        crate::memory::SAMPLE_INTERVAL.as_secs()
+    )
 }
 
 /// The table, on stdout: printing it is this program's job.
@@ -178,14 +288,9 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
             cell(step.commands_per_entry, 2),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
-    for row in &rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(text, &width)| format!("{text:>width$}")).collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
+    write_aligned(&mut out, &rows)?;
     writeln!(out)?;
     writeln!(
         out,
@@ -248,6 +353,11 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
         if !notes.is_empty() {
             writeln!(out, "  {} outstanding: {}", step.outstanding, notes.join("; "))?;
         }
+    }
+    write_memory_table(&mut out, report)?;
+    if let Some(peers) = &report.peers {
+        writeln!(out)?;
+        crate::peers::write_table(&mut out, report, peers)?;
     }
     Ok(())
 }

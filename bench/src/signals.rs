@@ -10,21 +10,30 @@ use std::sync::Mutex;
 
 /// What to clean up if a signal arrives now: registered by the local cluster while it runs.
 #[derive(Debug)]
-pub(crate) struct Cleanup {
-    pub(crate) pids: Vec<u32>,
-    pub(crate) dir: PathBuf,
+pub struct Cleanup {
+    pub pids: Vec<u32>,
+    pub dir: PathBuf,
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
 
+/// A script running now (smr-bench's `--peers`), to be sent SIGTERM and waited for: it stops
+/// what it started itself.
+static SCRIPT: Mutex<Option<u32>> = Mutex::new(None);
+
+/// Registers the process id of a running script (`None` when it has ended).
+pub fn register_script(pid: Option<u32>) {
+    *SCRIPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = pid;
+}
+
 /// Registers what a signal must clean up (replacing any earlier registration).
-pub(crate) fn register(cleanup: Cleanup) {
+pub fn register(cleanup: Cleanup) {
     *CLEANUP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cleanup);
 }
 
 /// Withdraws the registration: the caller cleans up itself. Blocks while a signal's clean-up
 /// is running (which then exits the process).
-pub(crate) fn unregister() {
+pub fn unregister() {
     CLEANUP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
 }
 
@@ -42,7 +51,7 @@ fn signal_set() -> libc::sigset_t {
 
 /// Unblocks SIGINT and SIGTERM; for `CommandExt::pre_exec`, between fork and exec, so it makes
 /// only async-signal-safe calls and allocates nothing.
-pub(crate) fn unblock_in_child() -> std::io::Result<()> {
+pub fn unblock_in_child() -> std::io::Result<()> {
     let set = signal_set();
     // SAFETY: `set` is an initialised signal set; the old mask is not asked for.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
@@ -51,7 +60,7 @@ pub(crate) fn unblock_in_child() -> std::io::Result<()> {
 
 /// Blocks SIGINT and SIGTERM in the calling thread (call it before starting any other) and
 /// starts the thread that waits for them.
-pub(crate) fn install() -> std::io::Result<()> {
+pub fn install() -> std::io::Result<()> {
     let set = signal_set();
     // SAFETY: `set` is an initialised signal set; the old mask is not asked for.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -74,6 +83,15 @@ pub(crate) fn install() -> std::io::Result<()> {
 fn clean_up_and_exit(signal: libc::c_int) -> ! {
     let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
     eprintln!("\nsmr-bench: {name}: stopping the nodes and removing their directory");
+    if let Some(pid) = SCRIPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+        eprintln!("smr-bench: waiting for the running script (pid {pid}) to clean up");
+        // SAFETY: signalling and reaping our own child process. The main thread may be waiting
+        // for it too; whichever waitpid returns first reaps it, the other gets ECHILD.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
     // Held until exit, so the main thread cannot start cleaning up the same things.
     let mut guard = CLEANUP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(cleanup) = guard.take() {
