@@ -25,6 +25,8 @@ pub enum Fault {
     PauseLeader,
     /// SIGSTOP of a follower, then SIGCONT.
     PauseFollower,
+    /// SIGSTOP of a majority (the leader among them): no progress until SIGCONT.
+    PauseMajority,
     /// A random minority cut off from the majority, both ways.
     MajorityMinority,
     /// The leader cut off from everyone.
@@ -47,12 +49,13 @@ pub const SLOW_LINK_KBIT: u32 = 256;
 pub const LOSS_PERCENT: u8 = 25;
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillRandom,
         Fault::PauseLeader,
         Fault::PauseFollower,
+        Fault::PauseMajority,
         Fault::MajorityMinority,
         Fault::IsolateLeader,
         Fault::Bridge,
@@ -69,6 +72,7 @@ impl Fault {
             Fault::KillRandom => "kill-random",
             Fault::PauseLeader => "pause-leader",
             Fault::PauseFollower => "pause-follower",
+            Fault::PauseMajority => "pause-majority",
             Fault::MajorityMinority => "partition-majority-minority",
             Fault::IsolateLeader => "partition-isolate-leader",
             Fault::Bridge => "partition-bridge",
@@ -83,7 +87,12 @@ impl Fault {
     pub fn needs_network(self) -> bool {
         !matches!(
             self,
-            Fault::KillLeader | Fault::KillFollower | Fault::KillRandom | Fault::PauseLeader | Fault::PauseFollower
+            Fault::KillLeader
+                | Fault::KillFollower
+                | Fault::KillRandom
+                | Fault::PauseLeader
+                | Fault::PauseFollower
+                | Fault::PauseMajority
         )
     }
 }
@@ -110,13 +119,12 @@ impl RunReport {
     pub fn describe(&self) -> String {
         let faults: Vec<String> = self.faults.iter().map(|(name, n)| format!("{name} x{n}")).collect();
         let worst = self.recoveries.iter().map(|(_, d)| *d).max().unwrap_or_default();
-        let mut text = format!(
-            "faults: {}; writes served again after each heal within {worst:?} at worst \
-             (bound {:?})\n{}",
-            faults.join(", "),
-            2 * ELECTION_TIMEOUT,
-            self.verdict.describe()
-        );
+        let recovery = if self.recoveries.is_empty() {
+            "no heals measured".to_owned()
+        } else {
+            format!("writes served again within {worst:?} of each heal at worst (bound {:?})", 2 * ELECTION_TIMEOUT)
+        };
+        let mut text = format!("faults: {}; {recovery}\n{}", faults.join(", "), self.verdict.describe());
         for line in self.slow_recoveries.iter().chain(&self.replica_problems) {
             text += line;
             text.push('\n');
@@ -153,6 +161,7 @@ impl Run {
             return None;
         }
         cluster.leader();
+        eprintln!("smr-chaos [{name}]: {nodes} nodes, workload and nemesis seed {}", spec.seed);
         let workload = Workload::start(cluster.shared_addresses(), spec);
         Some(Run {
             cluster,
@@ -221,24 +230,59 @@ impl Run {
                     _ => self.pick(&ids),
                 };
                 self.cluster.kill(victim);
-                std::thread::sleep(hold);
+                if victim == leader {
+                    self.expect_new_leader(fault, leader, hold);
+                } else {
+                    std::thread::sleep(hold);
+                }
                 self.cluster.spawn(victim);
             }
             Fault::PauseLeader | Fault::PauseFollower => {
                 let victim = if fault == Fault::PauseLeader { leader } else { self.pick(&followers) };
                 self.cluster.pause(victim);
-                std::thread::sleep(hold.max(ELECTION_TIMEOUT * 3 / 2));
+                let hold = hold.max(ELECTION_TIMEOUT * 3 / 2);
+                if victim == leader {
+                    self.expect_new_leader(fault, leader, hold);
+                } else {
+                    std::thread::sleep(hold);
+                }
                 self.cluster.resume(victim);
+            }
+            Fault::PauseMajority => {
+                let mut victims = vec![leader];
+                let others = self.shuffled(followers.clone());
+                victims.extend(&others[..ids.len() / 2]);
+                for &victim in &victims {
+                    self.cluster.pause(victim);
+                }
+                let before = self.acknowledged_writes();
+                std::thread::sleep(hold.max(ELECTION_TIMEOUT * 3 / 2));
+                // Writes that were in flight may complete; nothing more can commit.
+                let during = self.acknowledged_writes() - before;
+                if during > 8 {
+                    self.report
+                        .replica_problems
+                        .push(format!("{during} writes were acknowledged while a majority {victims:?} was paused"));
+                }
+                for &victim in &victims {
+                    self.cluster.resume(victim);
+                }
             }
             Fault::MajorityMinority => {
                 let shuffled = self.shuffled(ids.clone());
                 let (minority, majority) = shuffled.split_at(ids.len() / 2);
                 self.cluster.partition(&[minority.to_vec(), majority.to_vec()]);
-                std::thread::sleep(hold);
+                if minority.contains(&leader) {
+                    self.expect_new_leader(fault, leader, hold);
+                } else {
+                    std::thread::sleep(hold);
+                }
+                self.expect_behind(fault, minority, majority);
             }
             Fault::IsolateLeader => {
                 self.cluster.partition(&[vec![leader], followers.clone()]);
-                std::thread::sleep(hold);
+                self.expect_new_leader(fault, leader, hold);
+                self.expect_behind(fault, &[leader], &followers);
             }
             Fault::Bridge => {
                 let shuffled = self.shuffled(ids.clone());
@@ -252,7 +296,8 @@ impl Run {
                 for &follower in &followers {
                     self.cluster.cut(leader, follower);
                 }
-                std::thread::sleep(hold);
+                // The followers no longer hear the leader: they elect another.
+                self.expect_new_leader(fault, leader, hold);
             }
             Fault::PacketLoss => {
                 self.cluster.packet_loss(LOSS_PERCENT);
@@ -267,6 +312,48 @@ impl Run {
         self.cluster.heal_network();
         let healed_at = Instant::now();
         self.healed(fault.name(), healed_at);
+    }
+
+    /// Waits out `hold`, checking that within it a node other than `old` was elected (the
+    /// fault took effect); a fault that changes nothing is a broken test, not a pass.
+    fn expect_new_leader(&mut self, fault: Fault, old: u64, hold: Duration) {
+        let until = Instant::now() + hold;
+        let deadline = Instant::now() + hold.max(PATIENCE);
+        let mut elected = None;
+        while Instant::now() < deadline && (elected.is_none() || Instant::now() < until) {
+            if elected.is_none() {
+                elected = self.cluster.leader_now().filter(|&l| l != old);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match elected {
+            Some(new) => eprintln!("smr-chaos [{}]: {} made node {new} leader", self.name, fault.name()),
+            None => panic!(
+                "{}: no node but the old leader {old} took over within {:?}: the fault did not take effect\n{}",
+                fault.name(),
+                hold.max(PATIENCE),
+                self.cluster.report()
+            ),
+        }
+    }
+
+    /// Checks that the nodes of `cut_off` committed less than the leader of `rest` (the
+    /// partition took effect while the workload ran).
+    fn expect_behind(&mut self, fault: Fault, cut_off: &[u64], rest: &[u64]) {
+        let commit = |cluster: &Cluster, id: u64| cluster.status(id).and_then(|s| s["commit_index"].as_u64());
+        let Some(best) = rest.iter().filter_map(|&id| commit(&self.cluster, id)).max() else { return };
+        for &id in cut_off {
+            if let Some(index) = commit(&self.cluster, id)
+                && index >= best
+            {
+                panic!(
+                    "{}: node {id} was cut off but committed up to {index}, the rest only {best}: the \
+                     partition did not take effect\n{}",
+                    fault.name(),
+                    self.cluster.report()
+                );
+            }
+        }
     }
 
     /// Restarts every node in turn with SIGTERM, waiting after each until it serves again.
