@@ -42,6 +42,7 @@ const LOG_TAIL_LINES: usize = 25;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static LEFTOVERS: Once = Once::new();
+static NETEM: Once = Once::new();
 
 /// The lock every cluster of this process holds while it lives; a test that touches the
 /// namespaces itself holds it too.
@@ -100,10 +101,18 @@ fn make_network() -> Network {
                 eprintln!("smr-chaos: removed a leftover of an earlier crashed run: {removed}");
             }
         }
-        eprintln!("smr-chaos: {}", fabric::NETEM_UNAVAILABLE);
     });
     match Namespaces::create() {
-        Ok(namespaces) => Network::Namespaces(namespaces),
+        Ok(namespaces) => {
+            NETEM.call_once(|| {
+                if namespaces.netem_available() {
+                    eprintln!("smr-chaos: this kernel has sch_netem, but the suite does not use it (yet)");
+                } else {
+                    eprintln!("smr-chaos: {}", fabric::NETEM_UNAVAILABLE);
+                }
+            });
+            Network::Namespaces(namespaces)
+        }
         Err(reason) => {
             assert!(!in_ci(), "CI=true, and the chaos suite cannot make network namespaces: {reason}");
             eprintln!(

@@ -32,7 +32,7 @@ const SUBNETS: u16 = 250;
 const NFT_TABLE: &str = "smrc";
 
 /// What the harness says about delay and reordering on this kernel.
-pub const NETEM_UNAVAILABLE: &str = "NOTE: this kernel has no sch_netem (`tc qdisc add ... netem` fails: \
+pub const NETEM_UNAVAILABLE: &str = "!!! NOTE: this kernel has no sch_netem (`tc qdisc add ... netem` fails: \
      \"Specified qdisc kind is unknown\"), so packet delay and reordering cannot be injected; \
      the suite uses tbf for a slow link and nft numgen for packet loss instead";
 
@@ -324,12 +324,12 @@ impl Namespaces {
     }
 
     /// Whether netem exists on this kernel (it does not on the machine this suite was written
-    /// on); tried on the loopback device inside `host`'s namespace.
-    pub fn netem_available(&self, host: u8) -> bool {
-        let netns = self.netns(host);
-        let added = run("tc", &["-n", &netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]).is_ok();
+    /// on), tried on the bridge.
+    pub fn netem_available(&self) -> bool {
+        let bridge = self.bridge();
+        let added = run("tc", &["qdisc", "add", "dev", &bridge, "root", "netem", "delay", "1ms"]).is_ok();
         if added {
-            let _ = run("tc", &["-n", &netns, "qdisc", "del", "dev", "lo", "root"]);
+            let _ = run("tc", &["qdisc", "del", "dev", &bridge, "root"]);
         }
         added
     }
