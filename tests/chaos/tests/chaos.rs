@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use smr_chaos::cluster::{ELECTION_TIMEOUT, exclusive, in_ci};
+use smr_chaos::cluster::{Cluster, ELECTION_TIMEOUT, exclusive, in_ci};
 use smr_chaos::fabric;
 use smr_chaos::nemesis::{Fault, Run};
 use smr_chaos::workload::WorkloadSpec;
@@ -139,4 +139,33 @@ fn leftovers_of_a_crashed_run_are_removed() {
     assert!(removed.contains(&format!("link {bridge}")), "{removed:?}");
     let list = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&netns));
+}
+
+#[test]
+fn a_failing_test_leaves_no_process_namespace_or_directory_behind() {
+    let mut seen = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cluster = Cluster::start(3);
+        cluster.leader();
+        let pids: Vec<u32> = cluster.ids().into_iter().filter_map(|id| cluster.pid(id)).collect();
+        seen = Some((pids, cluster.dir().to_path_buf(), cluster.network_faults_possible()));
+        panic!("a test failing with its cluster up");
+    }));
+    assert!(outcome.is_err());
+    let (pids, dir, namespaces) = seen.expect("the cluster started");
+    assert_eq!(pids.len(), 3);
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "));
+        assert!(!alive, "node process {pid} outlived its cluster");
+    }
+    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
+    if namespaces {
+        let tag = format!("{}-{:x}-", fabric::NAME_PREFIX, std::process::id());
+        let _exclusive = exclusive();
+        let list = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        assert!(!String::from_utf8_lossy(&list.stdout).contains(&tag), "namespaces outlived their cluster");
+        let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link show");
+        let mine = format!("{}{:x}", fabric::NAME_PREFIX, std::process::id());
+        assert!(!String::from_utf8_lossy(&links.stdout).contains(&mine), "links outlived their cluster");
+    }
 }

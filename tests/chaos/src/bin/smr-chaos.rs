@@ -27,6 +27,21 @@ use smr_chaos::nemesis::{Fault, Run};
 use smr_chaos::workload::WorkloadSpec;
 use smr_raft::SplitMix64;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soak_flags_are_checked() {
+        let parse = |flags: &[&str]| Args::try_parse_from(["smr-chaos", "soak"].iter().chain(flags));
+        assert!(parse(&["--duration-secs", "10", "--nodes", "5"]).is_ok());
+        let error = parse(&["--duration-secs", "10", "--nodes", "4"]).unwrap_err();
+        assert!(error.to_string().contains("3 or 5 nodes"), "{error}");
+        assert!(parse(&["--duration-secs", "0"]).is_err());
+        assert!(parse(&[]).unwrap_err().to_string().contains("--duration-secs"));
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "smr-chaos", about = "Chaos soak and performance under faults for smr clusters")]
 struct Args {
@@ -44,7 +59,7 @@ enum Commands {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Nodes per cluster.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+        #[arg(long, default_value_t = 3, value_parser = three_or_five)]
         nodes: u64,
         /// Seconds of faults per round (one cluster, one history).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
@@ -62,8 +77,20 @@ enum Commands {
     },
 }
 
+fn three_or_five(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        other => Err(format!("{other:?}: a soak cluster has 3 or 5 nodes")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(error) = smr_chaos::cluster::binary("smr") {
+        eprintln!("smr-chaos: {error}");
+        return ExitCode::FAILURE;
+    }
     match args.command {
         Commands::Soak { duration_secs, seed, nodes, round_secs } => soak(duration_secs, seed, nodes, round_secs),
         Commands::Perf { phase_secs, slow_kbit } => perf(phase_secs, slow_kbit),
