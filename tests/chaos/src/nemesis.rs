@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use smr_net::AdminRequest;
 use smr_raft::SplitMix64;
 
 use crate::check::{self, Verdict};
@@ -356,11 +357,14 @@ impl Run {
         }
     }
 
-    /// Restarts every node in turn with SIGTERM, waiting after each until it serves again.
+    /// Restarts every node in turn with SIGTERM, waiting after each until it serves again. As
+    /// an operator would, leadership is first handed off a node about to restart (a leader that
+    /// just stops is [`Fault::KillLeader`]'s case).
     pub fn rolling_restart(&mut self) {
         self.count("rolling-restart");
         for id in self.cluster.ids() {
             eprintln!("smr-chaos [{}]: rolling restart of node {id}", self.name);
+            self.move_leadership_off(id);
             let code = self.cluster.terminate(id);
             if code != Some(0) {
                 self.report.replica_problems.push(format!("node {id} exited with {code:?} on SIGTERM"));
@@ -371,6 +375,25 @@ impl Run {
                 self.cluster.status(id).filter(|s| s["leader"].as_u64().is_some_and(|l| l != 0)).map(|_| ())
             });
             self.healed("rolling-restart", restarted);
+        }
+    }
+
+    /// Transfers leadership from `id`, if it leads, to another node, retrying until one leads.
+    fn move_leadership_off(&mut self, id: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.cluster.leader() == id {
+            let target = self.cluster.ids().into_iter().find(|&other| other != id).expect("another node");
+            let answer = self.cluster.admin(AdminRequest::TransferLeader { node_id: target });
+            eprintln!("smr-chaos [{}]: leadership from {id} to {target}: {answer:?}", self.name);
+            let asked = Instant::now();
+            while Instant::now() < asked + ELECTION_TIMEOUT * 2 && self.cluster.leader_now() == Some(id) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} kept the leadership for {PATIENCE:?} of transfer requests\n{}",
+                self.cluster.report()
+            );
         }
     }
 

@@ -120,13 +120,23 @@ impl Workload {
     }
 
     /// Stops the clients (each finishes or gives up on its operation in flight).
-    pub fn stop(self) -> Recorded {
+    pub fn stop(mut self) -> Recorded {
         self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
+        for thread in self.threads.drain(..) {
             thread.join().expect("a client thread panicked");
         }
         let ops = std::mem::take(&mut *self.ops.lock().unwrap_or_else(PoisonError::into_inner));
         Recorded { ops, epoch: self.epoch }
+    }
+}
+
+impl Drop for Workload {
+    /// A workload dropped without [`Workload::stop`] (a failed run) stops its clients too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
