@@ -563,6 +563,11 @@ impl Cluster {
                 .and_then(|mut c| c.call(RequestBody::Admin(request.clone())).map_err(|e| e.to_string()))
             {
                 Ok(ResponseBody::TimedOut | ResponseBody::Busy | ResponseBody::NotLeader { .. }) => {}
+                // A membership change or leader transfer still in progress ("...; retry when it
+                // is done"): the leader refuses the next until the last one is applied.
+                Ok(ResponseBody::InvalidRequest(reason)) if reason.contains("retry when it is done") => {
+                    last = Some(reason);
+                }
                 Ok(answer) => return answer,
                 Err(error) => last = Some(error),
             }
