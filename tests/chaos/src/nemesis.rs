@@ -44,6 +44,9 @@ pub enum Fault {
     SlowLeader,
 }
 
+/// How long after a cut the cut-off side's commit index is read (messages already in flight
+/// arrive within it).
+const FROZEN_AFTER: Duration = Duration::from_millis(300);
 /// Rate of a slowed link.
 pub const SLOW_LINK_KBIT: u32 = 256;
 /// Percentage of peer packets dropped under [`Fault::PacketLoss`].
@@ -272,18 +275,21 @@ impl Run {
             Fault::MajorityMinority => {
                 let shuffled = self.shuffled(ids.clone());
                 let (minority, majority) = shuffled.split_at(ids.len() / 2);
-                self.cluster.partition(&[minority.to_vec(), majority.to_vec()]);
+                let minority = minority.to_vec();
+                self.cluster.partition(&[minority.clone(), majority.to_vec()]);
+                let frozen = self.frozen_commits(&minority);
                 if minority.contains(&leader) {
                     self.expect_new_leader(fault, leader, hold);
                 } else {
                     std::thread::sleep(hold);
                 }
-                self.expect_behind(fault, minority, majority);
+                self.expect_frozen(fault, &frozen);
             }
             Fault::IsolateLeader => {
                 self.cluster.partition(&[vec![leader], followers.clone()]);
+                let frozen = self.frozen_commits(&[leader]);
                 self.expect_new_leader(fault, leader, hold);
-                self.expect_behind(fault, &[leader], &followers);
+                self.expect_frozen(fault, &frozen);
             }
             Fault::Bridge => {
                 let shuffled = self.shuffled(ids.clone());
@@ -338,22 +344,26 @@ impl Run {
         }
     }
 
-    /// Checks that the nodes of `cut_off` committed less than the leader of `rest` (the
-    /// partition took effect while the workload ran).
-    fn expect_behind(&mut self, fault: Fault, cut_off: &[u64], rest: &[u64]) {
-        let commit = |cluster: &Cluster, id: u64| cluster.status(id).and_then(|s| s["commit_index"].as_u64());
-        let Some(best) = rest.iter().filter_map(|&id| commit(&self.cluster, id)).max() else { return };
-        for &id in cut_off {
-            if let Some(index) = commit(&self.cluster, id)
-                && index >= best
-            {
-                panic!(
-                    "{}: node {id} was cut off but committed up to {index}, the rest only {best}: the \
-                     partition did not take effect\n{}",
-                    fault.name(),
-                    self.cluster.report()
-                );
-            }
+    /// The commit index of each node of `cut_off`, read once messages in flight at the cut had
+    /// time to arrive.
+    fn frozen_commits(&self, cut_off: &[u64]) -> Vec<(u64, u64)> {
+        std::thread::sleep(FROZEN_AFTER);
+        cut_off.iter().filter_map(|&id| Some((id, self.cluster.status(id)?["commit_index"].as_u64()?))).collect()
+    }
+
+    /// Checks that no node cut off from the majority committed anything more: it can neither
+    /// reach a quorum nor hear of one (the partition took effect).
+    fn expect_frozen(&self, fault: Fault, frozen: &[(u64, u64)]) {
+        for &(id, before) in frozen {
+            let Some(after) = self.cluster.status(id).and_then(|s| s["commit_index"].as_u64()) else { continue };
+            assert_eq!(
+                after,
+                before,
+                "{}: node {id} was cut off from the majority but its commit index moved from {before} to {after}: \
+                 the partition did not take effect\n{}",
+                fault.name(),
+                self.cluster.report()
+            );
         }
     }
 
