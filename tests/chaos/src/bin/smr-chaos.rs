@@ -293,8 +293,9 @@ fn perf_phases(phase_secs: u64, slow_kbit: u32) -> Result<(), String> {
     let before: Vec<u64> = per_bin[kill_bin.saturating_sub(10)..kill_bin].to_vec();
     let full = before.iter().sum::<u64>() as f64 / before.len().max(1) as f64;
     let first_write = per_bin.iter().enumerate().skip(kill_bin + 1).find(|(_, n)| **n > 0).map(|(i, _)| i);
-    // Recovered: the first 500 ms window after the kill averaging at least 90 % of full.
-    let back = (kill_bin + 1..bins.saturating_sub(5))
+    // Recovered: the first 500 ms window from the first write after the kill on averaging at
+    // least 90 % of full.
+    let back = (first_write.unwrap_or(bins)..bins.saturating_sub(5))
         .find(|&i| per_bin[i..i + 5].iter().sum::<u64>() as f64 / 5.0 >= 0.9 * full);
     let after_kill = |bin: usize| Duration::from_nanos((bin as u64 * BIN_NS).saturating_sub(kill_ns));
     row("leader killed mid-run (whole run)", &recovered);
