@@ -787,7 +787,7 @@ fn hard_state_to_write(written: &mut HardState, sync: bool, hard_state: Option<H
 mod tests {
     use smr_raft::HardState;
 
-    use super::{COMMIT_HINT_LAG_MAX, hard_state_to_write};
+    use super::{COMMIT_HINT_LAG_MAX, hard_state_to_write, own_entry_data};
 
     #[test]
     fn term_and_vote_are_always_written_and_the_commit_hint_only_when_far_behind() {
@@ -804,5 +804,28 @@ mod tests {
         let vote = HardState { term: 3, vote: Some(2), commit: 12 + COMMIT_HINT_LAG_MAX };
         assert_eq!(hard_state_to_write(&mut written, true, Some(vote)), Some(vote));
         assert_eq!(written, vote);
+    }
+
+    #[test]
+    fn received_entries_stop_sharing_the_receive_buffer() {
+        use bytes::Bytes;
+        use smr_raft::{Entry, EntryKind, Message, MessageBody};
+
+        let buffer = Bytes::from(vec![7u8; 1 << 20]);
+        let entries = vec![
+            Entry { index: 5, term: 2, kind: EntryKind::Normal, data: buffer.slice(100..300) },
+            Entry { index: 6, term: 2, kind: EntryKind::Normal, data: buffer.slice(300..310) },
+        ];
+        let body = MessageBody::Append { prev_log_index: 4, prev_log_term: 2, commit_index: 3, entries };
+        let mut message = Message { group: 1, from: 1, to: 2, term: 2, body };
+        own_entry_data(&mut message);
+        let range = buffer.as_ptr_range();
+        let MessageBody::Append { entries, .. } = &message.body else { unreachable!() };
+        for entry in entries {
+            assert!(!range.contains(&entry.data.as_ptr()), "entry {} still points into the buffer", entry.index);
+            assert!(entry.data.iter().all(|&b| b == 7));
+        }
+        assert_eq!(entries[0].data.len(), 200);
+        assert_eq!(entries[1].data.len(), 10);
     }
 }
