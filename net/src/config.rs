@@ -40,12 +40,17 @@ pub struct NetConfig {
     pub client_inflight_max: usize,
     /// Time a handshake may take, from accept or connect to the last proof.
     pub handshake_ms: u64,
-    /// A connection on which nothing at all arrives for this long is closed.
+    /// A client connection on which nothing at all arrives for this long is closed.
     pub idle_timeout_ms: u64,
+    /// A peer connection on which nothing at all arrives for this long is closed and dialed
+    /// again. Peers send keepalives every `keepalive_ms`, so only a dead link is this quiet; it
+    /// is short so that a link silenced by a partition (whose TCP retransmissions back off to
+    /// seconds) is replaced soon after the partition heals.
+    pub peer_idle_timeout_ms: u64,
     /// A frame whose first byte has arrived must be complete within this time (slowloris).
     pub frame_receive_ms_max: u64,
     /// A peer connection with nothing to send sends a keepalive after this long, so that the
-    /// other side's `idle_timeout_ms` only fires on a dead link.
+    /// other side's `peer_idle_timeout_ms` only fires on a dead link.
     pub keepalive_ms: u64,
     /// First reconnect delay; doubled after every failure up to `reconnect_ms_max`, with jitter.
     pub reconnect_ms_min: u64,
@@ -72,6 +77,7 @@ impl Default for NetConfig {
             client_inflight_max: 4096,
             handshake_ms: 2_000,
             idle_timeout_ms: 10_000,
+            peer_idle_timeout_ms: 3_000,
             frame_receive_ms_max: 5_000,
             keepalive_ms: 1_000,
             reconnect_ms_min: 20,
@@ -138,9 +144,9 @@ impl NetConfig {
         check(self.client_inflight_max >= 1, "client_inflight_max", "must be at least 1")?;
         check(self.handshake_ms >= 1, "handshake_ms", "must be at least 1")?;
         check(
-            self.keepalive_ms >= 1 && self.keepalive_ms < self.idle_timeout_ms,
+            self.keepalive_ms >= 1 && self.keepalive_ms < self.peer_idle_timeout_ms,
             "keepalive_ms",
-            "must be at least 1 and below idle_timeout_ms",
+            "must be at least 1 and below peer_idle_timeout_ms",
         )?;
         check(
             self.frame_receive_ms_max >= 1 && self.frame_receive_ms_max <= self.idle_timeout_ms,
@@ -158,6 +164,9 @@ impl NetConfig {
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub(crate) fn peer_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_idle_timeout_ms)
     }
     pub(crate) fn frame_receive_max(&self) -> Duration {
         Duration::from_millis(self.frame_receive_ms_max)

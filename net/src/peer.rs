@@ -825,7 +825,8 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
                 reader.note_alive();
             }
         }
-        if let Err(error) = reader.fill_with_deadlines(stream, config.idle_timeout(), config.frame_receive_max(), None)
+        if let Err(error) =
+            reader.fill_with_deadlines(stream, config.peer_idle_timeout(), config.frame_receive_max(), None)
         {
             break error;
         }
@@ -857,7 +858,14 @@ mod tests {
     const SECRET: &[u8] = b"the secret of this test cluster";
 
     fn config() -> NetConfig {
-        NetConfig { idle_timeout_ms: 400, frame_receive_ms_max: 200, keepalive_ms: 100, ..NetConfig::default() }
+        NetConfig {
+            // Far above the peer timeout: the peer tests below see the peer one at work.
+            idle_timeout_ms: 5_000,
+            peer_idle_timeout_ms: 400,
+            frame_receive_ms_max: 200,
+            keepalive_ms: 100,
+            ..NetConfig::default()
+        }
     }
 
     /// Node 2 listening, and an authenticated raw connection to it as node 1.
@@ -998,8 +1006,11 @@ mod tests {
 
     #[test]
     fn silent_peer_is_disconnected_after_the_idle_timeout() {
+        let started = std::time::Instant::now();
         let (node, _inbound, _stream) = authenticated();
         wait_for("idle disconnect", || node.stats().disconnects_idle == 1);
+        // The peer timeout applies, not the (much longer) client one.
+        assert!(started.elapsed() < Duration::from_millis(config().idle_timeout_ms));
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn config() -> NetConfig {
     NetConfig {
         handshake_ms: 500,
         idle_timeout_ms: 2_000,
+        peer_idle_timeout_ms: 2_000,
         frame_receive_ms_max: 300,
         keepalive_ms: 200,
         reconnect_ms_min: 5,
