@@ -284,6 +284,22 @@ impl NodeConfig {
                 ),
             ));
         }
+        // The core hands out a ready before it takes in entries that would carry the ready past
+        // log.submit_bytes_max, so one submit holds at least one whole AppendEntries: at most
+        // append_bytes_max of entries as the core counts them (32 bytes of overhead each) plus
+        // one entry past the bound. A record pads its payload by at most 15 bytes more, so the
+        // records take at most 47/32 of the counted size; 3/2 covers it.
+        let append_records = (self.raft.append_bytes_max + self.log.entry_bytes_max) * 3 / 2;
+        if append_records > self.log.submit_bytes_max {
+            return Err(ConfigError::new(
+                "log.submit_bytes_max",
+                format!(
+                    "{} cannot hold the log records of one AppendEntries ({append_records} bytes: 3/2 of \
+                     raft.append_bytes_max ({}) plus log.entry_bytes_max ({})); raise it or lower those",
+                    self.log.submit_bytes_max, self.raft.append_bytes_max, self.log.entry_bytes_max
+                ),
+            ));
+        }
         if largest_entry > self.log.entry_bytes_max {
             return Err(ConfigError::new(
                 "log.entry_bytes_max",
@@ -383,6 +399,16 @@ pub(crate) mod tests {
         config.net.peer_queue_bytes_max = 1 << 20;
         config.net.client_pending_bytes_max = 1 << 20;
         assert_eq!(config.validate().unwrap_err().field, "net.frame_bytes_max");
+    }
+
+    #[test]
+    fn a_log_submit_that_cannot_hold_one_append_is_refused() {
+        let mut config = valid();
+        config.log.submit_bytes_max = (config.raft.append_bytes_max + config.log.entry_bytes_max) * 3 / 2;
+        config.validate().expect("the smallest submit that holds one append");
+        config.log.submit_bytes_max -= 1;
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.field, "log.submit_bytes_max", "{error}");
     }
 
     #[test]

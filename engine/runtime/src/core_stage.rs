@@ -100,6 +100,12 @@ pub(crate) struct CoreStage {
     /// When the log writer was last woken. It sleeps in the kernel until there is work, so an
     /// idle one is woken once per metrics interval to publish what it recorded.
     log_woken: Instant,
+    /// Log record bytes of the entries stepped in or proposed since the last ready: what the
+    /// next ready hands the log writer in one submit.
+    /// Invariant: at most `submit_bytes_max`, or one message's entries alone.
+    unready_entry_bytes: u64,
+    /// The log's `submit_bytes_max`: the most one ready's entries may take.
+    submit_bytes_max: u64,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -122,6 +128,8 @@ pub(crate) struct CoreParts {
     pub(crate) to_apply: Sender<ApplyWork>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pipeline: PipelineConfig,
+    /// The log's `submit_bytes_max` (checked at start-up to hold one AppendEntries).
+    pub(crate) submit_bytes_max: u64,
     pub(crate) cluster_id: u64,
     pub(crate) config_members: BTreeSet<NodeId>,
     /// Peers the transport was started with.
@@ -172,6 +180,8 @@ impl CoreStage {
             next_tick: now,
             proposed: VecDeque::new(),
             log_woken: now,
+            unready_entry_bytes: 0,
+            submit_bytes_max: parts.submit_bytes_max,
         };
         stage.next_tick = now + stage.tick();
         stage.check_directory();
@@ -265,6 +275,9 @@ impl CoreStage {
 
     fn on_inbound(&mut self, batch: Inbound) {
         for mut message in batch.messages {
+            if let smr_raft::MessageBody::Append { entries, .. } = &message.body {
+                self.make_room_in_ready(entries.iter().map(|e| record_bytes(e.data.len())).sum());
+            }
             own_entry_data(&mut message);
             if let Err(error) = self.replica.step(message) {
                 tracing::debug!(from = batch.from, "message refused: {error}");
@@ -370,6 +383,7 @@ impl CoreStage {
         let bytes = self.batch.bytes();
         let data = self.batch.finish();
         let waiting = std::mem::take(&mut self.batch_waiting);
+        self.make_room_in_ready(record_bytes(data.len()));
         match self.replica.propose(data) {
             Ok(id) => {
                 self.metrics.record_batch(commands as u64, bytes as u64);
@@ -478,9 +492,21 @@ impl CoreStage {
         }
     }
 
+    /// Makes room in the next ready for entries taking `bytes` of log records: when they would
+    /// take its entries past the log's `submit_bytes_max` (which refuses a larger submit, and
+    /// that stops the node), the ready cycle runs first. A follower catching up takes in many
+    /// appends of `raft.append_bytes_max` in one round, a loaded leader many batches.
+    fn make_room_in_ready(&mut self, bytes: u64) {
+        if self.unready_entry_bytes > 0 && self.unready_entry_bytes + bytes > self.submit_bytes_max {
+            self.drive_ready();
+        }
+        self.unready_entry_bytes += bytes;
+    }
+
     fn drive_ready(&mut self) {
         while self.replica.has_ready() {
             let rd = self.replica.ready();
+            self.unready_entry_bytes = 0;
             for message in rd.messages {
                 self.send_peer(message);
             }
@@ -755,6 +781,11 @@ impl CoreStage {
         log_waker.wake();
         transport.shutdown();
     }
+}
+
+/// Bytes the log's record of an entry of `payload_bytes` takes (header and padding).
+fn record_bytes(payload_bytes: usize) -> u64 {
+    smr_log::stored_record_bytes(payload_bytes) as u64
 }
 
 /// Gives the entries of an append their own memory. Received entries are slices of the

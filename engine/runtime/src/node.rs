@@ -289,6 +289,7 @@ impl Node {
             to_apply,
             shared: Arc::clone(&shared),
             pipeline: pipeline.clone(),
+            submit_bytes_max: config.log.submit_bytes_max,
             cluster_id: config.cluster_id,
             config_members,
             initial_peers: initial_peers.iter().map(|&(id, _)| id).collect(),

@@ -374,3 +374,32 @@ fn a_follower_down_past_compaction_catches_up_from_a_snapshot_streamed_in_small_
     assert!(status["snapshot_index"].as_u64().unwrap() > 0, "{status}");
     assert!(cluster.node_log(follower).contains("installed snapshot from the leader"));
 }
+
+#[test]
+fn a_follower_far_behind_catches_up_through_more_appends_than_one_log_submit_holds() {
+    /// Appends of 64 KiB and the smallest log submit the config allows (192 KiB: about three
+    /// appends), so a follower that takes in the leader's pipelined appends in one round must
+    /// spread them over several readies; a single ready would be refused by the log and stop
+    /// the node.
+    fn small_submits(config: &mut NodeConfig) {
+        config.pipeline.batch_bytes_max = 60 << 10;
+        config.kv.value_bytes_max = 16 << 10;
+        config.raft.append_bytes_max = 64 << 10;
+        config.log.entry_bytes_max = 64 << 10;
+        config.log.submit_bytes_max = 192 << 10;
+    }
+    let mut cluster = Cluster::start(3, small_submits);
+    let mut kv = cluster.client();
+    kv.put("first", "1");
+    let leader = cluster.leader();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.kill(follower);
+    let big = "y".repeat(8 << 10);
+    for i in 0..400 {
+        kv.put(&format!("k{}", i % 97), &format!("{i}-{big}"));
+    }
+    cluster.spawn(follower);
+    // About 3.3 MB of log to send: some 50 appends, pipelined. A follower that stopped never
+    // answers its status, and this fails.
+    cluster.converged(400);
+}
