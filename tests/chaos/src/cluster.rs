@@ -77,7 +77,7 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "no {name} binary at {}: build it first with `cargo build -p smr -p smr-bench` \
+            "no {name} binary at {}: build it first with `cargo build -p smr -p smr-bench -p smr-chaos` \
              (or point SMR_CHAOS_BIN_DIR at the directory holding it)",
             path.display()
         ))
