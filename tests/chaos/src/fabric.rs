@@ -367,8 +367,8 @@ impl Namespaces {
         }
         let program = crate::cluster::binary("smr-chaos")?;
         let netns = self.netns(host);
-        // The queue numbers of each namespace are its own; the host number keeps them apart in
-        // the kernel's listing (/proc/net/netfilter/nfnetlink_queue) too.
+        // Each namespace has queue numbers of its own, so any would do; the host number makes a
+        // delayer's command line (in `ps`) say whose it is.
         let queue = u16::from(host);
         let mut command = Command::new("ip");
         command

@@ -5,8 +5,9 @@
 //!   restarts included), each round checked; prints operations checked, faults injected by kind
 //!   and violations found, and exits 1 if any was found.
 //! - `smr-chaos perf`: throughput and p99 of a closed-loop write load (smr-bench's driver) with
-//!   all nodes up, with one follower down and with one follower's link slow, and the time to
-//!   recover full throughput after the leader is killed.
+//!   all nodes up, with one follower down, with one follower's link slow and with every link
+//!   delayed (the suite's delayed-links fault), and the time to recover full throughput after the
+//!   leader is killed.
 //!
 //! - `smr-chaos delay --queue N --delay-ms D --jitter-ms J --seed S`: the delayer behind an
 //!   NFQUEUE queue (see `smr_chaos::delay`): holds every packet of queue `N` for `D` ms plus a
@@ -31,7 +32,7 @@ use smr_bench::keys::Distribution;
 use smr_bench::load::{self, LoadSpec, Observers, StepLoad};
 use smr_chaos::cluster::{Cluster, ELECTION_TIMEOUT};
 use smr_chaos::delay::{self, DELAY_MS_MAX, DelayLimits, DelaySpec};
-use smr_chaos::nemesis::{Fault, Run};
+use smr_chaos::nemesis::{DELAYED_LINK_DELAY_MS, DELAYED_LINK_JITTER_MS, Fault, Run};
 use smr_chaos::workload::WorkloadSpec;
 use smr_raft::SplitMix64;
 
@@ -85,8 +86,8 @@ enum Commands {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
         round_secs: u64,
     },
-    /// Throughput and p99 with a follower down, with a slow follower link, and the recovery
-    /// after the leader is killed.
+    /// Throughput and p99 with a follower down, with a slow follower link, with every link
+    /// delayed, and the recovery after the leader is killed.
     Perf {
         /// Seconds measured per phase.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
@@ -326,8 +327,17 @@ fn perf_phases(phase_secs: u64, slow_kbit: u32) -> Result<(), String> {
         row(&format!("follower {follower} link at {slow_kbit} kbit/s"), &slow);
         cluster.heal_network();
         cluster.converged();
+        // Every node's peer packets delayed as under the suite's delayed-links fault.
+        for id in cluster.ids() {
+            let spec = DelaySpec { delay_ms: DELAYED_LINK_DELAY_MS, jitter_ms: DELAYED_LINK_JITTER_MS, seed: id };
+            cluster.delay_link(id, spec);
+        }
+        let delayed = step(&cluster, &load_spec(phase_secs, 5))?;
+        cluster.heal_network();
+        row(&format!("links delayed {DELAYED_LINK_DELAY_MS} + [0, {DELAYED_LINK_JITTER_MS}] ms"), &delayed);
+        cluster.converged();
     } else {
-        say!("follower link slow: NOT MEASURED (no network namespaces: run as root)");
+        say!("follower link slow, links delayed: NOT MEASURED (no network namespaces: run as root)");
     }
 
     // Recovery: the load runs throughout; the leader is killed in the middle; completions are
