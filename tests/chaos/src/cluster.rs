@@ -22,7 +22,8 @@ use smr_apply::{KvCommand, KvResult};
 use smr_net::{AdminRequest, Client, ClientConfig, RequestBody, ResponseBody};
 use smr_runtime::{InitialState, Member, NodeConfig, config_file};
 
-use crate::fabric::{self, BRIDGE_HOST, HOSTS_MAX, Namespaces};
+use crate::delay::DelaySpec;
+use crate::fabric::{self, BRIDGE_HOST, DelayReport, HOSTS_MAX, Namespaces};
 
 /// Milliseconds per Raft tick of every chaos node.
 pub const TICK_MS: u64 = 10;
@@ -42,7 +43,6 @@ const LOG_TAIL_LINES: usize = 25;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static LEFTOVERS: Once = Once::new();
-static NETEM: Once = Once::new();
 
 /// The lock every cluster of this process holds while it lives; a test that touches the
 /// namespaces itself holds it too.
@@ -77,7 +77,7 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "no {name} binary at {}: build it first with `cargo build -p smr -p smr-bench` \
+            "no {name} binary at {}: build it first with `cargo build -p smr -p smr-bench -p smr-chaos` \
              (or point SMR_CHAOS_BIN_DIR at the directory holding it)",
             path.display()
         ))
@@ -103,16 +103,7 @@ fn make_network() -> Network {
         }
     });
     match Namespaces::create() {
-        Ok(namespaces) => {
-            NETEM.call_once(|| {
-                if namespaces.netem_available() {
-                    eprintln!("smr-chaos: this kernel has sch_netem, but the suite does not use it (yet)");
-                } else {
-                    eprintln!("smr-chaos: {}", fabric::NETEM_UNAVAILABLE);
-                }
-            });
-            Network::Namespaces(namespaces)
-        }
+        Ok(namespaces) => Network::Namespaces(namespaces),
         Err(reason) => {
             assert!(!in_ci(), "CI=true, and the chaos suite cannot make network namespaces: {reason}");
             eprintln!(
@@ -655,10 +646,27 @@ impl Cluster {
         self.namespaces().slow(host(id), kbit).unwrap_or_else(|e| panic!("cannot slow the link of {id}: {e}"));
     }
 
-    /// Removes every network fault.
-    pub fn heal_network(&mut self) {
-        if let Network::Namespaces(namespaces) = &mut self.network {
-            namespaces.heal().unwrap_or_else(|e| panic!("cannot heal the network: {e}"));
+    /// Delays the peer packets leaving node `id` by `spec` (see [`Namespaces::delay`]).
+    pub fn delay_link(&mut self, id: u64, spec: DelaySpec) {
+        self.namespaces().delay(host(id), spec).unwrap_or_else(|e| panic!("cannot delay the link of {id}: {e}"));
+    }
+
+    /// The process id of node `id`'s delayer, while its link is delayed.
+    pub fn delayer_pid(&self, id: u64) -> Option<u32> {
+        match &self.network {
+            Network::Namespaces(namespaces) => namespaces.delayer_pid(host(id)),
+            Network::Loopback => None,
+        }
+    }
+
+    /// Removes every network fault; returns what the delayers did. Panics if one had died (its
+    /// node's packets then went undelayed) or a fault could not be removed.
+    pub fn heal_network(&mut self) -> Vec<DelayReport> {
+        match &mut self.network {
+            Network::Namespaces(namespaces) => {
+                namespaces.heal().unwrap_or_else(|e| panic!("cannot heal the network: {e}\n{}", self.report()))
+            }
+            Network::Loopback => Vec::new(),
         }
     }
 

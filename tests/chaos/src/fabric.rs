@@ -3,20 +3,28 @@
 //! host number); the bridge itself is `10.231.S.254`, which is where the clients (this process,
 //! in the root namespace) reach the nodes from. Faults are injected inside a node's namespace:
 //! nft rules in one table (`inet smrc`) on the input hook for partitions and packet loss, a
-//! `tbf` qdisc on both ends of its veth for a slow link.
+//! `tbf` qdisc on both ends of its veth for a slow link, and for delay and reordering an iptables
+//! NFQUEUE rule feeding the peer packets that leave the host to a delayer process
+//! ([`crate::delay`], `smr-chaos delay`) in its namespace.
 //!
 //! Every name starts with [`NAME_PREFIX`] and carries the owning process id in hex, so that
 //! [`remove_leftovers`] can tell the leftovers of a crashed run (owner dead) from a live run of
-//! another process. Everything is removed when the [`Namespaces`] drop.
+//! another process. Everything is removed when the [`Namespaces`] drop, delayers included; a
+//! delayer left by a killed run is inside one of its namespaces and is killed with the nodes.
 //!
-//! This kernel has no `sch_netem`: `tc qdisc add ... netem` fails with "Specified qdisc kind is
-//! unknown", so delay and reordering cannot be injected here (see [`NETEM_UNAVAILABLE`]).
+//! This kernel has no `sch_netem` (`tc qdisc add ... netem` fails with "Specified qdisc kind is
+//! unknown"), hence the delayer: see [`crate::delay`] for how it works and why it fails open.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::delay::{DelaySpec, DelayStats};
 
 /// The first characters of every namespace, link and bridge name this crate makes.
 pub const NAME_PREFIX: &str = "smrc";
@@ -31,10 +39,12 @@ const SUBNETS: u16 = 250;
 /// The nft table that holds every rule of a host.
 const NFT_TABLE: &str = "smrc";
 
-/// What the harness says about delay and reordering on this kernel.
-pub const NETEM_UNAVAILABLE: &str = "!!! NOTE: this kernel has no sch_netem (`tc qdisc add ... netem` fails: \
-     \"Specified qdisc kind is unknown\"), so packet delay and reordering cannot be injected; \
-     the suite uses tbf for a slow link and nft numgen for packet loss instead";
+/// How long a delayer may take to bind its queue after it was started, in milliseconds (a
+/// process start on a loaded two-core machine takes tens of them).
+const DELAYER_START_MS_MAX: u64 = 10_000;
+/// How long a delayer may take to release what it holds and exit after SIGTERM, in milliseconds;
+/// after it, it is killed and reported.
+const DELAYER_STOP_MS_MAX: u64 = 5_000;
 
 /// Runs a command and returns its stdout, or an error naming the command and its stderr.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, String> {
@@ -136,6 +146,25 @@ struct Filter {
     loss_percent: u8,
 }
 
+/// A delayer process in a host's namespace and the iptables rule that feeds it.
+#[derive(Debug)]
+struct Delayer {
+    child: Child,
+    /// The delayer's stdout, past its `ready` line: its counts come here when it stops.
+    stdout: BufReader<ChildStdout>,
+    /// The rule's arguments after `-A`/`-D`.
+    rule: Vec<String>,
+    spec: DelaySpec,
+}
+
+/// What one host's delayer did, read when it was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayReport {
+    pub host: u8,
+    pub spec: DelaySpec,
+    pub stats: DelayStats,
+}
+
 /// The namespaces, veth pairs and bridge of one cluster.
 #[derive(Debug)]
 pub struct Namespaces {
@@ -145,7 +174,9 @@ pub struct Namespaces {
     hosts: BTreeSet<u8>,
     filters: Vec<Filter>,
     slow: BTreeSet<u8>,
+    delayers: BTreeMap<u8, Delayer>,
     nft_checked: bool,
+    iptables_checked: bool,
 }
 
 impl Namespaces {
@@ -171,7 +202,9 @@ impl Namespaces {
             hosts: BTreeSet::new(),
             filters: vec![Filter::default(); usize::from(HOSTS_MAX) + 1],
             slow: BTreeSet::new(),
+            delayers: BTreeMap::new(),
             nft_checked: false,
+            iptables_checked: false,
         };
         let bridge = fabric.bridge();
         run("ip", &["link", "add", &bridge, "type", "bridge"])?;
@@ -303,40 +336,220 @@ impl Namespaces {
         Ok(())
     }
 
-    /// Removes every partition, loss rule and rate limit.
-    ///
-    /// # Errors
-    /// nft or tc failed.
-    pub fn heal(&mut self) -> Result<(), String> {
-        let hosts: Vec<u8> = self.hosts.iter().copied().collect();
-        for host in hosts {
-            if self.filters[usize::from(host)] != Filter::default() {
-                self.filters[usize::from(host)] = Filter::default();
-                self.apply_filter(host)?;
-            }
-        }
-        for host in std::mem::take(&mut self.slow) {
-            let netns = self.netns(host);
-            run("tc", &["-n", &netns, "qdisc", "del", "dev", "eth0", "root"])?;
-            run("tc", &["qdisc", "del", "dev", &self.veth(host), "root"])?;
+    fn check_iptables(&mut self) -> Result<(), String> {
+        if !self.iptables_checked {
+            run("iptables", &["--version"]).map_err(|e| {
+                format!(
+                    "iptables is needed for delay and reordering, an NFQUEUE rule feeding the delayer \
+                     (apt-get install iptables): {e}"
+                )
+            })?;
+            self.iptables_checked = true;
         }
         Ok(())
     }
 
-    /// Whether netem exists on this kernel (it does not on the machine this suite was written
-    /// on), tried on the bridge.
-    pub fn netem_available(&self) -> bool {
-        let bridge = self.bridge();
-        let added = run("tc", &["qdisc", "add", "dev", &bridge, "root", "netem", "delay", "1ms"]).is_ok();
-        if added {
-            let _ = run("tc", &["qdisc", "del", "dev", &bridge, "root"]);
+    /// Delays the peer packets leaving `host` by `spec` (reordering them when the jitter is wider
+    /// than the gap between packets): starts a delayer (`smr-chaos delay`, found next to the
+    /// `smr` binary) in the host's namespace, waits until it has bound its queue, then adds an
+    /// iptables rule that queues every TCP packet leaving the host's `eth0` for another host.
+    /// Packets to the bridge's address (the clients, and the harness's own status requests) are
+    /// left alone, so that the fault is between the nodes and the harness measures it rather than
+    /// suffers it.
+    ///
+    /// # Errors
+    /// No iptables, no `smr-chaos` binary, the host is delayed already, or the delayer did not
+    /// start.
+    pub fn delay(&mut self, host: u8, spec: DelaySpec) -> Result<(), String> {
+        self.check_iptables()?;
+        if self.delayers.contains_key(&host) {
+            return Err(format!("host {host} is delayed already; heal first"));
         }
-        added
+        let program = crate::cluster::binary("smr-chaos")?;
+        let netns = self.netns(host);
+        // Each namespace has queue numbers of its own, so any would do; the host number makes a
+        // delayer's command line (in `ps`) say whose it is.
+        let queue = u16::from(host);
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &netns])
+            .arg(&program)
+            .args(["delay", "--queue", &queue.to_string(), "--delay-ms", &spec.delay_ms.to_string()])
+            .args(["--jitter-ms", &spec.jitter_ms.to_string(), "--seed", &spec.seed.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl is a plain system call, async-signal-safe between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // The delayer dies with the thread that started it, should the harness be killed
+                // (`ip netns exec` execs it in the same process, which keeps this setting).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let mut stdout = BufReader::new(stdout);
+        if let Err(error) = wait_ready(&mut child, &mut stdout, host) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-p",
+            "tcp",
+            "!",
+            "-d",
+            &self.address(BRIDGE_HOST).to_string(),
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue.to_string(),
+            "--queue-bypass",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Err(error) = iptables(&netns, "-A", &rule) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
+        self.delayers.insert(host, Delayer { child, stdout, rule, spec });
+        Ok(())
     }
+
+    /// The process id of `host`'s delayer, while it is delayed.
+    pub fn delayer_pid(&self, host: u8) -> Option<u32> {
+        self.delayers.get(&host).map(|d| d.child.id())
+    }
+
+    /// Removes `host`'s NFQUEUE rule, then stops its delayer and reads its counts.
+    ///
+    /// # Errors
+    /// The delayer died while its fault was on (its packets went undelayed, passed by the rule's
+    /// `--queue-bypass`), did not stop in time or printed no counts; or iptables failed.
+    fn stop_delayer(&mut self, host: u8) -> Result<DelayReport, String> {
+        let Some(mut delayer) = self.delayers.remove(&host) else {
+            return Err(format!("host {host} has no delayer"));
+        };
+        // The rule first: then nothing more enters the queue, and the delayer releases what it
+        // holds before it exits, so that no packet is dropped with the queue.
+        let unruled = iptables(&self.netns(host), "-D", &delayer.rule);
+        let died = delayer.child.try_wait().map_err(|e| format!("cannot check the delayer of host {host}: {e}"))?;
+        if let Some(status) = died {
+            return Err(format!(
+                "the delayer of host {host} ({:?}) DIED while its fault was on ({status}): from then on the \
+                 host's packets passed undelayed (--queue-bypass); its stderr is above",
+                delayer.spec
+            ));
+        }
+        // SAFETY: signalling a child process we own and have not reaped.
+        unsafe { libc::kill(delayer.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_millis(DELAYER_STOP_MS_MAX);
+        let status = loop {
+            match delayer.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = delayer.child.kill();
+                    let _ = delayer.child.wait();
+                    return Err(format!(
+                        "the delayer of host {host} did not stop within {DELAYER_STOP_MS_MAX} ms of SIGTERM"
+                    ));
+                }
+            }
+        };
+        let mut output = String::new();
+        let _ = delayer.stdout.read_to_string(&mut output);
+        unruled?;
+        if !status.success() {
+            return Err(format!("the delayer of host {host} failed ({status}); its stderr is above"));
+        }
+        let stats = output
+            .lines()
+            .last()
+            .and_then(|line| serde_json::from_str::<DelayStats>(line).ok())
+            .ok_or_else(|| format!("the delayer of host {host} printed no counts: {output:?}"))?;
+        Ok(DelayReport { host, spec: delayer.spec, stats })
+    }
+
+    /// Removes every partition, loss rule, rate limit and delay; returns what the delayers did.
+    ///
+    /// # Errors
+    /// nft, tc or iptables failed, or a delayer had died (see [`Namespaces::delay`]); every
+    /// fault is removed all the same.
+    pub fn heal(&mut self) -> Result<Vec<DelayReport>, String> {
+        let mut errors = Vec::new();
+        let mut reports = Vec::new();
+        let delayed: Vec<u8> = self.delayers.keys().copied().collect();
+        for host in delayed {
+            match self.stop_delayer(host) {
+                Ok(report) => reports.push(report),
+                Err(error) => errors.push(error),
+            }
+        }
+        let hosts: Vec<u8> = self.hosts.iter().copied().collect();
+        for host in hosts {
+            if self.filters[usize::from(host)] != Filter::default() {
+                self.filters[usize::from(host)] = Filter::default();
+                if let Err(error) = self.apply_filter(host) {
+                    errors.push(error);
+                }
+            }
+        }
+        for host in std::mem::take(&mut self.slow) {
+            let netns = self.netns(host);
+            for result in [
+                run("tc", &["-n", &netns, "qdisc", "del", "dev", "eth0", "root"]),
+                run("tc", &["qdisc", "del", "dev", &self.veth(host), "root"]),
+            ] {
+                if let Err(error) = result {
+                    errors.push(error);
+                }
+            }
+        }
+        if errors.is_empty() { Ok(reports) } else { Err(errors.join("; ")) }
+    }
+}
+
+/// Runs `iptables ACTION RULE...` inside `netns`.
+fn iptables(netns: &str, action: &str, rule: &[String]) -> Result<(), String> {
+    let mut args = vec!["netns", "exec", netns, "iptables", action];
+    args.extend(rule.iter().map(String::as_str));
+    run("ip", &args).map(|_| ())
+}
+
+/// Waits until a delayer just started says `ready` (its queue is bound).
+fn wait_ready(child: &mut Child, stdout: &mut BufReader<ChildStdout>, host: u8) -> Result<(), String> {
+    let mut poll = libc::pollfd { fd: stdout.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, which lives across the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, DELAYER_START_MS_MAX as libc::c_int) };
+    if ready <= 0 {
+        return Err(format!("the delayer of host {host} did not bind its queue within {DELAYER_START_MS_MAX} ms"));
+    }
+    let mut line = String::new();
+    stdout.read_line(&mut line).map_err(|e| format!("cannot read the delayer of host {host}: {e}"))?;
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let status = child.wait().map_err(|e| format!("cannot wait for the delayer of host {host}: {e}"))?;
+    Err(format!("the delayer of host {host} did not start ({status}, said {line:?}); its stderr is above"))
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
+        // The delayers first and reaped, so that none is left even as a zombie; the namespace's
+        // deletion takes the rules with it.
+        for delayer in self.delayers.values_mut() {
+            let _ = delayer.child.kill();
+            let _ = delayer.child.wait();
+        }
         for &host in &self.hosts {
             let netns = self.netns(host);
             kill_processes_in(&netns);

@@ -11,6 +11,8 @@ use smr_raft::SplitMix64;
 
 use crate::check::{self, Verdict};
 use crate::cluster::{Cluster, ELECTION_TIMEOUT, PATIENCE, in_ci};
+use crate::delay::DelaySpec;
+use crate::fabric::DelayReport;
 use crate::workload::{self, Workload, WorkloadSpec};
 
 /// One kind of fault, injected for a while and then healed.
@@ -42,6 +44,13 @@ pub enum Fault {
     SlowFollower,
     /// The leader's link limited to 256 kbit/s each way (tbf).
     SlowLeader,
+    /// Every node's peer packets held 10 + [0, 20] ms (20 ± 10 ms) on the way out (the NFQUEUE
+    /// delayer), so a round trip between two nodes takes 20 to 60 ms: well below the election
+    /// timeout (400 to 800 ms) and near the 40 ms heartbeat, so the cluster must keep serving.
+    DelayedLinks,
+    /// Every node's peer packets held 2 + [0, 8] ms: jitter far wider than the gap between two
+    /// packets of a loaded link, so packets leave out of order (TCP must put them back).
+    ReorderedLinks,
 }
 
 /// How long after a cut the cut-off side's commit index is read (messages already in flight
@@ -51,9 +60,15 @@ const FROZEN_AFTER: Duration = Duration::from_millis(300);
 pub const SLOW_LINK_KBIT: u32 = 256;
 /// Percentage of peer packets dropped under [`Fault::PacketLoss`].
 pub const LOSS_PERCENT: u8 = 25;
+/// Base delay and jitter of [`Fault::DelayedLinks`], in milliseconds.
+pub const DELAYED_LINK_DELAY_MS: u32 = 10;
+pub const DELAYED_LINK_JITTER_MS: u32 = 20;
+/// Base delay and jitter of [`Fault::ReorderedLinks`], in milliseconds.
+pub const REORDERED_LINK_DELAY_MS: u32 = 2;
+pub const REORDERED_LINK_JITTER_MS: u32 = 8;
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 15] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillRandom,
@@ -67,6 +82,8 @@ impl Fault {
         Fault::PacketLoss,
         Fault::SlowFollower,
         Fault::SlowLeader,
+        Fault::DelayedLinks,
+        Fault::ReorderedLinks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +101,8 @@ impl Fault {
             Fault::PacketLoss => "packet-loss",
             Fault::SlowFollower => "slow-link-follower",
             Fault::SlowLeader => "slow-link-leader",
+            Fault::DelayedLinks => "delayed-links",
+            Fault::ReorderedLinks => "reordered-links",
         }
     }
 
@@ -315,10 +334,90 @@ impl Run {
                 self.cluster.slow_link(victim, SLOW_LINK_KBIT);
                 std::thread::sleep(hold);
             }
+            Fault::DelayedLinks | Fault::ReorderedLinks => {
+                let (delay_ms, jitter_ms) = if fault == Fault::DelayedLinks {
+                    (DELAYED_LINK_DELAY_MS, DELAYED_LINK_JITTER_MS)
+                } else {
+                    (REORDERED_LINK_DELAY_MS, REORDERED_LINK_JITTER_MS)
+                };
+                for &id in &ids {
+                    // Each delayer's own seed, from the run's: the jitter replays from the seed.
+                    let seed = self.rng.next_u64();
+                    self.cluster.delay_link(id, DelaySpec { delay_ms, jitter_ms, seed });
+                }
+                let until = Instant::now() + hold;
+                std::thread::sleep(hold / 2);
+                self.expect_slow_commit(fault, delay_ms);
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
         }
-        self.cluster.heal_network();
+        let delays = self.cluster.heal_network();
         let healed_at = Instant::now();
+        if matches!(fault, Fault::DelayedLinks | Fault::ReorderedLinks) {
+            self.expect_delayed(fault, &delays);
+        }
         self.healed(fault.name(), healed_at);
+    }
+
+    /// Checks that a write takes at least two delays to commit: the leader's append is delayed on
+    /// its way out, and so is the follower's answer (every node is delayed), whatever else is in
+    /// flight; a ping through the cluster, and a lower bound, which a loaded machine cannot break.
+    fn expect_slow_commit(&mut self, fault: Fault, delay_ms: u32) {
+        if self.cluster.ids().len() < 2 {
+            // A node alone commits without a peer: nothing to measure.
+            return;
+        }
+        let took = self.cluster.probe_write(Instant::now());
+        let bound = Duration::from_millis(2 * u64::from(delay_ms));
+        eprintln!("smr-chaos [{}]: under {} a write was acknowledged after {took:?}", self.name, fault.name());
+        assert!(
+            took >= bound,
+            "{}: a write committed in {took:?}, less than two {delay_ms} ms delays: the fault did not take effect\n{}",
+            fault.name(),
+            self.cluster.report()
+        );
+    }
+
+    /// Checks that every node's delayer held packets for at least its delay and, for
+    /// [`Fault::ReorderedLinks`], that some packets left out of order (the fault took effect).
+    fn expect_delayed(&self, fault: Fault, delays: &[DelayReport]) {
+        assert_eq!(
+            delays.len(),
+            self.cluster.ids().len(),
+            "{}: one delayer per node expected, got {delays:?}",
+            fault.name()
+        );
+        for report in delays {
+            let stats = &report.stats;
+            eprintln!(
+                "smr-chaos [{}]: {} on host {}: {} packets delayed {:.1} to {:.1} ms, {} reordered, {} over the \
+                 held limit, {} released at the heal",
+                self.name,
+                fault.name(),
+                report.host,
+                stats.delayed,
+                stats.held_us_min as f64 / 1e3,
+                stats.held_us_max as f64 / 1e3,
+                stats.reordered,
+                stats.overflowed,
+                stats.released_at_stop
+            );
+            assert!(
+                stats.delayed > 0 && stats.held_us_min >= u64::from(report.spec.delay_ms) * 1_000,
+                "{}: host {} delayed no packet by {} ms ({stats:?}): the fault did not take effect",
+                fault.name(),
+                report.host,
+                report.spec.delay_ms
+            );
+        }
+        if fault == Fault::ReorderedLinks {
+            let reordered: u64 = delays.iter().map(|r| r.stats.reordered).sum();
+            assert!(
+                reordered > 0,
+                "{}: no packet was released out of order on any host ({delays:?}): the fault did not take effect",
+                fault.name()
+            );
+        }
     }
 
     /// Waits out `hold`, checking that within it a node other than `old` was elected (the

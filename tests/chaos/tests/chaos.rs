@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use smr_chaos::cluster::{Cluster, ELECTION_TIMEOUT, exclusive, in_ci};
+use smr_chaos::delay::DelaySpec;
 use smr_chaos::fabric;
 use smr_chaos::nemesis::{Fault, Run};
 use smr_chaos::workload::WorkloadSpec;
@@ -75,13 +76,14 @@ fn partitions_with_a_bridge_node_and_one_way() {
 }
 
 #[test]
-fn packet_loss_and_slow_links() {
-    let Some(mut run) = Run::start("loss-slow", 3, true, &spec(15)) else { return };
+fn packet_loss_delay_reordering_and_slow_links() {
+    let Some(mut run) = Run::start("loss-delay-slow", 3, true, &spec(15)) else { return };
     run.quiet(secs(2.0));
-    for fault in [Fault::PacketLoss, Fault::SlowFollower, Fault::SlowLeader] {
+    for fault in [Fault::PacketLoss, Fault::DelayedLinks, Fault::ReorderedLinks, Fault::SlowFollower, Fault::SlowLeader]
+    {
         let before = run.acknowledged_writes();
-        run.inject(fault, secs(5.0));
-        // Degraded, not down: writes go on through loss and a slow link.
+        run.inject(fault, secs(4.0));
+        // Degraded, not down: writes go on through loss, delay, reordering and a slow link.
         assert!(run.acknowledged_writes() > before, "no write was acknowledged under {}", fault.name());
         run.quiet(secs(1.5));
     }
@@ -134,9 +136,26 @@ fn leftovers_of_a_crashed_run_are_removed() {
     let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().expect("run ip").success();
     assert!(ip(&["netns", "add", &netns]));
     assert!(ip(&["link", "add", &bridge, "type", "bridge"]));
+    // A process left inside the namespace, as a delayer (`ip netns exec ... smr-chaos delay`) of
+    // a killed run would be.
+    let mut left = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "sleep", "60"])
+        .spawn()
+        .expect("start a process in the leftover namespace");
+    let started = std::time::Instant::now();
+    while !String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["netns", "pids", &netns]).output().expect("ip netns pids").stdout,
+    )
+    .contains(&left.id().to_string())
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "the process never entered {netns}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let removed = fabric::remove_leftovers();
     assert!(removed.contains(&format!("netns {netns}")), "{removed:?}");
     assert!(removed.contains(&format!("link {bridge}")), "{removed:?}");
+    let status = left.wait().expect("wait for the leftover process");
+    assert!(!status.success(), "the process in the leftover namespace was not killed: {status}");
     let list = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&netns));
 }
@@ -145,18 +164,23 @@ fn leftovers_of_a_crashed_run_are_removed() {
 fn a_failing_test_leaves_no_process_namespace_or_directory_behind() {
     let mut seen = None;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let cluster = Cluster::start(3);
+        let mut cluster = Cluster::start(3);
         cluster.leader();
-        let pids: Vec<u32> = cluster.ids().into_iter().filter_map(|id| cluster.pid(id)).collect();
+        let mut pids: Vec<u32> = cluster.ids().into_iter().filter_map(|id| cluster.pid(id)).collect();
+        if cluster.network_faults_possible() {
+            // A delayer is a process of its own, in a node's namespace: it must go too.
+            cluster.delay_link(1, DelaySpec { delay_ms: 5, jitter_ms: 0, seed: 1 });
+            pids.extend(cluster.delayer_pid(1));
+        }
         seen = Some((pids, cluster.dir().to_path_buf(), cluster.network_faults_possible()));
         panic!("a test failing with its cluster up");
     }));
     assert!(outcome.is_err());
     let (pids, dir, namespaces) = seen.expect("the cluster started");
-    assert_eq!(pids.len(), 3);
+    assert_eq!(pids.len(), if namespaces { 4 } else { 3 }, "three nodes and, with namespaces, a delayer");
     for pid in pids {
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "));
-        assert!(!alive, "node process {pid} outlived its cluster");
+        assert!(!alive, "process {pid} (a node or a delayer) outlived its cluster");
     }
     assert!(!dir.exists(), "{} outlived its cluster", dir.display());
     if namespaces {

@@ -5,11 +5,19 @@
 //!   restarts included), each round checked; prints operations checked, faults injected by kind
 //!   and violations found, and exits 1 if any was found.
 //! - `smr-chaos perf`: throughput and p99 of a closed-loop write load (smr-bench's driver) with
-//!   all nodes up, with one follower down and with one follower's link slow, and the time to
-//!   recover full throughput after the leader is killed.
+//!   all nodes up, with one follower down, with one follower's link slow and with every link
+//!   delayed (the suite's delayed-links fault), and the time to recover full throughput after the
+//!   leader is killed.
 //!
-//! Both need root for network namespaces (without, soak uses process faults only and perf
-//! skips the slow link) and the `smr` binary next to this one (`cargo build -p smr -p smr-bench`).
+//! - `smr-chaos delay --queue N --delay-ms D --jitter-ms J --seed S`: the delayer behind an
+//!   NFQUEUE queue (see `smr_chaos::delay`): holds every packet of queue `N` for `D` ms plus a
+//!   random `[0, J]` ms, prints `ready` once bound and, on SIGTERM, its counts as one JSON line.
+//!   The harness starts it inside a host's namespace; it is not meant to be run by hand, but can
+//!   be, as root, next to an `iptables ... -j NFQUEUE --queue-num N --queue-bypass` rule.
+//!
+//! Soak and perf need root for network namespaces (without, soak uses process faults only and
+//! perf skips the slow link) and the `smr` binary next to this one
+//! (`cargo build -p smr -p smr-bench`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +31,8 @@ use smr_bench::history::HistoryWriter;
 use smr_bench::keys::Distribution;
 use smr_bench::load::{self, LoadSpec, Observers, StepLoad};
 use smr_chaos::cluster::{Cluster, ELECTION_TIMEOUT};
-use smr_chaos::nemesis::{Fault, Run};
+use smr_chaos::delay::{self, DELAY_MS_MAX, DelayLimits, DelaySpec};
+use smr_chaos::nemesis::{DELAYED_LINK_DELAY_MS, DELAYED_LINK_JITTER_MS, Fault, Run};
 use smr_chaos::workload::WorkloadSpec;
 use smr_raft::SplitMix64;
 
@@ -39,6 +48,18 @@ mod tests {
         assert!(error.to_string().contains("3 or 5 nodes"), "{error}");
         assert!(parse(&["--duration-secs", "0"]).is_err());
         assert!(parse(&[]).unwrap_err().to_string().contains("--duration-secs"));
+    }
+
+    #[test]
+    fn delay_flags_are_checked() {
+        let parse = |flags: &[&str]| Args::try_parse_from(["smr-chaos", "delay"].iter().chain(flags));
+        assert!(parse(&["--queue", "3", "--delay-ms", "20", "--jitter-ms", "10", "--seed", "1"]).is_ok());
+        assert!(parse(&["--queue", "3", "--delay-ms", "20"]).is_ok(), "jitter and seed have defaults");
+        let error = parse(&["--queue", "3", "--delay-ms", "10001"]).unwrap_err();
+        assert!(error.to_string().contains("10001"), "{error}");
+        assert!(parse(&["--queue", "65536", "--delay-ms", "1"]).is_err());
+        assert!(parse(&["--queue", "1", "--delay-ms", "1", "--held-packets-max", "0"]).is_err());
+        assert!(parse(&["--delay-ms", "1"]).unwrap_err().to_string().contains("--queue"));
     }
 }
 
@@ -65,8 +86,8 @@ enum Commands {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
         round_secs: u64,
     },
-    /// Throughput and p99 with a follower down, with a slow follower link, and the recovery
-    /// after the leader is killed.
+    /// Throughput and p99 with a follower down, with a slow follower link, with every link
+    /// delayed, and the recovery after the leader is killed.
     Perf {
         /// Seconds measured per phase.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
@@ -74,6 +95,30 @@ enum Commands {
         /// Rate of the slow follower link, kbit/s.
         #[arg(long, default_value_t = 2_000)]
         slow_kbit: u32,
+    },
+    /// The delayer behind an NFQUEUE queue: every packet of the queue held for --delay-ms plus a
+    /// random [0, --jitter-ms] ms, then accepted (run by the harness inside a host's namespace).
+    Delay {
+        /// The NFQUEUE queue number (the rule's --queue-num).
+        #[arg(long)]
+        queue: u16,
+        /// Milliseconds every packet is held at least.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(DELAY_MS_MAX)))]
+        delay_ms: u32,
+        /// Milliseconds of uniformly random extra hold per packet, at most.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(DELAY_MS_MAX)))]
+        jitter_ms: u32,
+        /// Seed of the per-packet jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Packets held at once; more are accepted at once (and counted).
+        #[arg(long, default_value_t = DelayLimits::default().held_packets_max,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+        held_packets_max: usize,
+        /// The kernel queue's length; more are accepted by the kernel (fail-open).
+        #[arg(long, default_value_t = DelayLimits::default().kernel_queue_packets_max,
+              value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
+        kernel_queue_packets_max: u32,
     },
 }
 
@@ -87,6 +132,13 @@ fn three_or_five(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Commands::Delay { queue, delay_ms, jitter_ms, seed, held_packets_max, kernel_queue_packets_max } =
+        args.command
+    {
+        let spec = DelaySpec { delay_ms, jitter_ms, seed };
+        let limits = DelayLimits { held_packets_max, kernel_queue_packets_max };
+        return delayer(queue, spec, limits);
+    }
     if let Err(error) = smr_chaos::cluster::binary("smr") {
         eprintln!("smr-chaos: {error}");
         return ExitCode::FAILURE;
@@ -94,6 +146,29 @@ fn main() -> ExitCode {
     match args.command {
         Commands::Soak { duration_secs, seed, nodes, round_secs } => soak(duration_secs, seed, nodes, round_secs),
         Commands::Perf { phase_secs, slow_kbit } => perf(phase_secs, slow_kbit),
+        Commands::Delay { .. } => unreachable!("the delayer was started above"),
+    }
+}
+
+/// Exit code of a delayer that stopped on an error (1 is a panic's).
+const DELAYER_FAILED: u8 = 2;
+
+fn delayer(queue: u16, spec: DelaySpec, limits: DelayLimits) -> ExitCode {
+    let ready = || {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "ready");
+        let _ = stdout.flush();
+    };
+    match delay::run(queue, spec, limits, ready) {
+        Ok(stats) => {
+            let line = serde_json::to_string(&stats).expect("the counts serialise");
+            let _ = writeln!(std::io::stdout(), "{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("smr-chaos delay: {error}");
+            ExitCode::from(DELAYER_FAILED)
+        }
     }
 }
 
@@ -252,8 +327,17 @@ fn perf_phases(phase_secs: u64, slow_kbit: u32) -> Result<(), String> {
         row(&format!("follower {follower} link at {slow_kbit} kbit/s"), &slow);
         cluster.heal_network();
         cluster.converged();
+        // Every node's peer packets delayed as under the suite's delayed-links fault.
+        for id in cluster.ids() {
+            let spec = DelaySpec { delay_ms: DELAYED_LINK_DELAY_MS, jitter_ms: DELAYED_LINK_JITTER_MS, seed: id };
+            cluster.delay_link(id, spec);
+        }
+        let delayed = step(&cluster, &load_spec(phase_secs, 5))?;
+        cluster.heal_network();
+        row(&format!("links delayed {DELAYED_LINK_DELAY_MS} + [0, {DELAYED_LINK_JITTER_MS}] ms"), &delayed);
+        cluster.converged();
     } else {
-        say!("follower link slow: NOT MEASURED (no network namespaces: run as root)");
+        say!("follower link slow, links delayed: NOT MEASURED (no network namespaces: run as root)");
     }
 
     // Recovery: the load runs throughout; the leader is killed in the middle; completions are
