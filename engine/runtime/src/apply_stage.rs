@@ -273,7 +273,17 @@ impl<S: StateMachine> ApplyStage<S> {
                     apply_conf_change(conf, directory, entry.data, shared);
                 }
                 metrics.counters().commands_applied.add(outcomes.len() as u64);
-                answer_proposal(proposals, outcomes, metrics, entry.index, entry.term, entry.kind);
+                if proposals.first_key_value().is_some_and(|(&first, _)| first <= entry.index) {
+                    // In-process clients (an embedding application) propose their next commands
+                    // from inside these answers; the core holds its open batch until they are
+                    // out (`CoreStage::flush_batch_if_due`) and is woken here when it waits.
+                    shared.answering.store(true, Ordering::SeqCst);
+                    answer_proposal(proposals, outcomes, metrics, entry.index, entry.term, entry.kind);
+                    shared.answering.store(false, Ordering::SeqCst);
+                    if shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
+                        shared.wake_core();
+                    }
+                }
             }
             bytes_applied += bytes as u64;
             metrics.record_service(started.elapsed());
