@@ -53,8 +53,8 @@ pub struct PipelineConfig {
     /// while the previous batch is being written, so batches grow without any wait).
     pub linger_us_max: u64,
     /// Entries the leader keeps proposed and uncommitted before it holds the next batch to let
-    /// it grow (see `CoreStage::flush_batch_if_due`); the batch goes when one commits. 0 never
-    /// holds.
+    /// it grow (see `CoreStage::flush_batch_if_due`); the batch goes when one commits. A batch
+    /// is also held while the apply stage answers proposals. 0 never holds.
     pub proposals_inflight_max: usize,
     /// Client requests waiting for the core (the channel from the client connections).
     pub client_requests_max: usize,

@@ -424,16 +424,17 @@ impl CoreStage {
     /// and proposing the first at once made entries of a single command between the full ones
     /// (a closed loop of 64 in-process clients wrote entries of 62, 1 and 1 commands: three
     /// appends, fsyncs and acknowledgements where one would do). Either way it never waits
-    /// longer than `linger_us_max` (or one tick when that is 0). With nothing in flight and
-    /// nothing being answered it goes at once, so a lone client pays no wait.
+    /// longer than `linger_us_max` (or one tick when that is 0), and `proposals_inflight_max =
+    /// 0` turns both holds off. With nothing in flight and nothing being answered it goes at
+    /// once, so a lone client pays no wait.
     fn flush_batch_if_due(&mut self, now: Instant) {
         let Some(opened) = self.batch_opened else { return };
         let held = now.duration_since(opened);
         let hold_max = self.batch_hold_max();
         let lingering = held < Duration::from_micros(self.pipeline.linger_us_max);
-        let pipeline_full =
-            self.pipeline.proposals_inflight_max > 0 && self.proposed.len() >= self.pipeline.proposals_inflight_max;
-        if held >= hold_max || (!lingering && !pipeline_full && !self.answers_in_progress()) {
+        let holding = self.pipeline.proposals_inflight_max > 0
+            && (self.proposed.len() >= self.pipeline.proposals_inflight_max || self.answers_in_progress());
+        if held >= hold_max || (!lingering && !holding) {
             self.flush_batch();
         }
     }
