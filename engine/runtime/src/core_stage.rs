@@ -452,6 +452,7 @@ impl CoreStage {
         answering()
     }
 
+    /// Asks one read index for every linearizable read that arrived in this round.
     fn flush_reads(&mut self) {
         if self.reads_batch.is_empty() {
             return;
