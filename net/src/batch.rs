@@ -31,6 +31,13 @@ enum Segment {
     Blob(Bytes),
 }
 
+fn segment_len(segment: &Segment) -> usize {
+    match segment {
+        Segment::Buffer { start, end } => end - start,
+        Segment::Blob(blob) => blob.len(),
+    }
+}
+
 /// Frames waiting to be written, in order.
 ///
 /// Invariant: every frame starts at a multiple of [`FRAME_ALIGN`] both of the batch's byte stream
@@ -48,6 +55,9 @@ pub struct SendBatch {
     /// The `RaftBatch` frame records are being appended to, if any. Its bytes are in the
     /// buffer; its header is written when it is closed.
     open: Option<OpenRecordFrame>,
+    /// Bytes from the start already written by [`SendBatch::write_available`]; the batch is
+    /// cleared once all of them are.
+    sent: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +83,7 @@ impl SendBatch {
             frames: 0,
             messages: 0,
             open: None,
+            sent: 0,
         }
     }
 
@@ -93,6 +104,11 @@ impl SendBatch {
 
     pub fn is_empty(&self) -> bool {
         self.frames() == 0
+    }
+
+    /// Bytes not yet written: all of them, less what [`SendBatch::write_available`] wrote.
+    pub fn unsent_bytes(&self) -> usize {
+        self.bytes() - self.sent
     }
 
     /// Appends one frame whose payload is `payload`, copied.
@@ -336,11 +352,58 @@ impl SendBatch {
     /// # Errors
     /// The first I/O error; a zero-length write is `WriteZero`.
     pub fn write_to(&mut self, writer: &mut impl Write) -> io::Result<()> {
+        debug_assert_eq!(self.sent, 0, "write_to does not resume a write_available");
         self.close_record_frame();
         self.flush_buffer_segment();
         let result = self.write_segments(writer);
         self.clear();
         result
+    }
+
+    /// Writes what `writer` takes without blocking (a non-blocking socket, or `MSG_DONTWAIT`)
+    /// and remembers how far it got, so that frames pushed meanwhile follow the rest.
+    ///
+    /// Returns `Ok(true)` once every byte is written (the batch is then cleared), `Ok(false)`
+    /// when the writer would block with bytes left.
+    ///
+    /// # Errors
+    /// The writer failed (other than would-block or interrupted); the batch is left as it was.
+    pub fn write_available(&mut self, writer: &mut impl Write) -> io::Result<bool> {
+        self.close_record_frame();
+        self.flush_buffer_segment();
+        let buffer = self.buffer.as_slice();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.segments.len().min(IOVECS_MAX));
+        loop {
+            if self.sent == self.bytes {
+                self.clear();
+                return Ok(true);
+            }
+            // The first segment not wholly sent, and how much of it is.
+            let mut skip = self.sent;
+            let mut first = 0;
+            for segment in &self.segments {
+                let len = segment_len(segment);
+                if skip < len {
+                    break;
+                }
+                skip -= len;
+                first += 1;
+            }
+            slices.clear();
+            slices.extend(self.segments[first..].iter().take(IOVECS_MAX).map(|segment| match segment {
+                Segment::Buffer { start, end } => IoSlice::new(&buffer[*start..*end]),
+                Segment::Blob(blob) => IoSlice::new(blob),
+            }));
+            let mut remaining = &mut slices[..];
+            IoSlice::advance_slices(&mut remaining, skip);
+            match writer.write_vectored(remaining) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.sent += written,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     fn write_segments(&self, writer: &mut impl Write) -> io::Result<()> {
@@ -379,6 +442,7 @@ impl SendBatch {
         self.frames = 0;
         self.messages = 0;
         self.open = None;
+        self.sent = 0;
     }
 
     /// The batch's bytes gathered into one vector (tests and benchmarks).
@@ -388,5 +452,74 @@ impl SendBatch {
         self.flush_buffer_segment();
         self.write_segments(&mut out).expect("writing to a Vec cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, IoSlice, Write};
+
+    use bytes::Bytes;
+
+    use super::{BLOB_COPY_BYTES_MAX, SendBatch};
+    use crate::frame::FrameKind;
+
+    /// Takes at most `room` bytes, then would block until given more room.
+    struct Trickle {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut written = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.room - written);
+                self.taken.extend_from_slice(&buf[..take]);
+                written += take;
+                if written == self.room {
+                    break;
+                }
+            }
+            self.room -= written;
+            Ok(written)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_that_would_block_resumes_where_it_stopped_and_keeps_later_frames_in_order() {
+        let blob = Bytes::from(vec![9u8; BLOB_COPY_BYTES_MAX * 3]);
+        let mut expected = SendBatch::new();
+        let mut batch = SendBatch::new();
+        for target in [&mut expected, &mut batch] {
+            target.push_frame(FrameKind::ClientResponse, 0, 1, b"first", 1 << 20).unwrap();
+            target.push_frame(FrameKind::ClientResponse, 0, 1, &blob, 1 << 20).unwrap();
+        }
+        let mut out = Trickle { taken: Vec::new(), room: 7 };
+        assert!(!batch.write_available(&mut out).unwrap(), "7 bytes taken, the rest waits");
+        let unsent = batch.unsent_bytes();
+        assert_eq!(unsent, batch.bytes() - 7);
+        // Frames pushed while the write is stalled go after the rest.
+        for target in [&mut expected, &mut batch] {
+            target.push_frame(FrameKind::ClientResponse, 0, 1, b"later", 1 << 20).unwrap();
+        }
+        let mut step = 1;
+        while !batch.write_available(&mut out).unwrap() {
+            out.room = step;
+            step = step * 3 + 1;
+        }
+        assert!(batch.is_empty(), "cleared once all is written");
+        assert_eq!(out.taken, expected.to_vec());
     }
 }

@@ -174,6 +174,42 @@ impl FrameReader {
     /// Returns the bytes read; `Err(Closed)` at end of stream (`Truncated` inside a frame).
     /// A read timeout comes back as an `Io` error of kind `WouldBlock` or `TimedOut`.
     fn fill(&mut self, stream: &TcpStream) -> Result<usize, ConnError> {
+        self.fill_with_flags(stream, 0)
+    }
+
+    /// Reads what has arrived without waiting: `Ok(None)` when nothing has (whatever the
+    /// socket's blocking mode), else as [`FrameReader::fill`].
+    pub(crate) fn fill_available(&mut self, stream: &TcpStream) -> Result<Option<usize>, ConnError> {
+        match self.fill_with_flags(stream, libc::MSG_DONTWAIT) {
+            Ok(received) => Ok(Some(received)),
+            Err(ConnError::Io(error))
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Why the connection must be closed now, if it must: nothing received for `idle_timeout`
+    /// (the caller decides whether a quiet connection counts as idle), or a frame begun longer
+    /// than `frame_receive_max` ago and still not complete.
+    pub(crate) fn overdue(
+        &self,
+        now: Instant,
+        idle_timeout: Duration,
+        frame_receive_max: Duration,
+    ) -> Option<ConnError> {
+        if self.partial_since.is_some_and(|since| now >= since + frame_receive_max) {
+            return Some(ConnError::SlowFrame(frame_receive_max));
+        }
+        if now >= self.last_received + idle_timeout {
+            return Some(ConnError::Idle(idle_timeout));
+        }
+        None
+    }
+
+    fn fill_with_flags(&mut self, stream: &TcpStream, flags: libc::c_int) -> Result<usize, ConnError> {
         // Room for at least the rest of the current frame when its header is known (its length
         // was checked against frame_bytes_max by decode_header), else for a header.
         let needed = match decode_header(&self.buffer, self.frame_bytes_max)? {
@@ -187,7 +223,7 @@ impl FrameReader {
         let spare_len = spare.len();
         // SAFETY: `spare` is writable memory owned by `self.buffer` of `spare_len` bytes; recv
         // writes at most that many bytes into it and reports how many it wrote.
-        let received = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare_len, 0) };
+        let received = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare_len, flags) };
         if received < 0 {
             return Err(ConnError::Io(io::Error::last_os_error()));
         }

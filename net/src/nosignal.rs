@@ -12,32 +12,60 @@ use std::os::fd::AsRawFd;
 
 /// A writer over a borrowed stream whose writes never raise SIGPIPE. Write timeouts set on the
 /// stream (`SO_SNDTIMEO`) apply as usual.
+/// Blocking writes to a stream, without SIGPIPE.
 #[derive(Debug)]
 pub(crate) struct NoSignal<'a>(pub(crate) &'a TcpStream);
 
+/// Writes that never block either: a full socket buffer is a `WouldBlock` error, whatever the
+/// socket's own blocking mode (so that one thread may wait in a blocking read on it meanwhile).
+#[derive(Debug)]
+pub(crate) struct NoWait<'a>(pub(crate) &'a TcpStream);
+
 impl Write for NoSignal<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is a live slice of `buf.len()` bytes for the duration of the call, and
-        // the descriptor is kept open by the borrowed stream.
-        let sent = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-        if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
+        send(self.0, buf, libc::MSG_NOSIGNAL)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        // `IoSlice` is guaranteed ABI-compatible with `struct iovec` on Unix.
-        header.msg_iov = bufs.as_ptr().cast_mut().cast();
-        header.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
-        // SAFETY: the header points at `bufs`, live and unmodified for the duration of the call
-        // (the kernel only reads it), and the descriptor is kept open by the borrowed stream.
-        let sent = unsafe { libc::sendmsg(self.0.as_raw_fd(), &header, libc::MSG_NOSIGNAL) };
-        if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
+        send_vectored(self.0, bufs, libc::MSG_NOSIGNAL)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+impl Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.0, buf, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_vectored(self.0, bufs, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn send(stream: &TcpStream, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes for the duration of the call, and the
+    // descriptor is kept open by the borrowed stream.
+    let sent = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
+}
+
+fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is guaranteed ABI-compatible with `struct iovec` on Unix.
+    header.msg_iov = bufs.as_ptr().cast_mut().cast();
+    header.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+    // SAFETY: the header points at `bufs`, live and unmodified for the duration of the call (the
+    // kernel only reads it), and the descriptor is kept open by the borrowed stream.
+    let sent = unsafe { libc::sendmsg(stream.as_raw_fd(), &header, flags) };
+    if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
 }
 
 #[cfg(test)]

@@ -1,23 +1,33 @@
 //! The server side of client connections.
 //!
-//! Each accepted connection (at most `connections_max`) gets a reader thread, which validates
-//! frames, decodes requests and hands them to the runtime through one bounded channel, and a
-//! writer thread, which coalesces responses into `writev`s. Backpressure reaches the client as
-//! `Busy`: when the runtime's channel is full, or the connection already has
-//! `client_inflight_max` requests or `client_pending_bytes_max` bytes unanswered, the reader
-//! answers at once and hands nothing on. A connection that sends garbage is closed; one that
-//! sends nothing for `idle_timeout_ms` while nothing is pending, or trickles a frame for longer
-//! than `frame_receive_ms_max` (slowloris), is closed.
+//! One event-loop thread per listener (epoll, edge-triggered) accepts connections (at most
+//! `connections_max`), reads what arrives on each, validates frames, decodes requests and hands
+//! them to the runtime through one bounded channel.
+//!
+//! Responses do not go back through the loop. Whichever thread answers a request encodes the
+//! response into its connection's outbox and writes it to the socket at once without blocking
+//! ([`ResponseBatch`] gathers the answers of a round so that each connection gets one write).
+//! Only when the socket buffer is full does the rest wait in the outbox, and the loop finishes
+//! it when the socket is writable again. So an answer costs no thread hand-off.
+//!
+//! Backpressure reaches the client as `Busy`: when the runtime's channel is full, or the
+//! connection already has `client_inflight_max` requests or `client_pending_bytes_max` bytes
+//! unanswered, the loop answers at once and hands nothing on. A client that does not read its
+//! answers stops being read once its outbox holds [`OUTBOX_PAUSE_BYTES`], and is closed when
+//! its socket takes nothing for `write_timeout_ms`. A connection that sends garbage is closed;
+//! one that sends nothing for `idle_timeout_ms` while nothing is pending, or trickles a frame
+//! for longer than `frame_receive_ms_max` (slowloris), is closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use smr_raft::GroupId;
 
 use crate::batch::SendBatch;
@@ -25,8 +35,10 @@ use crate::client_proto::{Request, Response, ResponseBody, decode_request, encod
 use crate::config::NetConfig;
 use crate::conn::{ConnError, FrameReader};
 use crate::frame::FrameKind;
+use crate::nosignal::NoWait;
 use crate::peer::StartError;
-use crate::stats::{Counters, NetStats, add, bump};
+use crate::poll::{CLOSED, EDGE, Epoll, Event, EventFd, READABLE, WRITABLE};
+use crate::stats::{Counters, NetStats, bump};
 
 /// A request handed to the runtime. Answer it with [`ClientRequest::respond`]; a request
 /// dropped unanswered is answered `ShuttingDown` (the runtime drops requests when it stops).
@@ -75,11 +87,19 @@ impl ClientRequest {
         }
     }
 
-    /// Sends the response back on the connection the request came from. Never blocks: the
-    /// connection's response queue has room for every request it let through.
+    /// Sends the response back on the connection the request came from, now. Never blocks:
+    /// what the socket does not take at once waits in the connection's outbox.
     pub fn respond(mut self, body: ResponseBody) {
         if let Some(responder) = self.responder.take() {
-            responder.respond(body);
+            responder.respond(body, None);
+        }
+    }
+
+    /// Like [`ClientRequest::respond`], but the answer is written when `batch` is flushed,
+    /// together with the other answers to the same connection.
+    pub fn respond_batched(mut self, body: ResponseBody, batch: &mut ResponseBatch) {
+        if let Some(responder) = self.responder.take() {
+            responder.respond(body, Some(batch));
         }
     }
 }
@@ -87,66 +107,193 @@ impl ClientRequest {
 impl Drop for ClientRequest {
     fn drop(&mut self) {
         if let Some(responder) = self.responder.take() {
-            responder.respond(ResponseBody::ShuttingDown);
+            responder.respond(ResponseBody::ShuttingDown, None);
         }
     }
 }
 
 impl Responder {
-    fn respond(self, body: ResponseBody) {
+    /// Answers the request. A connection's answer is written at once, or, given a `batch`,
+    /// when the batch is flushed.
+    fn respond(self, body: ResponseBody, batch: Option<&mut ResponseBatch>) {
         match self {
             Responder::Connection { connection, group, request_id, bytes } => {
-                let response = Response { request_id, body };
-                // Never full: a request counts against client_inflight_max from when it is
-                // handed on until the writer takes its response off this queue, and the queue
-                // holds that many. A closed connection just drops it.
-                let _ = connection.responses.try_send((group, response, bytes));
+                connection.release(bytes);
+                let mut outbox = connection.outbox();
+                if outbox.closed {
+                    return;
+                }
+                connection.encode(&mut outbox, group, &Response { request_id, body });
+                match batch {
+                    Some(batch) => {
+                        drop(outbox);
+                        batch.note(connection);
+                    }
+                    None => connection.write_out(&mut outbox),
+                }
             }
             Responder::Local(LocalResponder(callback)) => callback(body),
         }
     }
 }
 
-/// Immediate answers (`Busy`, `InvalidRequest`) the reader may queue; when the client does not
-/// read them, the reader waits, and so stops reading that client's requests.
-const READER_REPLIES_MAX: usize = 256;
+/// Answers gathered over one round of a stage, written with one `writev` per connection when
+/// the batch is flushed (or dropped). In-process answers are delivered at once.
+#[derive(Debug, Default)]
+pub struct ResponseBatch {
+    connections: Vec<Arc<Connection>>,
+    noted: HashSet<u64>,
+}
 
-/// What one connection has handed on and not yet answered; shared by its reader (which
-/// checks the limits) and its writer (which releases a request when it takes its response).
+impl ResponseBatch {
+    pub fn new() -> ResponseBatch {
+        ResponseBatch::default()
+    }
+
+    fn note(&mut self, connection: Arc<Connection>) {
+        if self.noted.insert(connection.id) {
+            self.connections.push(connection);
+        }
+    }
+
+    /// Writes every answer gathered so far.
+    pub fn flush(&mut self) {
+        for connection in self.connections.drain(..) {
+            let mut outbox = connection.outbox();
+            connection.write_out(&mut outbox);
+        }
+        self.noted.clear();
+    }
+}
+
+impl Drop for ResponseBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A connection whose outbox holds this many unsent bytes is not read until the client has
+/// taken most of them: a client that sends without reading cannot make the node buffer
+/// without bound.
+pub const OUTBOX_PAUSE_BYTES: usize = 4 << 20;
+/// A paused connection is read again once its outbox is below this.
+const OUTBOX_RESUME_BYTES: usize = OUTBOX_PAUSE_BYTES / 4;
+/// Bytes read from one connection before the loop turns to the others (it comes back to it).
+const READ_BYTES_PER_TURN: usize = 1 << 20;
+/// Readiness reports taken per wait.
+const EVENTS_PER_WAIT: usize = 256;
+/// How often paused connections are checked for an outbox drained by another thread.
+const PAUSED_CHECK: Duration = Duration::from_millis(5);
+/// Deadlines (idle, slowloris, stalled writes) are checked at least this often.
+const SWEEP_MAX: Duration = Duration::from_millis(100);
+
+const LISTENER_TOKEN: u64 = u64::MAX;
+const WAKER_TOKEN: u64 = u64::MAX - 1;
+
+/// What one connection has handed on and not yet answered.
 #[derive(Debug, Default)]
 struct Load {
-    /// Requests handed on whose response the writer has not yet taken.
+    /// Requests handed on and not yet answered.
     inflight: AtomicUsize,
     /// Their payload bytes.
     pending_bytes: AtomicUsize,
 }
 
+/// Encoded answers not yet taken by the socket.
+#[derive(Debug)]
+struct Outbox {
+    batch: SendBatch,
+    /// Set when the socket was full: when it last took bytes (or filled). The loop finishes the
+    /// write when the socket is writable again; other writers only append.
+    stalled_since: Option<Instant>,
+    /// The connection is closed: answers are dropped.
+    closed: bool,
+}
+
+/// One client connection, shared by the loop (which reads it) and every thread that answers
+/// one of its requests. The socket stays open (if shut down) until the last of them is done,
+/// so a late answer never reaches a reused descriptor.
 #[derive(Debug)]
 struct Connection {
     id: u64,
-    load: Arc<Load>,
-    /// Responses from the runtime, with the request's bytes. Capacity `client_inflight_max`.
-    responses: Sender<(GroupId, Response, usize)>,
-    /// Answers from the reader itself.
-    replies: Sender<(GroupId, Response)>,
+    stream: TcpStream,
+    load: Load,
+    outbox: Mutex<Outbox>,
+    shared: Arc<Shared>,
 }
 
+impl Connection {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // Nothing panics while holding it; an answer after a panic elsewhere still goes out.
+        self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn release(&self, bytes: usize) {
+        self.load.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.load.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn encode(&self, outbox: &mut Outbox, group: GroupId, response: &Response) {
+        let frame_bytes_max = self.shared.config.frame_bytes_max;
+        if encode_response(&mut outbox.batch, group, response, frame_bytes_max).is_err() {
+            // A result larger than a frame: the client gets TooLarge instead.
+            let too_large = Response { request_id: response.request_id, body: ResponseBody::TooLarge };
+            let pushed = encode_response(&mut outbox.batch, group, &too_large, frame_bytes_max);
+            debug_assert!(pushed.is_ok());
+        }
+        bump(&self.shared.counters.client_responses);
+    }
+
+    /// Writes what the socket takes now. When it is full, the rest waits for the loop, which is
+    /// told by the socket (edge-triggered) when it has room again.
+    fn write_out(&self, outbox: &mut Outbox) {
+        if outbox.closed || outbox.stalled_since.is_some() || outbox.batch.is_empty() {
+            return;
+        }
+        self.write_available(outbox);
+    }
+
+    fn write_available(&self, outbox: &mut Outbox) {
+        let before = outbox.batch.unsent_bytes();
+        match outbox.batch.write_available(&mut NoWait(&self.stream)) {
+            Ok(true) => outbox.stalled_since = None,
+            Ok(false) => {
+                if outbox.stalled_since.is_none() || outbox.batch.unsent_bytes() < before {
+                    outbox.stalled_since = Some(Instant::now());
+                }
+            }
+            Err(_) => {
+                // The loop sees the closed socket and ends the connection.
+                outbox.closed = true;
+                outbox.batch.clear();
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn close(&self) {
+        let mut outbox = self.outbox();
+        outbox.closed = true;
+        outbox.batch.clear();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+#[derive(Debug)]
 struct Shared {
     config: NetConfig,
     counters: Counters,
     shutdown: AtomicBool,
     requests: Sender<ClientRequest>,
     connections: AtomicUsize,
-    next_connection: AtomicU64,
-    /// Live sockets, so that shutdown can close them. Control plane only.
-    streams: Mutex<HashMap<u64, TcpStream>>,
 }
 
 /// The client listener of one node. Owned by the runtime's net stage.
 pub struct ClientServer {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    accept_thread: Option<JoinHandle<()>>,
+    waker: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClientServer {
@@ -168,6 +315,7 @@ impl ClientServer {
     ) -> Result<(ClientServer, Receiver<ClientRequest>), StartError> {
         config.validate()?;
         let local_addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let (requests_tx, requests_rx) = bounded(requests_max.max(1));
         let shared = Arc::new(Shared {
             config,
@@ -175,14 +323,23 @@ impl ClientServer {
             shutdown: AtomicBool::new(false),
             requests: requests_tx,
             connections: AtomicUsize::new(0),
-            next_connection: AtomicU64::new(1),
-            streams: Mutex::new(HashMap::new()),
         });
-        let accept_shared = Arc::clone(&shared);
-        let accept_thread = thread::Builder::new()
-            .name("net-client-accept".into())
-            .spawn(move || accept_loop(&accept_shared, &listener))?;
-        Ok((ClientServer { shared, local_addr, accept_thread: Some(accept_thread) }, requests_rx))
+        let waker = Arc::new(EventFd::new()?);
+        let epoll = Epoll::new(EVENTS_PER_WAIT)?;
+        epoll.add(listener.as_raw_fd(), LISTENER_TOKEN, READABLE)?;
+        epoll.add(waker.as_raw_fd(), WAKER_TOKEN, READABLE)?;
+        let event_loop = EventLoop {
+            shared: Arc::clone(&shared),
+            listener,
+            epoll,
+            waker: Arc::clone(&waker),
+            connections: HashMap::new(),
+            next_id: AtomicU64::new(1),
+            again: VecDeque::new(),
+            paused: 0,
+        };
+        let thread = thread::Builder::new().name("net-clients".into()).spawn(move || event_loop.run())?;
+        Ok((ClientServer { shared, local_addr, waker, thread: Some(thread) }, requests_rx))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -213,16 +370,9 @@ impl ClientServer {
         if self.shared.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut wake = self.local_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        if let Some(thread) = self.accept_thread.take() {
+        self.waker.wake();
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
-        }
-        for (_, stream) in self.shared.streams.lock().expect("streams lock poisoned").drain() {
-            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 }
@@ -233,218 +383,290 @@ impl Drop for ClientServer {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
-    loop {
-        let accepted = listener.accept();
-        if shared.shutdown.load(Ordering::SeqCst) {
-            return;
-        }
-        let (stream, address) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "client accept failed");
+/// The loop's own state of one connection.
+struct Reading {
+    connection: Arc<Connection>,
+    reader: FrameReader,
+    /// Not read while its outbox is over [`OUTBOX_PAUSE_BYTES`].
+    paused: bool,
+}
+
+struct EventLoop {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    epoll: Epoll,
+    waker: Arc<EventFd>,
+    connections: HashMap<u64, Reading>,
+    next_id: AtomicU64,
+    /// Connections to read again without waiting for the socket to report it: they stopped at
+    /// their turn's byte budget, or were resumed after a pause.
+    again: VecDeque<u64>,
+    /// Connections paused now.
+    paused: usize,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
+        let mut next_sweep = Instant::now() + self.sweep_interval();
+        while !self.shared.shutdown.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let mut timeout = next_sweep.saturating_duration_since(now);
+            if self.paused > 0 {
+                timeout = timeout.min(PAUSED_CHECK);
+            }
+            if !self.again.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            events.clear();
+            if let Err(error) = self.epoll.wait(Some(timeout), &mut events) {
+                tracing::error!(%error, "client event loop: epoll_wait failed");
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
-        };
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed);
-        if open >= shared.config.connections_max {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            bump(&shared.counters.connections_refused_limit);
-            if let Some(suppressed) = shared.counters.log_limit.allow() {
-                tracing::warn!(%address, open, suppressed, "client connection refused: connections_max reached");
+            for &Event { token, ready } in &events {
+                match token {
+                    LISTENER_TOKEN => self.accept_all(),
+                    WAKER_TOKEN => self.waker.drain(),
+                    id => self.on_ready(id, ready),
+                }
             }
-            continue;
+            for _ in 0..self.again.len() {
+                let Some(id) = self.again.pop_front() else { break };
+                self.read(id);
+            }
+            if self.paused > 0 {
+                self.resume_drained();
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + self.sweep_interval();
+            }
         }
-        bump(&shared.counters.client_connections_accepted);
-        if let Err(error) = start_connection(shared, stream) {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%error, "cannot start a client connection");
+        for (_, reading) in self.connections.drain() {
+            reading.connection.close();
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
 
-fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
-    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(shared.config.write_timeout()))?;
-    let (responses_tx, responses_rx) = bounded(shared.config.client_inflight_max);
-    let (replies_tx, replies_rx) = bounded(READER_REPLIES_MAX);
-    let load = Arc::new(Load::default());
-    let writer_load = Arc::clone(&load);
-    let connection = Arc::new(Connection { id, load, responses: responses_tx, replies: replies_tx });
-    let writer_stream = stream.try_clone()?;
-    shared.streams.lock().expect("streams lock poisoned").insert(id, stream.try_clone()?);
-    let writer_shared = Arc::clone(shared);
-    thread::Builder::new().name(format!("net-client-write-{id}")).spawn(move || {
-        write_loop(&writer_shared, &writer_stream, &writer_load, &responses_rx, &replies_rx);
-        let _ = writer_stream.shutdown(Shutdown::Both);
-    })?;
-    let reader_shared = Arc::clone(shared);
-    thread::Builder::new().name(format!("net-client-read-{id}")).spawn(move || {
-        read_loop(&reader_shared, &stream, connection);
-        let _ = stream.shutdown(Shutdown::Both);
-        reader_shared.streams.lock().expect("streams lock poisoned").remove(&id);
-        reader_shared.connections.fetch_sub(1, Ordering::Relaxed);
-    })?;
-    Ok(())
-}
-
-fn write_loop(
-    shared: &Shared,
-    stream: &TcpStream,
-    load: &Load,
-    responses: &Receiver<(GroupId, Response, usize)>,
-    replies: &Receiver<(GroupId, Response)>,
-) {
-    let frame_bytes_max = shared.config.frame_bytes_max;
-    let mut batch = SendBatch::new();
-    let mut writer = crate::nosignal::NoSignal(stream);
-    let mut broken = false;
-    let release = |bytes: usize| {
-        load.inflight.fetch_sub(1, Ordering::Relaxed);
-        load.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    };
-    let mut responses_open = true;
-    let mut replies_open = true;
-    let (no_responses, no_replies) = (never(), never());
-    // Ends when every sender is gone: the reader has exited and every responder was answered.
-    while responses_open || replies_open {
-        let first = select! {
-            recv(if responses_open { responses } else { &no_responses }) -> response => match response {
-                Ok((group, response, bytes)) => {
-                    release(bytes);
-                    (group, response)
-                }
-                Err(_) => {
-                    responses_open = false;
-                    continue;
-                }
-            },
-            recv(if replies_open { replies } else { &no_replies }) -> reply => match reply {
-                Ok(reply) => reply,
-                Err(_) => {
-                    replies_open = false;
-                    continue;
-                }
-            },
-        };
-        let mut next = Some(first);
-        while let Some((group, response)) = next.take() {
-            if broken {
-                // Nothing reaches the client any more; keep draining so that no responder
-                // or reader ever waits on this queue.
-            } else if encode_response(&mut batch, group, &response, frame_bytes_max).is_err() {
-                // A result larger than a frame: the client gets TooLarge instead.
-                let too_large = Response { request_id: response.request_id, body: ResponseBody::TooLarge };
-                let pushed = encode_response(&mut batch, group, &too_large, frame_bytes_max);
-                debug_assert!(pushed.is_ok());
-            }
-            if batch.bytes() < frame_bytes_max {
-                next = match responses.try_recv() {
-                    Ok((group, response, bytes)) => {
-                        release(bytes);
-                        Some((group, response))
-                    }
-                    Err(_) => replies.try_recv().ok(),
-                };
-            }
-        }
-        if broken || batch.is_empty() {
-            continue;
-        }
-        let frames = batch.frames() as u64;
-        if batch.write_to(&mut writer).is_err() {
-            // The reader sees the closed socket and ends the connection.
-            let _ = stream.shutdown(Shutdown::Both);
-            broken = true;
-            continue;
-        }
-        add(&shared.counters.client_responses, frames);
+    fn sweep_interval(&self) -> Duration {
+        let config = &self.shared.config;
+        let shortest = config.idle_timeout().min(config.frame_receive_max()).min(config.write_timeout());
+        (shortest / 4).clamp(Duration::from_millis(1), SWEEP_MAX)
     }
-}
 
-fn read_loop(shared: &Shared, stream: &TcpStream, connection: Arc<Connection>) {
-    let config = &shared.config;
-    let counters = &shared.counters;
-    let mut reader = FrameReader::new(config.client_read_bytes_max, config.frame_bytes_max);
-    let end = 'connection: loop {
+    fn accept_all(&mut self) {
         loop {
-            let (header, payload) = match reader.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => break 'connection ConnError::Frame(error),
-            };
-            if header.kind != FrameKind::ClientRequest {
-                break 'connection ConnError::Frame(crate::frame::FrameError::UnexpectedKind(header.kind));
-            }
-            bump(&counters.client_requests);
-            let request = match decode_request(header.group, &payload) {
-                Ok(request) => request,
+            let (stream, address) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    // The frame was intact, so the stream is still in sync; the request id may
-                    // be garbage but is echoed so that a buggy client can match it.
-                    bump(&counters.client_invalid);
-                    let request_id =
-                        payload.get(..8).map_or(0, |id| u64::from_le_bytes(id.try_into().expect("8 bytes")));
-                    let reply = Response { request_id, body: ResponseBody::InvalidRequest(error.to_string()) };
-                    if connection.replies.send((header.group, reply)).is_err() {
-                        break 'connection ConnError::Closed;
-                    }
-                    continue;
+                    // Out of descriptors, say: the listener stays readable, so pause rather
+                    // than spin.
+                    tracing::warn!(%error, "client accept failed");
+                    thread::sleep(Duration::from_millis(10));
+                    return;
                 }
             };
-            let bytes = payload.len();
-            let request_id = request.request_id;
-            let load = &connection.load;
-            let busy = Response { request_id, body: ResponseBody::Busy };
-            if load.inflight.load(Ordering::Relaxed) >= config.client_inflight_max
-                || load.pending_bytes.load(Ordering::Relaxed) + bytes > config.client_pending_bytes_max
-            {
-                bump(&counters.client_busy);
-                if connection.replies.send((header.group, busy)).is_err() {
-                    break 'connection ConnError::Closed;
+            let shared = &self.shared;
+            let open = shared.connections.fetch_add(1, Ordering::Relaxed);
+            if open >= shared.config.connections_max {
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                bump(&shared.counters.connections_refused_limit);
+                if let Some(suppressed) = shared.counters.log_limit.allow() {
+                    tracing::warn!(%address, open, suppressed, "client connection refused: connections_max reached");
                 }
                 continue;
             }
-            load.inflight.fetch_add(1, Ordering::Relaxed);
-            load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-            let responder =
-                Responder::Connection { connection: Arc::clone(&connection), group: header.group, request_id, bytes };
-            let client_request = ClientRequest {
-                connection: connection.id,
-                request,
-                received: std::time::Instant::now(),
-                responder: Some(responder),
-            };
-            match shared.requests.try_send(client_request) {
-                Ok(()) => {}
-                Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
-                    // Not handed on: released here and answered by the reader, not through the
-                    // runtime's response queue.
-                    drop(refused.responder.take());
-                    load.inflight.fetch_sub(1, Ordering::Relaxed);
-                    load.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                    bump(&counters.client_busy);
-                    if connection.replies.send((header.group, busy)).is_err() {
-                        break 'connection ConnError::Closed;
-                    }
-                }
+            bump(&shared.counters.client_connections_accepted);
+            if let Err(error) = self.add_connection(stream) {
+                self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cannot start a client connection");
             }
         }
-        match reader.fill_with_deadlines(stream, config.idle_timeout(), config.frame_receive_max(), None) {
-            Ok(_) => {}
-            // A client waiting for answers is not idle.
-            Err(ConnError::Idle(_)) if connection.load.inflight.load(Ordering::Relaxed) > 0 => reader.note_alive(),
-            Err(error) => break error,
+    }
+
+    fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fd = stream.as_raw_fd();
+        let connection = Arc::new(Connection {
+            id,
+            stream,
+            load: Load::default(),
+            outbox: Mutex::new(Outbox { batch: SendBatch::new(), stalled_since: None, closed: false }),
+            shared: Arc::clone(&self.shared),
+        });
+        let config = &self.shared.config;
+        let reader = FrameReader::new(config.client_read_bytes_max, config.frame_bytes_max);
+        self.epoll.add(fd, id, READABLE | WRITABLE | CLOSED | EDGE)?;
+        self.connections.insert(id, Reading { connection, reader, paused: false });
+        Ok(())
+    }
+
+    fn on_ready(&mut self, id: u64, ready: u32) {
+        let Some(reading) = self.connections.get_mut(&id) else { return };
+        if ready & WRITABLE != 0 {
+            let connection = &reading.connection;
+            let mut outbox = connection.outbox();
+            if !outbox.closed && !outbox.batch.is_empty() {
+                connection.write_available(&mut outbox);
+            }
+        }
+        if ready & (READABLE | CLOSED) != 0 {
+            self.read(id);
+        }
+    }
+
+    /// Reads and hands on what has arrived, until the socket is empty or the turn is over.
+    fn read(&mut self, id: u64) {
+        let Some(reading) = self.connections.get_mut(&id) else { return };
+        if reading.paused {
+            return;
+        }
+        let mut budget = READ_BYTES_PER_TURN;
+        let end = loop {
+            if let Err(error) = dispatch_frames(&self.shared, reading) {
+                break Some(error);
+            }
+            if reading.connection.outbox().batch.unsent_bytes() >= OUTBOX_PAUSE_BYTES {
+                reading.paused = true;
+                self.paused += 1;
+                break None;
+            }
+            if budget == 0 {
+                self.again.push_back(id);
+                break None;
+            }
+            match reading.reader.fill_available(&reading.connection.stream) {
+                Ok(Some(received)) => budget = budget.saturating_sub(received),
+                // Empty: the socket reports the next arrival.
+                Ok(None) => break None,
+                Err(error) => break Some(error),
+            }
+        };
+        // The loop's own answers (Busy, InvalidRequest) go out in one write per turn.
+        let connection = Arc::clone(&reading.connection);
+        connection.write_out(&mut connection.outbox());
+        if let Some(error) = end {
+            self.close(id, &error);
+        }
+    }
+
+    /// Reads again the paused connections whose outbox has drained.
+    fn resume_drained(&mut self) {
+        for (&id, reading) in &mut self.connections {
+            if reading.paused && reading.connection.outbox().batch.unsent_bytes() < OUTBOX_RESUME_BYTES {
+                reading.paused = false;
+                self.paused -= 1;
+                self.again.push_back(id);
+            }
+        }
+    }
+
+    /// Closes connections past a deadline: idle, trickling a frame, or not reading.
+    fn sweep(&mut self, now: Instant) {
+        let config = &self.shared.config;
+        let (idle, frame_max, write_timeout) =
+            (config.idle_timeout(), config.frame_receive_max(), config.write_timeout());
+        let mut overdue = Vec::new();
+        for (&id, reading) in &mut self.connections {
+            let stalled = reading.connection.outbox().stalled_since;
+            if stalled.is_some_and(|since| now >= since + write_timeout) {
+                overdue.push((id, ConnError::Deadline));
+                continue;
+            }
+            match reading.reader.overdue(now, idle, frame_max) {
+                // A client waiting for answers is not idle.
+                Some(ConnError::Idle(_)) if reading.connection.load.inflight.load(Ordering::Relaxed) > 0 => {
+                    reading.reader.note_alive();
+                }
+                Some(error) => overdue.push((id, error)),
+                None => {}
+            }
+        }
+        for (id, error) in overdue {
+            self.close(id, &error);
+        }
+    }
+
+    fn close(&mut self, id: u64, end: &ConnError) {
+        let Some(reading) = self.connections.remove(&id) else { return };
+        if reading.paused {
+            self.paused -= 1;
+        }
+        self.epoll.delete(reading.connection.stream.as_raw_fd());
+        reading.connection.close();
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        let counter = match end {
+            ConnError::Frame(_) => &counters.disconnects_garbage,
+            ConnError::Idle(_) => &counters.disconnects_idle,
+            ConnError::SlowFrame(_) => &counters.disconnects_slow_frame,
+            ConnError::Io(_) | ConnError::Closed | ConnError::Deadline => &counters.disconnects_io,
+        };
+        bump(counter);
+        tracing::debug!(connection = id, error = %end, "client connection closed");
+    }
+}
+
+/// Hands on every whole request buffered on the connection, answering at once (into its
+/// outbox) those that cannot be handed on.
+fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<(), ConnError> {
+    let config = &shared.config;
+    let counters = &shared.counters;
+    let connection = &reading.connection;
+    let reply = |group: GroupId, response: Response| {
+        let mut outbox = connection.outbox();
+        if !outbox.closed {
+            connection.encode(&mut outbox, group, &response);
         }
     };
-    let counter = match &end {
-        ConnError::Frame(_) => &counters.disconnects_garbage,
-        ConnError::Idle(_) => &counters.disconnects_idle,
-        ConnError::SlowFrame(_) => &counters.disconnects_slow_frame,
-        ConnError::Io(_) | ConnError::Closed | ConnError::Deadline => &counters.disconnects_io,
-    };
-    bump(counter);
-    tracing::debug!(connection = connection.id, error = %end, "client connection closed");
+    while let Some((header, payload)) = reading.reader.next_frame()? {
+        if header.kind != FrameKind::ClientRequest {
+            return Err(ConnError::Frame(crate::frame::FrameError::UnexpectedKind(header.kind)));
+        }
+        bump(&counters.client_requests);
+        let request = match decode_request(header.group, &payload) {
+            Ok(request) => request,
+            Err(error) => {
+                // The frame was intact, so the stream is still in sync; the request id may be
+                // garbage but is echoed so that a buggy client can match it.
+                bump(&counters.client_invalid);
+                let request_id = payload.get(..8).map_or(0, |id| u64::from_le_bytes(id.try_into().expect("8 bytes")));
+                reply(header.group, Response { request_id, body: ResponseBody::InvalidRequest(error.to_string()) });
+                continue;
+            }
+        };
+        let bytes = payload.len();
+        let request_id = request.request_id;
+        let load = &connection.load;
+        let busy = Response { request_id, body: ResponseBody::Busy };
+        if load.inflight.load(Ordering::Relaxed) >= config.client_inflight_max
+            || load.pending_bytes.load(Ordering::Relaxed) + bytes > config.client_pending_bytes_max
+        {
+            bump(&counters.client_busy);
+            reply(header.group, busy);
+            continue;
+        }
+        load.inflight.fetch_add(1, Ordering::Relaxed);
+        load.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let responder =
+            Responder::Connection { connection: Arc::clone(connection), group: header.group, request_id, bytes };
+        let client_request =
+            ClientRequest { connection: connection.id, request, received: Instant::now(), responder: Some(responder) };
+        match shared.requests.try_send(client_request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
+                // Not handed on: released here and answered by the loop.
+                drop(refused.responder.take());
+                connection.release(bytes);
+                bump(&counters.client_busy);
+                reply(header.group, busy);
+            }
+        }
+    }
+    Ok(())
 }

@@ -292,3 +292,72 @@ fn a_client_polling_with_a_short_wait_still_receives_later_answers() {
     assert_eq!(response.body, ResponseBody::Ok(Bytes::from_static(b"late")));
     runtime.join().unwrap();
 }
+
+#[test]
+fn answers_larger_than_the_socket_buffer_reach_a_slow_reader_whole_and_in_order() {
+    let (server, requests) = server(config(), 1024);
+    let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
+    // 64 answers of 256 KiB: 16 MiB, far more than loopback socket buffers hold, written by a
+    // thread that never blocks; the loop finishes each write as the client drains the socket.
+    let ids: Vec<u64> = (0..64).map(|sequence| client.submit(command(sequence)).unwrap()).collect();
+    client.flush().unwrap();
+    let runtime = std::thread::spawn(move || {
+        let mut batch = smr_net::ResponseBatch::new();
+        for sequence in 0..64u8 {
+            let request = requests.recv().unwrap();
+            request.respond_batched(ResponseBody::Ok(Bytes::from(vec![sequence; 256 << 10])), &mut batch);
+            if sequence % 8 == 7 {
+                batch.flush();
+            }
+        }
+    });
+    runtime.join().unwrap();
+    for (sequence, &id) in ids.iter().enumerate() {
+        // Read slowly at first, so that the socket fills.
+        if sequence < 4 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let response = client.recv().unwrap();
+        assert_eq!(response.request_id, id, "answers come in the order they were given");
+        let ResponseBody::Ok(payload) = response.body else { panic!("{:?}", response.body) };
+        assert_eq!(payload.len(), 256 << 10);
+        assert!(payload.iter().all(|&byte| byte == sequence as u8), "answer {sequence} intact");
+    }
+    assert_eq!(server.stats().disconnects_io, 0);
+}
+
+#[test]
+fn a_client_that_never_reads_is_paused_then_closed_and_others_are_served() {
+    let (server, requests) = server(NetConfig { write_timeout_ms: 400, idle_timeout_ms: 60_000, ..config() }, 1 << 16);
+    let runtime = std::thread::spawn(move || {
+        let mut batch = smr_net::ResponseBatch::new();
+        while let Ok(request) = requests.recv_timeout(Duration::from_secs(3)) {
+            request.respond_batched(ResponseBody::Ok(Bytes::from(vec![7u8; 64 << 10])), &mut batch);
+            batch.flush();
+        }
+    });
+    // A client that sends requests as fast as it can and never reads an answer.
+    let mut hog = TcpStream::connect(server.local_addr()).unwrap();
+    let request = smr_net::Request { request_id: 1, group: 0, body: command(1) };
+    let mut batch = smr_net::SendBatch::new();
+    smr_net::encode_request(&mut batch, &request, 1 << 20).unwrap();
+    let frame = batch.to_vec();
+    hog.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while hog.write_all(&frame).is_ok() && started.elapsed() < Duration::from_secs(10) {
+        sent += 1;
+    }
+    assert!(sent > 0);
+    assert!(started.elapsed() < Duration::from_secs(10), "the node stopped reading the hog, so its writes blocked");
+    // Its answers are bounded: once its outbox is full the node stops reading it, so its own
+    // writes block; then its socket takes nothing for write_timeout_ms and it is closed.
+    wait_for("the hog to be closed", || server.stats().disconnects_io == 1);
+    assert!(server.stats().client_requests < sent as u64 + 1);
+    let mut client = Client::connect(&[server.local_addr()], ClientConfig::default()).unwrap();
+    let ResponseBody::Ok(payload) = client.call(command(2)).unwrap() else { panic!() };
+    assert_eq!(payload.len(), 64 << 10);
+    drop(client);
+    drop(server);
+    runtime.join().unwrap();
+}

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use smr_apply::{Applier, CommandOutcome, StateMachine};
 use smr_log::LogReader;
-use smr_net::{RequestBody, ResponseBody};
+use smr_net::{RequestBody, ResponseBatch, ResponseBody};
 use smr_raft::{ConfChange, ConfChangeOp, ConfState, EntryKind, Index, SnapshotMeta, Term};
 
 use crate::directory::{Addresses, Directory};
@@ -57,6 +57,8 @@ pub(crate) struct ApplyStage<S> {
     bytes_since_snapshot: u64,
     snapshot_wanted: bool,
     outcomes: Vec<CommandOutcome>,
+    /// Answers of the entries applied in one read from the log, written together.
+    responses: ResponseBatch,
 }
 
 impl<S> std::fmt::Debug for ApplyStage<S> {
@@ -110,6 +112,7 @@ impl<S: StateMachine> ApplyStage<S> {
             bytes_since_snapshot: 0,
             snapshot_wanted: false,
             outcomes: Vec::new(),
+            responses: ResponseBatch::new(),
         }
     }
 
@@ -243,6 +246,7 @@ impl<S: StateMachine> ApplyStage<S> {
             shared,
             commit,
             applied_term,
+            responses,
             ..
         } = self;
         let mut bytes_applied = 0u64;
@@ -278,13 +282,14 @@ impl<S: StateMachine> ApplyStage<S> {
                     // from inside these answers; the core holds its open batch until they are
                     // out (`CoreStage::flush_batch_if_due`) and is woken here when it waits.
                     shared.answering.store(true, Ordering::SeqCst);
-                    answer_proposal(proposals, outcomes, metrics, entry.index, entry.term, entry.kind);
+                    answer_proposal(proposals, outcomes, metrics, responses, entry.index, entry.term, entry.kind);
                     shared.answering.store(false, Ordering::SeqCst);
                     if shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
                         shared.wake_core();
                     }
                 }
             }
+            responses.flush();
             bytes_applied += bytes as u64;
             metrics.record_service(started.elapsed());
             metrics.record_batch(count as u64, bytes as u64);
@@ -317,9 +322,10 @@ impl<S: StateMachine> ApplyStage<S> {
                     _ => ResponseBody::InvalidRequest("not a read".into()),
                 };
                 self.metrics.record_duration(Histo::ApplyLatency, now.duration_since(w.enqueued));
-                w.request.respond(body);
+                w.request.respond_batched(body, &mut self.responses);
             }
         }
+        self.responses.flush();
     }
 
     /// Answers `TimedOut` to proposals and reads older than the request timeout: a proposal
@@ -428,6 +434,7 @@ fn answer_proposal(
     proposals: &mut BTreeMap<Index, (Term, Vec<Waiting>)>,
     outcomes: &mut Vec<CommandOutcome>,
     metrics: &mut crate::metrics::StageRecorder,
+    responses: &mut ResponseBatch,
     index: Index,
     term: Term,
     kind: EntryKind,
@@ -468,6 +475,6 @@ fn answer_proposal(
                 "sequence number too old: the session remembers results from {oldest_remembered} on"
             )),
         };
-        w.request.respond(body);
+        w.request.respond_batched(body, responses);
     }
 }
