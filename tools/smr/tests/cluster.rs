@@ -223,7 +223,9 @@ fn config_errors_and_foreign_data_directories_are_refused_with_the_reason() {
     let (code, stderr) = run(&fresh, &[]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("is empty"), "{stderr}");
-    // Node 1's data directory under another node id.
+    // Node 1's data directory under another node id. Node 1 writes its identity only once it
+    // has bound its ports, so wait until it leads before borrowing its directory.
+    let _ = cluster.leader();
     let foreign = good.replacen("node_id = 1", "node_id = 9", 1).replace("id = 1\n", "id = 9\n");
     let (code, stderr) = run(&foreign, &[]);
     assert_eq!(code, Some(64), "{stderr}");

@@ -16,22 +16,59 @@ use smr_apply::{KvCommand, KvResult};
 use smr_net::{AdminRequest, Client, ClientConfig, Consistency, RequestBody, ResponseBody};
 use smr_runtime::{InitialState, Member, NodeConfig, config_file};
 
-pub const CLUSTER_ID: u64 = 0x005e_edc1_u64;
 pub const SECRET: &str = "multi-process-test-cluster-secret";
 
 /// How long a test waits for a cluster to do something it should do within a few election
 /// timeouts; generous, because CI runs several nodes on two shared cores.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Picks `n` free loopback ports (bound, then released: another process could take one in
-/// between, which is rare enough on a test machine).
+/// Picks `n` loopback ports for test nodes. A port picked by binding `:0` and released could be
+/// handed out again before the node binds it: as the source port of some client's connection, or
+/// to another cluster of the same test binary, whose nodes would then talk to this cluster's.
+/// So ports come from below the kernel's ephemeral range, where no connection's source port
+/// lands, and from a counter of this process, so that no two clusters of one binary share one.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000_u32, ephemeral_low.clamp(10_000, 65_536));
+    let span = high - low;
+    if span < 1_000 {
+        // No room below the ephemeral range: fall back to the kernel's pick.
+        let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        return listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+    }
+    // Test binaries run one after another; each starts at its own place in the range.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(taken < span, "the test binary used up every port below {high}");
+        let port = (low + (start + taken) % span) as u16;
+        // In use by something else on this machine: skip it.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+/// A cluster id of its own for each cluster: a node that reaches another cluster's node (a port
+/// reused between tests) is refused at the handshake instead of joining its elections.
+fn fresh_cluster_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ CLUSTERS.fetch_add(1, Ordering::Relaxed);
+    smr_raft::mix(seed) | 1
 }
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    pub cluster_id: u64,
     pub members: Vec<Member>,
     pub configs: Vec<NodeConfig>,
     children: Vec<Option<Child>>,
@@ -64,7 +101,14 @@ impl Cluster {
     pub fn start(n: u64, tune: fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let members: Vec<Member> = (1..=n).map(member).collect();
-        let mut cluster = Cluster { dir, members: members.clone(), configs: Vec::new(), children: Vec::new(), tune };
+        let mut cluster = Cluster {
+            dir,
+            cluster_id: fresh_cluster_id(),
+            members: members.clone(),
+            configs: Vec::new(),
+            children: Vec::new(),
+            tune,
+        };
         for id in 1..=n {
             let config = cluster.config_for(id, &members, InitialState::New);
             cluster.configs.push(config);
@@ -77,7 +121,8 @@ impl Cluster {
     }
 
     pub fn config_for(&self, id: u64, members: &[Member], initial_state: InitialState) -> NodeConfig {
-        let mut config = NodeConfig::new(id, CLUSTER_ID, self.dir.path().join(format!("node{id}")), members.to_vec());
+        let mut config =
+            NodeConfig::new(id, self.cluster_id, self.dir.path().join(format!("node{id}")), members.to_vec());
         config.secret = SECRET.as_bytes().to_vec();
         config.initial_state = initial_state;
         test_defaults(&mut config);
@@ -247,11 +292,35 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n") + "\n"
 }
 
+/// Lines of each node's log shown when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let failed = std::thread::panicking();
+        for (config, child) in self.configs.iter().zip(self.children.iter_mut()) {
+            let id = config.node_id;
+            let state = match child {
+                None => "not running".to_owned(),
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => format!("had exited: {status}"),
+                    _ => "running".to_owned(),
+                },
+            };
+            if let Some(child) = child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if failed {
+                // The test failed: say what each node was doing, or the failure cannot be read.
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+                eprintln!("----- node {id} ({state}); last {} lines of its log -----", tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
@@ -347,7 +416,14 @@ impl Cluster {
     pub fn configure(n: u64, tune: fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let members: Vec<Member> = (1..=n).map(member).collect();
-        let mut cluster = Cluster { dir, members: members.clone(), configs: Vec::new(), children: Vec::new(), tune };
+        let mut cluster = Cluster {
+            dir,
+            cluster_id: fresh_cluster_id(),
+            members: members.clone(),
+            configs: Vec::new(),
+            children: Vec::new(),
+            tune,
+        };
         for id in 1..=n {
             let config = cluster.config_for(id, &members, InitialState::New);
             cluster.configs.push(config);
