@@ -593,10 +593,18 @@ impl Worker {
                 Ok(response) => {
                     let answered = Instant::now();
                     last_progress = answered;
-                    let Some(flight) = self.in_flight.remove(&response.request_id) else { continue };
-                    // The phase when the answer arrived decides where it counts.
+                    // The phase when the answers arrived decides where they count.
                     let phase = self.phase.load(Ordering::Relaxed);
-                    self.answered(phase, flight, response.body, answered, &mut redirect);
+                    let mut next = Some(response);
+                    // Every answer this read brought, before the next round is submitted (one
+                    // write for the round, not one per answer).
+                    while let Some(response) = next {
+                        if let Some(flight) = self.in_flight.remove(&response.request_id) {
+                            self.answered(phase, flight, response.body, answered, &mut redirect);
+                        }
+                        // Garbage after a good answer ends the round; the next recv reports it.
+                        next = client.try_recv().unwrap_or_default();
+                    }
                 }
                 Err(ClientError::TimedOut(_)) => {
                     if !self.in_flight.is_empty() && last_progress.elapsed() >= Duration::from_millis(RESPONSE_WAIT_MS)

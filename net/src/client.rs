@@ -164,11 +164,8 @@ impl Client {
         let wait = Duration::from_millis(self.config.response_ms);
         let deadline = Instant::now() + wait;
         loop {
-            if let Some((header, payload)) = self.reader.next_frame().map_err(ConnError::Frame)? {
-                if header.kind != FrameKind::ClientResponse {
-                    return Err(ClientError::Conn(ConnError::Frame(FrameError::UnexpectedKind(header.kind))));
-                }
-                return Ok(decode_response(&payload)?);
+            if let Some(response) = self.try_recv()? {
+                return Ok(response);
             }
             // The deadline bounds this call. The idle and slow-frame bounds are measured from the
             // last byte received and from a frame's first byte, across calls: with a short
@@ -182,6 +179,21 @@ impl Client {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+    }
+
+    /// The next response already received, without reading or writing: a read often brings
+    /// several, and taking them all before submitting again lets one write carry the next round.
+    ///
+    /// # Errors
+    /// The connection sent garbage.
+    pub fn try_recv(&mut self) -> Result<Option<Response>, ClientError> {
+        match self.reader.next_frame().map_err(ConnError::Frame)? {
+            None => Ok(None),
+            Some((header, _)) if header.kind != FrameKind::ClientResponse => {
+                Err(ClientError::Conn(ConnError::Frame(FrameError::UnexpectedKind(header.kind))))
+            }
+            Some((_, payload)) => Ok(Some(decode_response(&payload)?)),
         }
     }
 

@@ -87,7 +87,13 @@ pub(crate) struct FrameReader {
     /// When the first byte of the frame now partly buffered arrived.
     partial_since: Option<Instant>,
     last_received: Instant,
+    /// The read timeout this reader last set on its stream (a reader reads one stream).
+    read_timeout: Option<Duration>,
 }
+
+/// How much later than asked a blocking read may give up: a read timeout this close to the one
+/// wanted is kept, which spares a `setsockopt` before nearly every read of a busy connection.
+const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 
 impl FrameReader {
     pub(crate) fn new(read_bytes: usize, frame_bytes_max: usize) -> FrameReader {
@@ -101,6 +107,7 @@ impl FrameReader {
             frame_bytes_max,
             partial_since: None,
             last_received: Instant::now(),
+            read_timeout: None,
         }
     }
 
@@ -277,7 +284,13 @@ impl FrameReader {
                 return Err(ConnError::Idle(idle_timeout));
             }
             // A zero timeout would mean "block forever" to the kernel.
-            stream.set_read_timeout(Some((wake_at - now).max(Duration::from_millis(1))))?;
+            let wanted = (wake_at - now).max(Duration::from_millis(1));
+            // Kept when it wakes at most the slack late and not needlessly early.
+            let keep = self.read_timeout.is_some_and(|set| set <= wanted + READ_TIMEOUT_SLACK && set >= wanted / 2);
+            if !keep {
+                stream.set_read_timeout(Some(wanted))?;
+                self.read_timeout = Some(wanted);
+            }
             match self.fill(stream) {
                 Ok(received) => return Ok(received),
                 Err(ConnError::Io(error))
