@@ -99,21 +99,7 @@ pub fn test_defaults(config: &mut NodeConfig) {
 impl Cluster {
     /// Starts `n` founding nodes, with `tune` applied to every node's config.
     pub fn start(n: u64, tune: fn(&mut NodeConfig)) -> Cluster {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let members: Vec<Member> = (1..=n).map(member).collect();
-        let mut cluster = Cluster {
-            dir,
-            cluster_id: fresh_cluster_id(),
-            members: members.clone(),
-            configs: Vec::new(),
-            children: Vec::new(),
-            tune,
-        };
-        for id in 1..=n {
-            let config = cluster.config_for(id, &members, InitialState::New);
-            cluster.configs.push(config);
-            cluster.children.push(None);
-        }
+        let mut cluster = Cluster::configure(n, tune);
         for id in 1..=n {
             cluster.spawn(id);
         }
