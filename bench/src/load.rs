@@ -595,15 +595,17 @@ impl Worker {
                     last_progress = answered;
                     // The phase when the answers arrived decides where they count.
                     let phase = self.phase.load(Ordering::Relaxed);
-                    let mut next = Some(response);
+                    let mut next = Ok(Some(response));
                     // Every answer this read brought, before the next round is submitted (one
                     // write for the round, not one per answer).
-                    while let Some(response) = next {
+                    while let Ok(Some(response)) = next {
                         if let Some(flight) = self.in_flight.remove(&response.request_id) {
                             self.answered(phase, flight, response.body, answered, &mut redirect);
                         }
-                        // Garbage after a good answer ends the round; the next recv reports it.
-                        next = client.try_recv().unwrap_or_default();
+                        next = client.try_recv();
+                    }
+                    if next.is_err() && self.connection_broke(&mut redirect) {
+                        return self.result;
                     }
                 }
                 Err(ClientError::TimedOut(_)) => {
@@ -614,17 +616,22 @@ impl Worker {
                     }
                 }
                 Err(_) => {
-                    // The connection broke: what was in flight on it is lost.
-                    let phase = self.phase.load(Ordering::Relaxed);
-                    self.errors(phase, false).connection += 1;
-                    self.abandon_in_flight();
-                    redirect = Some(None);
-                    if phase == STOP {
+                    if self.connection_broke(&mut redirect) {
                         return self.result;
                     }
                 }
             }
         }
+    }
+
+    /// The connection broke or sent garbage: what was in flight on it is lost, and the worker
+    /// reconnects once it may. True when the run is stopping and the worker is done.
+    fn connection_broke(&mut self, redirect: &mut Option<Option<SocketAddr>>) -> bool {
+        let phase = self.phase.load(Ordering::Relaxed);
+        self.errors(phase, false).connection += 1;
+        self.abandon_in_flight();
+        *redirect = Some(None);
+        phase == STOP
     }
 
     fn answered(

@@ -68,7 +68,7 @@ fn fresh_cluster_id() -> u64 {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub cluster_id: u64,
+    cluster_id: u64,
     pub members: Vec<Member>,
     pub configs: Vec<NodeConfig>,
     children: Vec<Option<Child>>,
@@ -283,29 +283,26 @@ const LOG_TAIL_LINES: usize = 40;
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
+        let mut states = Vec::new();
         for (config, child) in self.configs.iter().zip(self.children.iter_mut()) {
-            let id = config.node_id;
-            let state = match child {
+            let state = match child.as_mut().map(Child::try_wait) {
                 None => "not running".to_owned(),
-                Some(child) => match child.try_wait() {
-                    Ok(Some(status)) => format!("had exited: {status}"),
-                    _ => "running".to_owned(),
-                },
+                Some(Ok(Some(status))) => format!("had exited: {status}"),
+                Some(_) => "running".to_owned(),
             };
             if let Some(child) = child {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            if failed {
-                // The test failed: say what each node was doing, or the failure cannot be read.
-                let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-                eprintln!("----- node {id} ({state}); last {} lines of its log -----", tail.len());
-                for line in tail {
-                    eprintln!("{line}");
-                }
+            states.push((config.node_id, state));
+        }
+        if std::thread::panicking() {
+            // The test failed: say what each node was doing, or the failure cannot be read.
+            for (id, state) in states {
+                eprint!(
+                    "----- node {id} ({state}); the end of its log -----\n{}",
+                    tail(&self.node_log(id), LOG_TAIL_LINES)
+                );
             }
         }
     }
