@@ -3,14 +3,13 @@
 //!
 //! Commands and results use a small binary encoding ([`KvCommand::encode`],
 //! [`KvResult::decode`]) read in place from the command payload: a put's key and value are
-//! copied once, into the map, and nowhere else.
+//! copied once, into the map ([`crate::kv_map`]), and nowhere else.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::ops::Bound;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::kv_map::KvMap;
 use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine};
 
 /// Limits of the key-value state machine.
@@ -190,9 +189,11 @@ const RESULT_ERROR: u8 = 255;
 
 impl KvResult {
     pub fn encode(&self) -> Bytes {
+        // Nearly every result is a put's `Done`: one static byte, no allocation per command.
+        static DONE: [u8; 1] = [RESULT_DONE];
         let mut buf = BytesMut::new();
         match self {
-            KvResult::Done => buf.put_u8(RESULT_DONE),
+            KvResult::Done => return Bytes::from_static(&DONE),
             KvResult::Value(v) => {
                 buf.put_u8(RESULT_VALUE);
                 put_optional(&mut buf, v.as_deref());
@@ -257,13 +258,13 @@ impl KvResult {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
     config: KvConfig,
-    map: BTreeMap<Bytes, Bytes>,
+    map: KvMap,
     bytes: u64,
 }
 
 impl KvStore {
     pub fn new(config: KvConfig) -> KvStore {
-        KvStore { config, map: BTreeMap::new(), bytes: 0 }
+        KvStore { config, map: KvMap::default(), bytes: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -271,7 +272,7 @@ impl KvStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// Bytes of keys and values held.
@@ -279,7 +280,7 @@ impl KvStore {
         self.bytes
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key)
     }
 
@@ -303,16 +304,21 @@ impl KvStore {
 
     fn insert(&mut self, key: &[u8], value: &[u8]) {
         let new = (key.len() + value.len()) as u64;
-        if let Some(old) = self.map.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)) {
-            self.bytes -= (key.len() + old.len()) as u64;
+        if let Some(old_len) = self.map.insert(key, value) {
+            self.bytes -= (key.len() + old_len) as u64;
         }
         self.bytes += new;
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
-        let old = self.map.remove(key)?;
-        self.bytes -= (key.len() + old.len()) as u64;
-        Some(old)
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old_len) = self.map.remove(key) {
+            self.bytes -= (key.len() + old_len) as u64;
+        }
+    }
+
+    /// The value of `key`, copied out of the map for an answer.
+    fn value(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.get(key).map(Bytes::copy_from_slice)
     }
 
     /// Executes one command. Reads (get, scan) are served here too when they go through the log.
@@ -342,13 +348,11 @@ impl KvStore {
                 KvResult::Done
             }
             KvCommand::Cas { key, expected, new } => {
-                let current = self.map.get(key).cloned();
+                let current = self.value(key);
                 if current.as_deref() == expected {
                     match new {
                         Some(v) => self.insert(key, v),
-                        None => {
-                            self.remove(key);
-                        }
+                        None => self.remove(key),
                     }
                     KvResult::Cas { swapped: true, current }
                 } else {
@@ -361,20 +365,20 @@ impl KvStore {
 
     fn read(&self, command: KvCommand<'_>) -> KvResult {
         match command {
-            KvCommand::Get { key } => KvResult::Value(self.map.get(key).cloned()),
+            KvCommand::Get { key } => KvResult::Value(self.value(key)),
             KvCommand::Scan { start, end, limit } => {
                 let limit = (limit as usize).min(self.config.scan_entries_max);
-                let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+                let end = if end.is_empty() { None } else { Some(end) };
                 let mut entries = Vec::new();
                 let mut bytes = 0usize;
                 let mut truncated = false;
-                for (k, v) in self.map.range::<[u8], _>((Bound::Included(start), upper)) {
+                for (k, v) in self.map.range(start, end) {
                     if entries.len() >= limit || bytes + k.len() + v.len() > self.config.scan_bytes_max {
                         truncated = true;
                         break;
                     }
                     bytes += k.len() + v.len();
-                    entries.push((k.clone(), v.clone()));
+                    entries.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
                 }
                 KvResult::Scan { entries, truncated }
             }
@@ -401,7 +405,7 @@ impl StateMachine for KvStore {
 
     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
         out.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (k, v) in &self.map {
+        for (k, v) in self.map.iter() {
             out.write_all(&(k.len() as u32).to_le_bytes())?;
             out.write_all(k)?;
             out.write_all(&(v.len() as u32).to_le_bytes())?;
@@ -414,9 +418,9 @@ impl StateMachine for KvStore {
         let mut word = [0u8; 8];
         input.read_exact(&mut word)?;
         let count = u64::from_le_bytes(word);
-        let mut map = BTreeMap::new();
+        let mut map = KvMap::default();
         let mut bytes = 0u64;
-        let mut read_field = |limit: usize, what: &str| -> Result<Bytes, RestoreError> {
+        let mut read_field = |limit: usize, what: &str| -> Result<Vec<u8>, RestoreError> {
             let mut len = [0u8; 4];
             input.read_exact(&mut len)?;
             let len = u32::from_le_bytes(len) as usize;
@@ -425,16 +429,15 @@ impl StateMachine for KvStore {
             }
             let mut buf = vec![0u8; len];
             input.read_exact(&mut buf)?;
-            Ok(Bytes::from(buf))
+            Ok(buf)
         };
         for _ in 0..count {
             let k = read_field(self.config.key_bytes_max, "key")?;
             let v = read_field(self.config.value_bytes_max, "value")?;
             bytes += (k.len() + v.len()) as u64;
-            map.insert(k, v);
-        }
-        if map.len() as u64 != count {
-            return Err(RestoreError::Malformed("duplicate keys".into()));
+            if map.insert(&k, &v).is_some() {
+                return Err(RestoreError::Malformed("duplicate keys".into()));
+            }
         }
         self.map = map;
         self.bytes = bytes;
@@ -443,7 +446,7 @@ impl StateMachine for KvStore {
 
     fn state_hash(&self) -> u64 {
         let mut h = crc32c::crc32c(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
+        for (k, v) in self.map.iter() {
             h = crc32c::crc32c_append(h, &(k.len() as u32).to_le_bytes());
             h = crc32c::crc32c_append(h, k);
             h = crc32c::crc32c_append(h, &(v.len() as u32).to_le_bytes());

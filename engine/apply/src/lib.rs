@@ -14,6 +14,7 @@
 pub mod applier;
 pub mod batch;
 pub mod kv;
+mod kv_map;
 pub mod sessions;
 pub mod state_machine;
 

@@ -90,7 +90,10 @@ impl Sessions {
             return;
         }
         let s = self.map.entry(session).or_default();
-        if s.last_index != 0 {
+        // A client's pipelined commands mostly share an entry: the session's place in the
+        // by-index order moves only when its index does.
+        let moved = s.last_index != index;
+        if moved && s.last_index != 0 {
             self.by_index.remove(&(s.last_index, session));
         }
         s.last_index = index;
@@ -100,7 +103,9 @@ impl Sessions {
         while s.results.first_key_value().is_some_and(|(&k, _)| k < floor) {
             s.results.pop_first();
         }
-        self.by_index.insert((index, session));
+        if moved {
+            self.by_index.insert((index, session));
+        }
         while self.map.len() > self.config.sessions_max {
             let (_, victim) = self.by_index.pop_first().expect("non-empty");
             self.map.remove(&victim);

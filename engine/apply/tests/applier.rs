@@ -48,7 +48,7 @@ fn a_retried_command_is_applied_once_and_answered_with_its_first_result() {
         matches!(KvResult::decode(result).unwrap(), KvResult::Cas { swapped: true, .. }),
         "the first result, not a new execution"
     );
-    assert_eq!(a.state_machine().get(b"k").map(|v| v.as_ref()), Some(&b"v1"[..]), "not applied twice");
+    assert_eq!(a.state_machine().get(b"k"), Some(&b"v1"[..]), "not applied twice");
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn two_copies_of_a_command_in_one_batch_apply_once() {
     assert!(matches!(out[1], CommandOutcome::Duplicate(_)));
     assert!(matches!(out[2], CommandOutcome::Applied(_)), "session 0 is never deduplicated");
     assert!(matches!(out[3], CommandOutcome::Applied(_)));
-    assert_eq!(a.state_machine().get(b"n").map(|v| v.as_ref()), Some(&b"y"[..]));
+    assert_eq!(a.state_machine().get(b"n"), Some(&b"y"[..]));
 }
 
 #[test]
@@ -71,7 +71,7 @@ fn a_retry_older_than_the_window_is_refused_as_stale() {
     }
     let out = apply(&mut a, vec![put(1, 3, b"k", b"old")]);
     assert_eq!(out[0], CommandOutcome::Stale { oldest_remembered: 13 });
-    assert_eq!(a.state_machine().get(b"k").map(|v| v.as_ref()), Some(&b"v"[..]));
+    assert_eq!(a.state_machine().get(b"k"), Some(&b"v"[..]));
 }
 
 #[test]

@@ -357,7 +357,7 @@ impl SimNode {
         let store = self.kv.state_machine();
         self.ready_reads.retain(|&(index, client, seq, key)| {
             if index <= applied {
-                let value = store.get(&kv::key_bytes(key)).map(|v| kv::decode_value(v));
+                let value = store.get(&kv::key_bytes(key)).map(kv::decode_value);
                 effects.replies.push(Reply::Read { client, seq, value });
                 false
             } else {
