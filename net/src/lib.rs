@@ -50,10 +50,12 @@
 //!
 //! Threads: the peer transport runs one accept thread, one thread per handshake in progress
 //! (at most `handshakes_max`), and for each peer one link thread (dial or adopt the connection,
-//! then batch and write) and one reader thread per live connection. The client server runs one
-//! accept thread and a reader and a writer per connection (at most `connections_max`). The
-//! runtime's net stage owns the [`PeerTransport`] and [`ClientServer`] handles; nothing in
-//! them needs a lock on the send path.
+//! then batch and write what senders queued) and one reader thread per live connection. A
+//! sender that finds its peer's link idle writes to the socket itself, without blocking (the
+//! link's write side is taken with `try_lock`, never waited for). The client server runs one
+//! event loop thread for every connection (at most `connections_max`); answers are written by
+//! the thread that gives them. The runtime's core stage owns the [`PeerTransport`] and the log
+//! writer a [`PeerSender`].
 //!
 //! Benchmarks: `cargo bench -p smr-net --bench net`. Fuzzing: see `net/fuzz/README.md`.
 
@@ -68,6 +70,7 @@ pub mod fuzzing;
 pub mod handshake;
 mod nosignal;
 pub mod peer;
+mod peer_writer;
 mod poll;
 mod rng;
 pub mod server;

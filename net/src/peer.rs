@@ -2,11 +2,13 @@
 //! coalesced writes, reconnects with capped exponential backoff and jitter.
 //!
 //! Per pair, the node with the lower id dials and the other accepts, so there is one connection
-//! and both directions share it. Each peer has a link thread that owns the connection's write
-//! side (dialing or adopting it, batching queued messages into `writev`s, sending keepalives)
-//! and, while connected, a reader thread that validates every frame and hands decoded messages
-//! to the consumer. A peer that is slow or gone blocks only its own threads: the send path is a
-//! `try_send` into that peer's bounded queue, which drops and counts when full.
+//! and both directions share it. Each peer has a link thread that owns the connection (dialing
+//! or adopting it, batching queued messages into `writev`s, sending keepalives) and, while
+//! connected, a reader thread that validates every frame and hands decoded messages to the
+//! consumer. A sender that finds the link idle writes its message itself, without blocking
+//! ([`crate::peer_writer`]). A peer that is slow or gone blocks only its own threads: the send
+//! path is otherwise a `try_send` into that peer's bounded queue, which drops and counts when
+//! full.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,14 +22,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use smr_raft::{Message, NodeId};
 use thiserror::Error;
 
-use crate::batch::SendBatch;
 use crate::config::{ConfigError, NetConfig};
 use crate::conn::{ConnError, FrameReader};
 use crate::frame::{FrameError, FrameKind, RECORD_HEADER_BYTES};
 use crate::handshake::{self, HandshakeError, Identity, RefuseReason};
+use crate::peer_writer::{PeerWriter, message_queue_bytes};
 use crate::rng::Backoff;
 use crate::stats::{Counters, NetStats, add, bump};
-use crate::wire::{EncodeError, decode_message, decode_message_batch, encode_message_batched};
+use crate::wire::{decode_message, decode_message_batch};
 
 /// Messages received from one peer in one read, in the order they were sent.
 ///
@@ -64,14 +66,8 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
-/// Bytes counted against a peer queue's byte bound per message, beyond `size_bytes`.
-const QUEUE_MESSAGE_OVERHEAD_BYTES: usize = 64;
 /// Messages an inbound batch has room for before it grows.
 const INBOUND_BATCH_CAPACITY: usize = 64;
-/// Bytes of frames a link gathers for one `writev` before it writes them (a single larger
-/// message still goes out whole). Small enough that the batch buffer is reused, not regrown and
-/// page-faulted, for every write; large enough that a write carries thousands of small messages.
-const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
 /// How long a reader waits on a full inbound queue before it checks for shutdown again.
 const INBOUND_WAIT: Duration = Duration::from_millis(100);
 
@@ -98,6 +94,8 @@ struct PeerSlot {
     /// arriving before the first is adopted is a duplicate.
     adopt: Sender<Adopted>,
     queued_bytes: AtomicUsize,
+    /// The connection's write side: written by an idle link's senders, or its link thread.
+    writer: PeerWriter,
 }
 
 struct Adopted {
@@ -241,21 +239,22 @@ impl PeerTransport {
         let (queue_tx, queue_rx) = bounded(config.peer_queue_messages_max);
         let (stop_tx, stop_rx) = bounded(1);
         let (adopt_tx, adopt_rx) = bounded(1);
+        let (writer, doorbell) = PeerWriter::new(id, config.frame_bytes_max);
         let slot = Arc::new(PeerSlot {
             id,
             address: Mutex::new(address),
             connected: AtomicBool::new(false),
             adopt: adopt_tx,
             queued_bytes: AtomicUsize::new(0),
+            writer,
         });
         let link_state = LinkState {
             shared: Arc::clone(&self.shared),
             slot: Arc::clone(&slot),
             queue: queue_rx,
+            doorbell,
             stop: stop_rx,
             adopt: adopt_rx,
-            batch: SendBatch::new(),
-            sent: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name(format!("net-link-{}-{}", self.shared.identity.node_id, id))
@@ -365,6 +364,10 @@ impl PeerSender {
             bump(&self.shared.counters.send_dropped_unknown_peer);
             return Err(SendError::UnknownPeer(to));
         };
+        let message = match peer.slot.writer.try_write_now(message, &peer.queue, &self.shared.counters) {
+            Ok(()) => return Ok(()),
+            Err(message) => message,
+        };
         let bytes = message_queue_bytes(&message);
         let queued = peer.slot.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if queued + bytes > self.shared.config.peer_queue_bytes_max {
@@ -373,7 +376,10 @@ impl PeerSender {
             return Err(SendError::QueueFull(to));
         }
         match peer.queue.try_send(message) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                peer.slot.writer.ring();
+                Ok(())
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 peer.slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 bump(&self.shared.counters.send_dropped_queue_full);
@@ -394,10 +400,6 @@ impl Link {
             let _ = thread.join();
         }
     }
-}
-
-fn message_queue_bytes(message: &Message) -> usize {
-    usize::try_from(message.body.size_bytes()).unwrap_or(usize::MAX / 2) + QUEUE_MESSAGE_OVERHEAD_BYTES
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
@@ -492,13 +494,10 @@ struct LinkState {
     shared: Arc<Shared>,
     slot: Arc<PeerSlot>,
     queue: Receiver<Message>,
+    /// Rung by a sender that queued a message, or left a write half-done.
+    doorbell: Receiver<()>,
     stop: Receiver<()>,
     adopt: Receiver<Adopted>,
-    batch: SendBatch,
-    /// Messages encoded into `batch`, dropped together once it is written: their entry data
-    /// (reference counts shared with the producer) and entry lists are released in one burst
-    /// instead of one at a time between encodings, which halves what the drops cost.
-    sent: Vec<Message>,
 }
 
 enum LinkEnd {
@@ -594,10 +593,12 @@ impl LinkState {
         }
     }
 
-    /// Runs one connection: a reader thread receives, this thread writes.
+    /// Runs one connection: a reader thread receives; senders write while the link is idle,
+    /// and this thread writes what they queue.
     fn serve(&mut self, stream: TcpStream, reader: FrameReader) -> LinkEnd {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
+        let counters = &shared.counters;
         let reader_stream = match stream.try_clone() {
             Ok(clone) => clone,
             Err(error) => {
@@ -627,109 +628,34 @@ impl LinkState {
             }
         };
         let _ = stream.set_write_timeout(Some(config.write_timeout()));
-        let mut writer = crate::nosignal::NoSignal(&stream);
+        let stream = Arc::new(stream);
+        let writer = &self.slot.writer;
+        writer.attach(Arc::clone(&stream));
+        // Messages queued while there was no connection go first.
+        writer.ring();
         let end = loop {
             select! {
-                recv(self.queue) -> message => match message {
-                    Ok(message) => {
-                        let mut dequeued_bytes = message_queue_bytes(&message);
-                        self.push(message);
-                        dequeued_bytes += self.drain_queue();
-                        // One atomic for the whole drain, not one per message.
-                        self.slot.queued_bytes.fetch_sub(dequeued_bytes, Ordering::Relaxed);
-                        if let Err(error) = self.flush(&mut writer) {
-                            tracing::info!(peer, %error, "peer connection lost while writing");
-                            break LinkEnd::Reconnect;
-                        }
+                recv(self.doorbell) -> _ => {
+                    if let Err(error) = writer.drain(&self.queue, &self.slot.queued_bytes, counters) {
+                        tracing::info!(peer, %error, "peer connection lost while writing");
+                        break LinkEnd::Reconnect;
                     }
-                    Err(_) => break LinkEnd::Stop,
                 },
                 recv(dead) -> _ => break LinkEnd::Reconnect,
                 recv(self.stop) -> _ => break LinkEnd::Stop,
                 default(config.keepalive()) => {
-                    let pushed = self.batch.push_frame(FrameKind::Ping, 0, 0, &[], config.frame_bytes_max);
-                    debug_assert!(pushed.is_ok());
-                    if let Err(error) = self.flush(&mut writer) {
+                    if let Err(error) = writer.keepalive(counters) {
                         tracing::info!(peer, %error, "peer connection lost while sending a keepalive");
                         break LinkEnd::Reconnect;
                     }
                 }
             }
         };
+        writer.detach(counters);
         closing.store(true, Ordering::Relaxed);
         let _ = stream.shutdown(Shutdown::Both);
         let _ = reader_thread.join();
         if self.stopped() { LinkEnd::Stop } else { end }
-    }
-
-    /// Encodes `message` into the batch. The caller gives its queue bytes back.
-    fn push(&mut self, message: Message) {
-        match encode_message_batched(&mut self.batch, &message, self.shared.config.frame_bytes_max) {
-            Ok(()) => self.sent.push(message),
-            Err(EncodeError::Frame(FrameError::TooLarge { bytes, max })) => {
-                bump(&self.shared.counters.send_dropped_too_large);
-                if let Some(suppressed) = self.shared.counters.log_limit.allow() {
-                    tracing::warn!(
-                        peer = self.slot.id,
-                        kind = message.body.name(),
-                        bytes,
-                        max,
-                        suppressed,
-                        "message dropped: larger than a frame"
-                    );
-                }
-            }
-            Err(error) => {
-                bump(&self.shared.counters.send_dropped_too_large);
-                if let Some(suppressed) = self.shared.counters.log_limit.allow() {
-                    tracing::warn!(peer = self.slot.id, kind = message.body.name(), %error, suppressed, "message dropped: cannot encode");
-                }
-            }
-        }
-    }
-
-    /// Moves queued messages into the batch until it holds about [`WRITE_BATCH_BYTES_MAX`]
-    /// bytes: one `writev` then carries many messages, the batch buffer stays small enough to
-    /// be reused (and stay in cache) from one write to the next, and the next batch is encoded
-    /// while the kernel sends this one. Returns the queue bytes of the messages taken.
-    fn drain_queue(&mut self) -> usize {
-        let bytes_max = self.shared.config.frame_bytes_max.min(WRITE_BATCH_BYTES_MAX);
-        let mut dequeued_bytes = 0;
-        while self.batch.bytes() < bytes_max {
-            match self.queue.try_recv() {
-                Ok(message) => {
-                    dequeued_bytes += message_queue_bytes(&message);
-                    self.push(message);
-                }
-                Err(_) => break,
-            }
-        }
-        dequeued_bytes
-    }
-
-    fn flush(&mut self, writer: &mut crate::nosignal::NoSignal<'_>) -> io::Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let counters = &self.shared.counters;
-        let frames = self.batch.frames() as u64;
-        let bytes = self.batch.bytes() as u64;
-        let messages = self.batch.messages() as u64;
-        let written = self.batch.write_to(writer);
-        self.sent.clear();
-        match written {
-            Ok(()) => {
-                add(&counters.frames_sent, frames);
-                add(&counters.bytes_sent, bytes);
-                add(&counters.messages_sent, messages);
-                bump(&counters.write_batches);
-                Ok(())
-            }
-            Err(error) => {
-                add(&counters.send_dropped_connection_lost, messages);
-                Err(error)
-            }
-        }
     }
 }
 
@@ -852,6 +778,7 @@ mod tests {
     use smr_raft::{Entry, EntryKind, MessageBody};
 
     use super::*;
+    use crate::batch::SendBatch;
     use crate::frame::{FRAME_HEADER_BYTES, encode_frame};
     use crate::wire::{encode_message, encode_message_batched};
 

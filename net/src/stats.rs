@@ -48,6 +48,8 @@ counters! {
     bytes_received,
     /// `writev` batches (several frames each, ideally).
     write_batches,
+    /// Write batches a sender wrote itself, finding the link idle (no hand-off to its thread).
+    direct_writes,
     /// Dropped because the peer's send queue was full.
     send_dropped_queue_full,
     /// Dropped because the destination is not a known peer.

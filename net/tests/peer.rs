@@ -117,6 +117,72 @@ fn messages_flow_both_ways_over_one_connection() {
 }
 
 #[test]
+fn a_sender_writes_to_an_idle_link_itself() {
+    let (l1, l2) = (listener(), listener());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (n1, _r1) = start(1, l1, &[(2, a2)]);
+    let (_n2, r2) = start(2, l2, &[(1, a1)]);
+    deliver(&n1, &r2, &append(1, 2, 1, 10));
+    let before = n1.stats().direct_writes;
+    // One at a time, each received before the next is sent: the link is idle for every one.
+    for index in 2..22 {
+        n1.send(append(1, 2, index, 100)).unwrap();
+        let inbound = r2.recv_timeout(Duration::from_secs(5)).expect("arrives");
+        let MessageBody::Append { entries, .. } = &inbound.messages[0].body else { panic!() };
+        assert_eq!(entries[0].index, index);
+    }
+    assert_eq!(n1.stats().direct_writes - before, 20, "every send found the link idle");
+}
+
+#[test]
+fn messages_keep_each_senders_order_across_direct_and_queued_writes() {
+    const SENDERS: u64 = 4;
+    const PER_SENDER: u64 = 3_000;
+    let (l1, l2) = (listener(), listener());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let roomy = NetConfig { peer_queue_messages_max: 100_000, peer_queue_bytes_max: 1 << 30, ..config() };
+    let (n1, _r1) = PeerTransport::start(roomy, identity(7, 1, SECRET), l1, &[(2, a2)]).unwrap();
+    let (_n2, r2) = start(2, l2, &[(1, a1)]);
+    deliver(&n1, &r2, &append(1, 2, 1, 10));
+    // Sizes from 16 bytes to 48 KiB: some sends find the socket full and leave the rest of their
+    // write to the link thread, others find it busy and queue.
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let handle = n1.sender();
+            std::thread::spawn(move || {
+                for seq in 0..PER_SENDER {
+                    let bytes = if seq % 7 == 0 { 48 << 10 } else { 16 };
+                    let message = Message { term: 100 + sender, ..append(1, 2, seq + 1, bytes) };
+                    handle.send(message).expect("room in the queue");
+                }
+            })
+        })
+        .collect();
+    let mut next = vec![1u64; SENDERS as usize];
+    let mut received = 0;
+    while received < SENDERS * PER_SENDER {
+        let inbound = r2.recv_timeout(Duration::from_secs(10)).expect("everything arrives");
+        for message in inbound.messages {
+            if message.term < 100 {
+                continue; // the first delivery's retries
+            }
+            let sender = (message.term - 100) as usize;
+            let MessageBody::Append { entries, .. } = &message.body else { panic!() };
+            assert_eq!(entries[0].index, next[sender], "sender {sender}'s messages out of order");
+            next[sender] += 1;
+            received += 1;
+        }
+    }
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let stats = n1.stats();
+    assert_eq!(stats.send_dropped_connection_lost + stats.send_dropped_queue_full, 0);
+    assert!(stats.direct_writes > 0, "some sends found the link idle");
+    assert!(stats.write_batches > stats.direct_writes, "some went through the link thread");
+}
+
+#[test]
 fn link_reconnects_after_the_peer_restarts() {
     let (l1, l2) = (listener(), listener());
     let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
