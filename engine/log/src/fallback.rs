@@ -1,76 +1,36 @@
-//! The fallback I/O path: `pwrite` on the writer's thread, sync jobs on a helper thread.
+//! The fallback I/O path: `pwrite` and `fdatasync` on the writer's own thread.
 //!
-//! Writes into the page cache are quick and complete at once; the `fdatasync` is what takes
-//! 100 µs or more, so it runs on a helper thread while the writer keeps accepting appends that
-//! gather for the next sync: the same group commit as the io_uring path. Every write is complete
-//! before the job that covers it is even queued, which gives the ordering that io_uring needs a
-//! link chain or a wait for completions for. Channels are bounded: one job in flight, one result waiting.
+//! Writes into the page cache are quick and complete at once; a sync job then runs right where
+//! it is issued, so every write it covers is complete before it starts, which is the ordering
+//! it needs. As on the io_uring path, appends that arrive during a sync gather in the writer's
+//! queue and the next sync covers them all (group commit); `uring.rs` says why the sync runs on
+//! the writer's thread rather than on a helper.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
 use crate::error::LogError;
 use crate::io::{Backend, Completion, SyncJob, WakerInner};
 
-/// How often a blocked wait checks that the sync thread is alive (it only dies by panicking).
-const SYNC_THREAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
 #[derive(Debug)]
 pub(crate) struct FallbackIo {
+    /// Completions of the writes and syncs done since the last `wait`, in order.
     done: VecDeque<Completion>,
-    jobs: Option<SyncSender<SyncJob>>,
-    results: Receiver<Completion>,
-    syncer: Option<JoinHandle<()>>,
-    sync_outstanding: bool,
-    /// Kept to hand out wakers; `Some` once one was made.
+    /// Wake-ups from [`crate::LogWaker`]s. Capacity 1: one pending wake is enough.
+    wakes: Receiver<Completion>,
+    /// Kept to hand out wakers.
     wake_sender: SyncSender<Completion>,
     waker_made: bool,
 }
 
 impl FallbackIo {
-    pub(crate) fn new() -> Result<FallbackIo, LogError> {
-        let (jobs, job_rx) = sync_channel::<SyncJob>(1);
-        // Two slots: one sync result and one wake, so a pending wake never holds up the sync
-        // thread's report.
-        let (result_tx, results) = sync_channel::<Completion>(2);
-        let wake_sender = result_tx.clone();
-        let syncer = std::thread::Builder::new()
-            .name("smr-log-sync".into())
-            .spawn(move || {
-                while let Ok(job) = job_rx.recv() {
-                    let result = run_job(&job);
-                    if result_tx.send(Completion::Sync { id: job.id, result }).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| LogError::Io { op: "spawn sync thread", path: Default::default(), source: e })?;
-        Ok(FallbackIo {
-            done: VecDeque::new(),
-            jobs: Some(jobs),
-            results,
-            syncer: Some(syncer),
-            sync_outstanding: false,
-            wake_sender,
-            waker_made: false,
-        })
+    pub(crate) fn new() -> FallbackIo {
+        let (wake_sender, wakes) = sync_channel::<Completion>(1);
+        FallbackIo { done: VecDeque::new(), wakes, wake_sender, waker_made: false }
     }
-}
-
-fn run_job(job: &SyncJob) -> Result<(), (Option<usize>, io::Error)> {
-    for (i, file) in job.files.iter().enumerate() {
-        file.sync_data().map_err(|e| (Some(i), e))?;
-    }
-    if let Some(state) = &job.state {
-        state.file.write_all_at(&state.bytes, state.offset).map_err(|e| (None, e))?;
-        state.file.sync_data().map_err(|e| (None, e))?;
-    }
-    Ok(())
 }
 
 impl Backend for FallbackIo {
@@ -98,45 +58,25 @@ impl Backend for FallbackIo {
     }
 
     fn sync(&mut self, job: SyncJob) -> Result<(), LogError> {
-        assert!(!self.sync_outstanding, "the log keeps at most one sync job outstanding");
-        self.sync_outstanding = true;
-        self.jobs.as_ref().expect("open").send(job).map_err(|_| LogError::thread_gone("fallback sync"))
+        let result = job.run();
+        self.done.push_back(Completion::Sync { id: job.id, result });
+        Ok(())
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
         out.extend(self.done.drain(..));
-        let mut block = block && out.is_empty() && (self.sync_outstanding || self.waker_made);
-        loop {
-            let received = if block {
-                // This backend holds a sender itself (for wakers), so the channel never reports a
-                // dead sync thread: look at the thread every second while waiting instead.
-                match self.results.recv_timeout(SYNC_THREAD_CHECK_INTERVAL) {
-                    Ok(completion) => Ok(completion),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.syncer.as_ref().is_none_or(|t| t.is_finished()) {
-                            return Err(LogError::thread_gone("fallback sync"));
-                        }
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => Err(TryRecvError::Disconnected),
-                }
-            } else {
-                self.results.try_recv()
-            };
-            match received {
-                Ok(completion) => {
-                    if matches!(completion, Completion::Sync { .. }) {
-                        self.sync_outstanding = false;
-                    }
-                    out.push(completion);
-                    block = false;
-                }
-                Err(TryRecvError::Empty) => return Ok(()),
-                Err(TryRecvError::Disconnected) => {
-                    return Err(LogError::thread_gone("fallback sync"));
-                }
+        // Nothing is ever in flight here: a blocking wait with nothing done waits for a wake.
+        if block && out.is_empty() && self.waker_made {
+            // This backend holds a sender itself, so the channel never disconnects.
+            if let Ok(wake) = self.wakes.recv() {
+                out.push(wake);
             }
         }
+        match self.wakes.try_recv() {
+            Ok(wake) => out.push(wake),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+        }
+        Ok(())
     }
 
     fn waker(&mut self) -> Result<WakerInner, LogError> {
@@ -146,15 +86,5 @@ impl Backend for FallbackIo {
 
     fn name(&self) -> &'static str {
         "pwrite+fdatasync"
-    }
-}
-
-impl Drop for FallbackIo {
-    fn drop(&mut self) {
-        // Closing the job channel ends the thread after its current job.
-        self.jobs.take();
-        if let Some(handle) = self.syncer.take() {
-            let _ = handle.join();
-        }
     }
 }

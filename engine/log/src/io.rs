@@ -7,11 +7,13 @@
 //! - a **write** of a buffer at an offset of a file. The buffer is owned by the log until the
 //!   write's completion is collected (buffers move into the operation and come back).
 //! - a **sync job**: `fdatasync` every listed file, ordered after EVERY write handed in before
-//!   the job (the backend links them or waits for their completion); then, if given, write the state slot and `fdatasync` the state file, in that order.
-//!   The job completes once all of it is done, or fails at its first failing step.
+//!   the job (both backends wait for those writes to complete first); then, if given, write the
+//!   state slot and `fdatasync` the state file, in that order. The job completes once all of it
+//!   is done, or fails at its first failing step.
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::error::LogError;
@@ -44,6 +46,22 @@ pub(crate) struct SyncJob {
     pub(crate) state: Option<StateWrite>,
 }
 
+impl SyncJob {
+    /// Runs the job on this thread: `fdatasync` of each file, then the state write and its
+    /// `fdatasync`. On failure, the index of the failing file in `files` (`None` for the state
+    /// file) and the error.
+    pub(crate) fn run(&self) -> Result<(), (Option<usize>, io::Error)> {
+        for (i, file) in self.files.iter().enumerate() {
+            file.sync_data().map_err(|e| (Some(i), e))?;
+        }
+        if let Some(state) = &self.state {
+            state.file.write_all_at(&state.bytes, state.offset).map_err(|e| (None, e))?;
+            state.file.sync_data().map_err(|e| (None, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// An I/O path.
 pub(crate) trait Backend: Send + std::fmt::Debug {
     /// Queues a write of `len` bytes at `ptr` to `file` at `offset`.
@@ -60,7 +78,8 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
         len: usize,
     ) -> Result<(), LogError>;
 
-    /// Queues a sync job. At most one job is outstanding at a time (the log guarantees it).
+    /// Runs a sync job on the calling thread, after every write handed in before it has
+    /// completed; its completion is returned by the next [`Backend::wait`], after theirs.
     fn sync(&mut self, job: SyncJob) -> Result<(), LogError>;
 
     /// Submits what is queued and collects completions into `out`. With `block`, waits until at

@@ -66,8 +66,9 @@
 //! - A conflicting suffix is never overwritten in place: the replacement goes into a new segment
 //!   that overrides the older records from its first index on. In-place overwrites would leave
 //!   stale records after a shorter new tail that recovery could chain back in.
-//! - The `fdatasync` is ordered after its writes by an `IO_LINK` chain, or by waiting for the
-//!   writes' completions, never by `IO_DRAIN` (see `uring.rs`).
+//! - The `fdatasync` runs on the writer's own thread once the writes it covers have completed,
+//!   not as an io_uring operation: the kernel hands an io_uring fsync to a worker thread, and
+//!   that hand-off cost more than the sync blocking the writer (see `uring.rs`).
 //! - Open syncs everything it recovered: after a process crash, writes never synced are still
 //!   visible in the page cache, and must not be reported durable by the next process.
 //!

@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use smr_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
@@ -28,6 +29,13 @@ const BUFFER_POOL_MAX: usize = 64;
 /// A pooled buffer larger than this is freed rather than kept (one huge batch must not pin its
 /// memory forever).
 const POOLED_BUFFER_BYTES_MAX: usize = 4 << 20;
+/// Sync durations kept until [`Log::take_sync_durations`] collects them; later ones are not
+/// kept. The log stage collects after every wait, when one or two syncs have completed.
+const SYNC_DURATIONS_MAX: usize = 64;
+
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// The fallback notice is printed once per process, not once per group.
 static FALLBACK_ANNOUNCED: AtomicBool = AtomicBool::new(false);
@@ -117,6 +125,8 @@ struct SyncInFlight {
     state: Option<DurableState>,
     /// The last journaled write it covers (fault injection only).
     journal_through: Option<u64>,
+    /// When it was issued: its duration is one sample of [`Log::take_sync_durations`].
+    issued: Instant,
 }
 
 /// Test-only seams: fault injection and the write/sync trace for crash-state tests.
@@ -184,6 +194,9 @@ pub struct Log {
     failed: Option<(String, i32)>,
     waker_made: bool,
     stats: LogStats,
+    /// Nanoseconds from issue to completion of each sync job since the last collection.
+    /// Bounded by `SYNC_DURATIONS_MAX`.
+    sync_durations_ns: Vec<u64>,
     buffers: Vec<Vec<u8>>,
     completions: Vec<Completion>,
     #[cfg(test)]
@@ -200,7 +213,7 @@ pub struct Log {
 /// Picks the I/O path; `forced` is [`FORCE_FALLBACK_ENV`] set to `1`.
 fn choose_io(config: &LogConfig, forced: bool) -> Result<Box<dyn Backend>, LogError> {
     match config.io_mode {
-        IoMode::Fallback => Ok(Box::new(FallbackIo::new()?)),
+        IoMode::Fallback => Ok(Box::new(FallbackIo::new())),
         IoMode::Uring => match UringIo::new(config.inflight_writes_max) {
             Ok(io) => Ok(Box::new(io)),
             Err(source) => Err(LogError::UringUnavailable { source }),
@@ -209,7 +222,7 @@ fn choose_io(config: &LogConfig, forced: bool) -> Result<Box<dyn Backend>, LogEr
             if !FALLBACK_ANNOUNCED.swap(true, Ordering::Relaxed) {
                 tracing::warn!("smr-log: {FORCE_FALLBACK_ENV}=1: writing through pwrite + fdatasync, not io_uring");
             }
-            Ok(Box::new(FallbackIo::new()?))
+            Ok(Box::new(FallbackIo::new()))
         }
         IoMode::Auto => match UringIo::new(config.inflight_writes_max) {
             Ok(io) => Ok(Box::new(io)),
@@ -220,7 +233,7 @@ fn choose_io(config: &LogConfig, forced: bool) -> Result<Box<dyn Backend>, LogEr
                          (same guarantees, one more thread, higher CPU per write)"
                     );
                 }
-                Ok(Box::new(FallbackIo::new()?))
+                Ok(Box::new(FallbackIo::new()))
             }
         },
     }
@@ -388,6 +401,7 @@ impl Log {
             failed: None,
             waker_made: false,
             stats: LogStats::default(),
+            sync_durations_ns: Vec::new(),
             buffers: Vec::new(),
             completions: Vec::new(),
             #[cfg(test)]
@@ -458,6 +472,14 @@ impl Log {
     /// Counters since open.
     pub fn stats(&self) -> LogStats {
         self.stats
+    }
+
+    /// Hands each sync job's duration (issue to durable, in nanoseconds) completed since the
+    /// last call to `record`, oldest first: the group commit's `fdatasync` latency.
+    pub fn take_sync_durations(&mut self, mut record: impl FnMut(u64)) {
+        for ns in self.sync_durations_ns.drain(..) {
+            record(ns);
+        }
     }
 
     /// True while writes or syncs are outstanding.
@@ -885,6 +907,7 @@ impl Log {
             files: dirty.into_iter().map(|(_, _, path)| path).collect(),
             state,
             journal_through,
+            issued: Instant::now(),
         });
         self.io.sync(job).map_err(|e| self.fail(e))
     }
@@ -1069,6 +1092,9 @@ impl Log {
                         }
                         self.last_job_done = Some((sync.covers, sync.number));
                         self.stats.syncs_completed += 1;
+                        if self.sync_durations_ns.len() < SYNC_DURATIONS_MAX {
+                            self.sync_durations_ns.push(duration_ns(sync.issued.elapsed()));
+                        }
                         self.advance(sync.covers, sync.number);
                         Ok(())
                     }

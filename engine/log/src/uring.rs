@@ -1,24 +1,20 @@
-//! The io_uring I/O path.
+//! The io_uring I/O path: writes through io_uring, `fdatasync` on the writer's own thread.
 //!
-//! io_uring does not order operations by itself, so every `fdatasync` is ordered after the
-//! writes it covers in one of two ways:
+//! Writes go into the ring unlinked, many in flight at once; buffered writes into the page cache
+//! complete quickly. A sync job (the `fdatasync` of each dirty segment, then the state-slot write
+//! and the state file's `fdatasync`) runs on the calling thread, in [`Backend::sync`], once
+//! every write issued before it has completed: completion before the sync is what orders them
+//! (io_uring does not order operations by itself), with no link chains, no drains and no
+//! cancelled chains to resubmit. A real `fdatasync` error is reported and is fatal in the log.
 //!
-//! - **Linked**: when none of those writes has reached the kernel yet (the usual case: the log
-//!   submits a batch and asks for its sync at once), the writes and the sync job go in as one
-//!   chain with `IO_LINK`, in a single `io_uring_enter`: write, write, ..., fdatasync of each
-//!   dirty segment, state-slot write, fdatasync of the state file.
-//! - **After completion**: when some covered writes are already in the kernel (they were
-//!   submitted while the previous sync ran: the group that gathers for the next commit), the job
-//!   waits in user space until every write issued before it has completed, then goes in as its
-//!   own chain.
-//!
-//! `IO_DRAIN` is not used: it would also stall every later write behind the running sync, and
-//! never complete while the waker's eventfd read is armed.
-//!
-//! A link chain breaks when one of its writes fails or is short: the rest of the chain completes
-//! with `ECANCELED`. Cancelled writes are resubmitted here, and a cancelled job goes back to
-//! waiting for its writes: a cancellation is never reported as an fsync failure, because no
-//! fsync ran. A real `fdatasync` error is reported and is fatal in the log.
+//! Why not an io_uring fsync: the kernel has no non-blocking fsync, so io_uring always hands
+//! one to an io-wq worker thread, and the log writer then sleeps until that worker wakes it.
+//! Each sync cost two wake-ups and a third thread; on the 2-core development machine, three
+//! nodes at 256 puts outstanding did 70-78k puts/s at 17-19 µs of CPU per put that way, and
+//! 87-88k at 15 µs with the sync on the writer's thread (same binary, interleaved runs). The
+//! writer cannot take new appends while it syncs, which costs little: they gather in its queue
+//! meanwhile and the next sync covers all of them (group commit), as it would with one sync
+//! job in flight at a time, which the log allows anyway.
 //!
 //! Registered files and buffers are not used: with buffered writes the per-operation file lookup
 //! and page pinning they save are a few hundred nanoseconds against a 100 µs `fdatasync`, and the
@@ -35,13 +31,8 @@ use io_uring::{IoUring, Probe, opcode, squeue, types};
 use crate::error::LogError;
 use crate::io::{Backend, Completion, LogWaker, SyncJob, WakerInner};
 
-const SYNC_BIT: u64 = 1 << 63;
 /// User data of the eventfd read that a `LogWaker` completes. Write ids stay below it.
 const WAKE_ID: u64 = 1 << 62;
-/// Steps of one sync job are numbered in the low byte of the user data.
-const STEP_BITS: u32 = 8;
-/// At most 254 dirty segment files plus the state write and its sync fit in one job.
-const JOB_STEPS_MAX: usize = 1 << STEP_BITS;
 
 /// A write as handed in: kept until its completion so that it can be resubmitted.
 #[derive(Debug)]
@@ -65,28 +56,15 @@ impl WriteOp {
     }
 }
 
-#[derive(Debug)]
-struct OutstandingJob {
-    /// Keeps the files and the state bytes alive until every step completed.
-    job: SyncJob,
-    steps: usize,
-    completed: usize,
-    /// First real failure: (step, error).
-    failure: Option<(usize, io::Error)>,
-    /// Some step was cancelled because an earlier link in its chain failed.
-    cancelled: bool,
-}
-
 pub(crate) struct UringIo {
     ring: IoUring,
     /// Writes handed in and not completed, by id.
     writes: HashMap<u64, WriteOp>,
     /// Ids of writes not yet pushed to the submission queue, in order.
     pending: Vec<u64>,
-    /// The job whose steps are in the kernel.
-    job: Option<OutstandingJob>,
-    /// A job waiting until no write with an id below the barrier is outstanding.
-    deferred: Option<(SyncJob, u64)>,
+    /// Completions collected while a sync waited for its writes, and the sync's own: handed
+    /// out by the next `wait`, in the order they happened.
+    collected: Vec<Completion>,
     /// The waker's eventfd and the buffer its armed read fills (boxed: the kernel holds its
     /// address while the read is armed).
     wake: Option<(Arc<OwnedFd>, Box<[u8; 8]>)>,
@@ -100,24 +78,23 @@ impl std::fmt::Debug for UringIo {
         f.debug_struct("UringIo")
             .field("writes", &self.writes.len())
             .field("pending", &self.pending.len())
-            .field("job", &self.job)
-            .field("deferred", &self.deferred.is_some())
+            .field("collected", &self.collected.len())
             .finish()
     }
 }
 
 impl UringIo {
-    /// Sets up a ring able to hold `inflight_writes_max` writes plus one sync job.
+    /// Sets up a ring able to hold `inflight_writes_max` writes and the waker's read.
     ///
     /// # Errors
     /// The OS error when io_uring is unavailable (old kernel, seccomp, disabled by sysctl) or
-    /// lacks the write, read and fsync operations.
+    /// lacks the write and read operations.
     pub(crate) fn new(inflight_writes_max: u32) -> io::Result<UringIo> {
-        let entries = (inflight_writes_max as usize + JOB_STEPS_MAX + 1).next_power_of_two() as u32;
+        let entries = (inflight_writes_max as usize + 1).next_power_of_two() as u32;
         let ring = IoUring::new(entries)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        for code in [opcode::Write::CODE, opcode::Read::CODE, opcode::Fsync::CODE] {
+        for code in [opcode::Write::CODE, opcode::Read::CODE] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring opcode {code} unsupported")));
             }
@@ -126,8 +103,7 @@ impl UringIo {
             ring,
             writes: HashMap::new(),
             pending: Vec::new(),
-            job: None,
-            deferred: None,
+            collected: Vec::new(),
             wake: None,
             wake_armed: false,
             closing: false,
@@ -138,8 +114,8 @@ impl UringIo {
         loop {
             // SAFETY: every buffer and file an entry refers to is kept alive until its completion
             // is reaped: write buffers by the caller's contract on `Backend::write` (and their
-            // files in `self.writes`), the job's files and state bytes in `self.job`, the wake
-            // buffer in `self.wake`, which is only dropped after its read completed.
+            // files in `self.writes`), the wake buffer in `self.wake`, which is only dropped
+            // after its read completed.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -162,98 +138,21 @@ impl UringIo {
         }
     }
 
-    /// How many completions a blocking wait waits for: every operation in the kernel (the
-    /// writes and the steps of the sync job), so that the owner thread sleeps once per sync job
-    /// rather than once per step; or the waker alone when nothing else is outstanding. A wake-up
-    /// counts towards the number, so a woken wait returns at most one operation early. New work
-    /// arriving meanwhile waits for the sync in flight, which it would wait for anyway: the log
-    /// keeps one sync job in the kernel at a time, and the next one covers the new writes.
+    /// How many completions a blocking wait waits for: every write in the kernel, so that the
+    /// owner thread sleeps once per batch of writes rather than once per write; or the waker
+    /// alone when nothing else is outstanding. A wake-up counts towards the number, so a woken
+    /// wait returns at most one write early.
     fn completions_to_wait_for(&self) -> usize {
-        let job_steps_left = self.job.as_ref().map_or(0, |job| job.steps - job.completed);
-        let in_kernel = self.writes.len() + job_steps_left;
-        if in_kernel > 0 { in_kernel } else { usize::from(self.wake_armed) }
+        if self.writes.is_empty() { usize::from(self.wake_armed) } else { self.writes.len() }
     }
 
-    /// Pushes pending writes unlinked.
+    /// Pushes pending writes.
     fn flush_pending(&mut self) -> Result<(), LogError> {
         for id in std::mem::take(&mut self.pending) {
             let entry = self.writes[&id].entry(id);
             self.push(&entry)?;
         }
         Ok(())
-    }
-
-    /// Pushes a job's steps as one chain, after `link_before` (writes to chain in front of it).
-    fn start_job(&mut self, job: SyncJob, link_before: Vec<u64>) -> Result<(), LogError> {
-        let steps = job_steps(&job);
-        assert!(steps > 0 && steps <= JOB_STEPS_MAX, "a sync job has 1..={JOB_STEPS_MAX} steps, not {steps}");
-        assert!(job.id < (1 << (62 - STEP_BITS)), "sync ids stay below 2^54");
-        let job_id = job.id;
-        let user_data = |step: usize| SYNC_BIT | (job_id << STEP_BITS) | step as u64;
-        let mut entries = Vec::with_capacity(link_before.len() + steps);
-        for id in &link_before {
-            entries.push(self.writes[id].entry(*id));
-        }
-        for (step, file) in job.files.iter().enumerate() {
-            entries.push(
-                opcode::Fsync::new(types::Fd(file.as_raw_fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data(user_data(step)),
-            );
-        }
-        if let Some(state) = &job.state {
-            let len = u32::try_from(state.bytes.len()).expect("a state slot is 4096 bytes");
-            let fd = types::Fd(state.file.as_raw_fd());
-            let step = job.files.len();
-            entries.push(
-                opcode::Write::new(fd, state.bytes.as_ptr(), len)
-                    .offset(state.offset)
-                    .build()
-                    .user_data(user_data(step)),
-            );
-            entries
-                .push(opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(user_data(step + 1)));
-        }
-        // Move the job (files and state bytes) into place before its entries reach the kernel.
-        self.job = Some(OutstandingJob { job, steps, completed: 0, failure: None, cancelled: false });
-        let last = entries.len() - 1;
-        for (i, entry) in entries.into_iter().enumerate() {
-            let entry = if i < last { entry.flags(squeue::Flags::IO_LINK) } else { entry };
-            self.push(&entry)?;
-        }
-        Ok(())
-    }
-
-    /// The id every write issued so far is below.
-    fn barrier(&self) -> u64 {
-        self.writes.keys().max().map_or(0, |id| id + 1)
-    }
-
-    fn start_deferred_if_ready(&mut self) -> Result<(), LogError> {
-        let ready = self.deferred.as_ref().is_some_and(|(_, barrier)| !self.writes.keys().any(|id| id < barrier));
-        let steps = self.deferred.as_ref().map_or(0, |(job, _)| job_steps(job));
-        if ready && self.job.is_none() && self.make_room(steps)? {
-            let (job, _) = self.deferred.take().expect("checked");
-            self.start_job(job, Vec::new())?;
-        }
-        Ok(())
-    }
-
-    /// Makes room for `entries` consecutive submission-queue entries. A link chain must reach
-    /// the kernel in one submission: a chain cut by a full queue would run its second half
-    /// unordered. `false` when the kernel could not take the queued entries (its completion
-    /// queue is full); the caller then takes the path that needs no chain.
-    fn make_room(&mut self, entries: usize) -> Result<bool, LogError> {
-        let free = |ring: &mut IoUring| {
-            let queue = ring.submission();
-            queue.capacity() - queue.len()
-        };
-        if free(&mut self.ring) >= entries {
-            return Ok(true);
-        }
-        self.submit(0)?;
-        Ok(free(&mut self.ring) >= entries)
     }
 
     fn arm_wake(&mut self) -> Result<(), LogError> {
@@ -265,46 +164,29 @@ impl UringIo {
         self.push(&entry)
     }
 
-    fn reap_sync(&mut self, user_data: u64, result: i32, out: &mut Vec<Completion>) {
-        let step = (user_data & ((1 << STEP_BITS) - 1)) as usize;
-        let job = self.job.as_mut().expect("a sync completion belongs to the outstanding job");
-        job.completed += 1;
-        let is_state_write = job.job.state.is_some() && step == job.steps - 2;
-        let expected_len = job.job.state.as_ref().map_or(0, |s| s.bytes.len() as i32);
-        if result == -libc::ECANCELED {
-            job.cancelled = true;
-        } else if result < 0 {
-            job.failure.get_or_insert((step, io::Error::from_raw_os_error(-result)));
-        } else if is_state_write && result != expected_len {
-            let error = io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short state write: {result} of {expected_len} bytes"),
-            );
-            job.failure.get_or_insert((step, error));
-        }
-        if job.completed < job.steps {
-            return;
-        }
-        let done = self.job.take().expect("checked above");
-        let files = done.job.files.len();
-        match done.failure {
-            Some((step, error)) => {
-                out.push(Completion::Sync { id: done.job.id, result: Err(((step < files).then_some(step), error)) })
+    /// Submits what is queued and collects completions into `out`; with `block`, first waits
+    /// for every write in the kernel (or the waker, when there is none).
+    fn reap(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
+        self.flush_pending()?;
+        self.submit(if block { self.completions_to_wait_for() } else { 0 })?;
+        let mut rearm = false;
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (user_data, result) in cqes {
+            if user_data == WAKE_ID {
+                self.wake_armed = false;
+                rearm = true;
+                out.push(Completion::Wake);
+            } else {
+                self.writes.remove(&user_data);
+                let result = if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result as usize) };
+                out.push(Completion::Write { id: user_data, result });
             }
-            // Cancelled by a broken link before any fsync failed: no fsync ran to completion
-            // for it, so it simply runs again once its writes are through.
-            None if done.cancelled => {
-                let barrier = self.barrier();
-                self.deferred = Some((done.job, barrier));
-            }
-            None => out.push(Completion::Sync { id: done.job.id, result: Ok(()) }),
         }
+        if rearm && self.wake.is_some() && !self.closing {
+            self.arm_wake()?;
+        }
+        Ok(())
     }
-}
-
-/// Submission-queue entries of a job: one fdatasync per file, and the state write and its sync.
-fn job_steps(job: &SyncJob) -> usize {
-    job.files.len() + if job.state.is_some() { 2 } else { 0 }
 }
 
 impl Backend for UringIo {
@@ -325,49 +207,22 @@ impl Backend for UringIo {
     }
 
     fn sync(&mut self, job: SyncJob) -> Result<(), LogError> {
-        assert!(self.job.is_none() && self.deferred.is_none(), "the log keeps at most one sync job outstanding");
-        let chain = self.pending.len() + job_steps(&job);
-        if self.writes.len() == self.pending.len() && self.make_room(chain)? {
-            // Nothing is in the kernel yet: chain the writes and the job in one submission.
-            let link = std::mem::take(&mut self.pending);
-            self.start_job(job, link)
-        } else {
-            let barrier = self.barrier();
-            self.flush_pending()?;
-            self.deferred = Some((job, barrier));
-            Ok(())
+        // `fdatasync` covers what is in the page cache: every write issued before the job must
+        // have completed first.
+        let mut collected = std::mem::take(&mut self.collected);
+        while !self.writes.is_empty() {
+            self.reap(&mut collected, true)?;
         }
+        let result = job.run();
+        collected.push(Completion::Sync { id: job.id, result });
+        self.collected = collected;
+        Ok(())
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> Result<(), LogError> {
-        self.flush_pending()?;
-        self.start_deferred_if_ready()?;
-        self.submit(if block { self.completions_to_wait_for() } else { 0 })?;
-        let mut rearm = false;
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (user_data, result) in cqes {
-            if user_data == WAKE_ID {
-                self.wake_armed = false;
-                rearm = true;
-                out.push(Completion::Wake);
-            } else if user_data & SYNC_BIT != 0 {
-                self.reap_sync(user_data, result, out);
-            } else if result == -libc::ECANCELED {
-                // A link before it broke: the write never ran. Submit it again, unlinked.
-                self.pending.push(user_data);
-            } else {
-                self.writes.remove(&user_data);
-                let result = if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result as usize) };
-                out.push(Completion::Write { id: user_data, result });
-            }
-        }
-        if rearm && self.wake.is_some() && !self.closing {
-            self.arm_wake()?;
-        }
-        // Writes may have completed that a deferred job waited for: start it now, so that it is
-        // in the kernel before the owner thread blocks again.
-        self.start_deferred_if_ready()?;
-        Ok(())
+        let collected = !self.collected.is_empty();
+        out.append(&mut self.collected);
+        self.reap(out, block && !collected)
     }
 
     fn waker(&mut self) -> Result<WakerInner, LogError> {
@@ -398,10 +253,9 @@ impl Backend for UringIo {
 impl Drop for UringIo {
     /// Waits for every operation in the kernel: it may still be copying from a write's buffer,
     /// which the log frees right after this backend (field order in `Log`), or filling the wake
-    /// buffer. Pending and deferred operations never reached the kernel and are dropped.
+    /// buffer. Pending writes never reached the kernel and are dropped.
     fn drop(&mut self) {
         self.closing = true;
-        self.deferred = None;
         for id in std::mem::take(&mut self.pending) {
             self.writes.remove(&id);
         }
@@ -412,16 +266,10 @@ impl Drop for UringIo {
             LogWaker { inner: WakerInner::Eventfd(Arc::clone(fd)) }.wake();
         }
         let mut sink = Vec::new();
-        while !self.writes.is_empty() || self.job.is_some() || self.wake_armed {
-            // A write cancelled here would be re-queued; drop it instead of resubmitting.
-            let before = self.pending.len();
-            if self.wait(&mut sink, true).is_err() {
+        while !self.writes.is_empty() || self.wake_armed {
+            if self.reap(&mut sink, true).is_err() {
                 break;
             }
-            for id in self.pending.drain(before..) {
-                self.writes.remove(&id);
-            }
-            self.deferred = None;
             sink.clear();
         }
     }

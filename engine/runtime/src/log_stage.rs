@@ -108,6 +108,8 @@ impl LogStage {
             }
             let durable = if self.busy_poll || !self.work.is_empty() { self.log.poll() } else { self.log.wait() }
                 .map_err(log_stop)?;
+            let metrics = &mut self.metrics;
+            self.log.take_sync_durations(|ns| metrics.record(Histo::Fsync, ns));
             let stats = self.log.stats();
             if stats.syncs_completed > syncs_seen {
                 // Entries per fsync: what the group commit achieved. Completions are collected a

@@ -257,7 +257,7 @@ impl Node {
             cluster_id: config.cluster_id,
             snapshot_bytes_max: pipeline.snapshot_bytes_max,
             busy_poll: pipeline.busy_poll,
-            metrics: hub.recorder(Stage::Log, &[], now),
+            metrics: hub.recorder(Stage::Log, &[Histo::Fsync], now),
             peers: transport.sender(),
             unsent: VecDeque::new(),
             silent: VecDeque::new(),

@@ -229,6 +229,24 @@ fn submits_beyond_pending_submits_max_wait_for_the_disk_instead_of_queueing() {
 }
 
 #[test]
+fn every_sync_reports_its_duration_once_on_both_io_paths() {
+    for mode in io_modes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), &small_config(mode));
+        for i in 1..=5u64 {
+            log.submit(i, &[entry(i, 1, 100)], None).expect("submit");
+            log.sync_all().expect("sync");
+        }
+        let mut durations = Vec::new();
+        log.take_sync_durations(|ns| durations.push(ns));
+        assert_eq!(durations.len() as u64, log.stats().syncs_completed, "{mode:?}: one sample per sync");
+        assert!(durations.len() >= 5, "{mode:?}: each submit synced on its own");
+        assert!(durations.iter().all(|&ns| ns > 0), "{mode:?}: a sync takes time");
+        log.take_sync_durations(|_| panic!("{mode:?}: samples are handed out once"));
+    }
+}
+
+#[test]
 fn reader_racing_truncations_only_ever_sees_intact_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, _) = open(dir.path(), &small_config(crate::IoMode::Auto));
