@@ -1,16 +1,21 @@
-//! The key-value map's storage layout: an ordered map whose short keys live inside the tree's
-//! nodes and whose values are overwritten in place.
+//! The key-value map's storage layout: values in a hash map, found with one or two cache
+//! misses, and the keys' order in a B-tree beside it, for scans and snapshots; short keys are
+//! stored inline, and a value is overwritten in its own allocation.
 //!
 //! Why not `BTreeMap<Bytes, Bytes>`: a lookup in a map of 100,000 keys compares about 17 keys,
 //! and with every key behind a pointer each comparison is a cache miss; a put then allocated a
 //! new key and a new value and freed the old ones. Profiled at 256 outstanding puts, that insert
 //! was half of each node's apply thread (memcmp on cold keys 21 %, the tree walk 12 %, malloc
-//! and free 14 %). Here a key of up to [`KEY_INLINE_BYTES_MAX`] bytes is stored in the node
-//! itself, and overwriting a key's value reuses the value's allocation when it fits.
+//! and free 14 %). With keys of up to [`KEY_INLINE_BYTES_MAX`] bytes inline in the tree's nodes
+//! it was still the apply thread's largest cost, now the walk down the tree's levels; a put to a
+//! key that exists (the usual case) now touches the hash map only. Nothing iterates the hash
+//! map, so its seeded hasher never shows in results, snapshots or state hashes: every replica
+//! iterates the same B-tree order.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 
 /// Keys up to this many bytes are stored inline in the tree's nodes; longer ones on the heap.
@@ -59,6 +64,12 @@ impl Borrow<[u8]> for Key {
 }
 
 // Ord, Eq and Hash all follow the bytes, as `Borrow<[u8]>` requires.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
 impl PartialEq for Key {
     fn eq(&self, other: &Key) -> bool {
         self.as_slice() == other.as_slice()
@@ -88,21 +99,23 @@ impl std::fmt::Debug for Key {
 /// An ordered map of byte-string keys to byte-string values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KvMap {
-    map: BTreeMap<Key, Vec<u8>>,
+    values: HashMap<Key, Vec<u8>>,
+    /// Invariant: holds exactly the keys of `values`.
+    order: BTreeSet<Key>,
 }
 
 impl KvMap {
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.values.len()
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(Vec::as_slice)
+        self.values.get(key).map(Vec::as_slice)
     }
 
     /// Sets `key` to `value`; returns the length of the value it replaced, if any.
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
-        if let Some(old) = self.map.get_mut(key) {
+        if let Some(old) = self.values.get_mut(key) {
             let old_len = old.len();
             if old.capacity() >= value.len() && old.capacity() <= value.len().max(1) * VALUE_REUSE_CAPACITY_FACTOR_MAX {
                 old.clear();
@@ -112,13 +125,17 @@ impl KvMap {
             }
             return Some(old_len);
         }
-        self.map.insert(Key::new(key), value.to_vec());
+        let key = Key::new(key);
+        self.order.insert(key.clone());
+        self.values.insert(key, value.to_vec());
         None
     }
 
     /// Removes `key`; returns the length of the value it held, if any.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<usize> {
-        self.map.remove(key).map(|old| old.len())
+        let old = self.values.remove(key)?;
+        self.order.remove(key);
+        Some(old.len())
     }
 
     /// Entries from `start` (included) to `end` (excluded; unbounded when `None`), in key order.
@@ -128,12 +145,16 @@ impl KvMap {
         end: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        self.map.range::<[u8], _>((Bound::Included(start), upper)).map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.order.range::<[u8], _>((Bound::Included(start), upper)).map(|key| self.entry(key))
     }
 
     /// Every entry, in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.map.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.order.iter().map(|key| self.entry(key))
+    }
+
+    fn entry<'a>(&'a self, key: &'a Key) -> (&'a [u8], &'a [u8]) {
+        (key.as_slice(), &self.values[key])
     }
 }
 
@@ -158,12 +179,12 @@ mod tests {
     fn an_overwrite_reuses_the_value_allocation_only_when_it_fits_snugly() {
         let mut map = KvMap::default();
         assert_eq!(map.insert(b"k", &[1; 128]), None);
-        let first = map.map.get(&b"k"[..]).unwrap().as_ptr();
+        let first = map.values.get(&b"k"[..]).unwrap().as_ptr();
         assert_eq!(map.insert(b"k", &[2; 100]), Some(128));
-        assert_eq!(map.map.get(&b"k"[..]).unwrap().as_ptr(), first, "128 bytes of capacity hold 100");
+        assert_eq!(map.values.get(&b"k"[..]).unwrap().as_ptr(), first, "128 bytes of capacity hold 100");
         assert_eq!(map.get(b"k"), Some(&[2u8; 100][..]));
         assert_eq!(map.insert(b"k", &[3; 4]), Some(100));
-        assert!(map.map.get(&b"k"[..]).unwrap().capacity() < 128, "a small value does not keep a large allocation");
+        assert!(map.values.get(&b"k"[..]).unwrap().capacity() < 128, "a small value does not keep a large allocation");
         assert_eq!(map.get(b"k"), Some(&[3u8; 4][..]));
         assert_eq!(map.insert(b"k", &[4; 4096]), Some(4));
         assert_eq!(map.get(b"k"), Some(&[4u8; 4096][..]));
