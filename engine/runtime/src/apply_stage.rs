@@ -1,6 +1,7 @@
 //! The apply stage: committed entries, read in place from the mapped log, into the state
 //! machine; results and reads back to clients; snapshots taken in the background of the
-//! pipeline (the core and the log writer go on while this stage writes one).
+//! pipeline (the core and the log writer go on while this stage serializes one, and this stage
+//! goes on while `snapshot_saver.rs` writes it to disk).
 //!
 //! It owns the replicated state beside the state machine: the membership as of the applied
 //! index (so that a snapshot records the right one) and the member directory.
@@ -11,17 +12,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use smr_apply::{Applier, CommandOutcome, StateMachine};
 use smr_log::LogReader;
 use smr_net::{RequestBody, ResponseBatch, ResponseBody};
 use smr_raft::{ConfChange, ConfChangeOp, ConfState, EntryKind, Index, SnapshotMeta, Term};
 
 use crate::directory::{Addresses, Directory};
-use crate::handoff::{ApplyWork, Shared, SnapshotTaken, Waiting};
+use crate::handoff::{ApplyWork, Shared, Waiting};
 use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
 use crate::metrics::Histo;
-use crate::snapshot::{self, Snapshot, SnapshotStore};
+use crate::snapshot::{self, Snapshot};
+use crate::snapshot_saver::{Saved, SnapshotSaver};
 
 /// Exit code when a committed entry cannot be applied (it fails validation): the log holds
 /// something no replica should have accepted.
@@ -37,9 +39,9 @@ pub(crate) struct ApplyStage<S> {
     pub(crate) applier: Applier<S>,
     pub(crate) reader: LogReader,
     pub(crate) work: Receiver<ApplyWork>,
-    pub(crate) snapshots_out: Sender<SnapshotTaken>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) store: SnapshotStore,
+    /// Writes the snapshots this stage serializes, and hands them to the core once durable.
+    pub(crate) saver: SnapshotSaver,
     pub(crate) cluster_id: u64,
     pub(crate) conf: ConfState,
     pub(crate) directory: Directory,
@@ -56,6 +58,8 @@ pub(crate) struct ApplyStage<S> {
     reads: BTreeMap<Index, Vec<Waiting>>,
     bytes_since_snapshot: u64,
     snapshot_wanted: bool,
+    /// The snapshot being saved was one the core asked for: asked again if the save fails.
+    saving_wanted: bool,
     outcomes: Vec<CommandOutcome>,
     /// Answers of the entries applied in one read from the log, written together.
     responses: ResponseBatch,
@@ -79,9 +83,8 @@ impl<S: StateMachine> ApplyStage<S> {
         applier: Applier<S>,
         reader: LogReader,
         work: Receiver<ApplyWork>,
-        snapshots_out: Sender<SnapshotTaken>,
         shared: Arc<Shared>,
-        store: SnapshotStore,
+        saver: SnapshotSaver,
         cluster_id: u64,
         conf: ConfState,
         directory: Directory,
@@ -94,9 +97,8 @@ impl<S: StateMachine> ApplyStage<S> {
             applier,
             reader,
             work,
-            snapshots_out,
             shared,
-            store,
+            saver,
             cluster_id,
             conf,
             directory,
@@ -111,6 +113,7 @@ impl<S: StateMachine> ApplyStage<S> {
             reads: BTreeMap::new(),
             bytes_since_snapshot: 0,
             snapshot_wanted: false,
+            saving_wanted: false,
             outcomes: Vec::new(),
             responses: ResponseBatch::new(),
         }
@@ -356,6 +359,14 @@ impl<S: StateMachine> ApplyStage<S> {
     }
 
     fn maybe_snapshot(&mut self) {
+        if let Some(Saved::Failed { .. }) = self.saver.poll() {
+            // A full disk, say: the log stays as it is; try again after more entries, or at
+            // once if the core is waiting for this one.
+            self.snapshot_wanted |= self.saving_wanted;
+        }
+        if self.saver.is_saving() {
+            return;
+        }
         let applied = self.applier.applied_index();
         // A snapshot the core asked for is taken even at the index of the last one: the core may
         // not have taken that one (its hand-over slot was full), and a follower waits for it.
@@ -375,24 +386,11 @@ impl<S: StateMachine> ApplyStage<S> {
         }
         let meta = SnapshotMeta { index: applied, term: self.applied_term, conf: self.conf.clone() };
         let bytes = snapshot::encode(self.cluster_id, &meta, &self.directory, &state);
-        if let Err(e) = self.store.save(&meta, &bytes) {
-            // A full disk, say: keep the log as it is and try again after more entries.
-            tracing::warn!("saving the snapshot at {applied} failed: {e}");
-            self.bytes_since_snapshot = 0;
-            return;
-        }
-        tracing::info!(
-            index = applied,
-            bytes = bytes.len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "snapshot saved"
-        );
+        self.saver.save(meta, bytes, started);
+        self.saving_wanted = self.snapshot_wanted;
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;
         self.snapshot_wanted = false;
-        // The core may miss one (it takes the next); the file is saved either way.
-        let _ = self.snapshots_out.try_send(SnapshotTaken { index: applied, bytes });
-        self.shared.wake_core();
     }
 }
 

@@ -27,6 +27,7 @@ pub mod metrics;
 mod node;
 pub mod placement;
 pub mod snapshot;
+mod snapshot_saver;
 mod status;
 
 pub use apply_stage::EXIT_CODE_BAD_ENTRY;

@@ -32,6 +32,7 @@ use crate::log_stage::{EXIT_CODE_BAD_SNAPSHOT, LogStage};
 use crate::metrics::{Histo, MetricsConfig, MetricsHub};
 use crate::placement::Stage;
 use crate::snapshot::{Incoming, SnapshotError, SnapshotStore};
+use crate::snapshot_saver::SnapshotSaver;
 
 /// Exit code for a config the node refuses (also used for an empty data directory without an
 /// initial state, and a data directory of another node).
@@ -262,13 +263,19 @@ impl Node {
             unsent: VecDeque::new(),
             silent: VecDeque::new(),
         };
+        let apply_placement = config.placement.clone();
+        let (saver, saver_thread) =
+            SnapshotSaver::start(config.node_id, store, snapshots_out, Arc::clone(&shared), move || {
+                apply_placement.pin_current(Stage::Apply)
+            })
+            .map_err(StartError::Thread)?;
+        threads.push(saver_thread);
         let apply_stage = ApplyStage::new(
             applier,
             reader,
             apply_work,
-            snapshots_out,
             Arc::clone(&shared),
-            store,
+            saver,
             config.cluster_id,
             conf,
             directory,
