@@ -34,7 +34,7 @@ use crate::io::{Backend, Completion, LogWaker, SyncJob, WakerInner};
 /// User data of the eventfd read that a `LogWaker` completes. Write ids stay below it.
 const WAKE_ID: u64 = 1 << 62;
 
-/// A write as handed in: kept until its completion so that it can be resubmitted.
+/// A write as handed in: kept until its completion, which keeps its file open meanwhile.
 #[derive(Debug)]
 struct WriteOp {
     file: Arc<File>,

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use smr_raft::{Index, SnapshotMeta};
 
 use crate::handoff::{Shared, SnapshotTaken};
@@ -105,13 +105,17 @@ impl SnapshotSaver {
     /// Hands a serialized snapshot to the saver.
     ///
     /// # Panics
-    /// While a save is in progress ([`SnapshotSaver::is_saving`]): one at a time.
+    /// While a save is in progress ([`SnapshotSaver::is_saving`]): one at a time. When the saver
+    /// thread is gone: it ends only with this handle, or by a panic of its own (a bug), and a
+    /// node that can no longer save snapshots would grow its log without bound.
     pub(crate) fn save(&mut self, meta: SnapshotMeta, bytes: Bytes, taken_at: Instant) {
         assert!(!self.saving, "one snapshot save at a time");
         // The channel holds one job and the thread takes it only when idle, which it is: the
         // result of the last job was collected.
-        if self.jobs.try_send(SaveJob { meta, bytes, taken_at }).is_ok() {
-            self.saving = true;
+        match self.jobs.try_send(SaveJob { meta, bytes, taken_at }) {
+            Ok(()) => self.saving = true,
+            Err(TrySendError::Full(_)) => unreachable!("the saver is idle when no save is in progress"),
+            Err(TrySendError::Disconnected(_)) => panic!("the snapshot saver thread is gone"),
         }
     }
 }
