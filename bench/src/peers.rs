@@ -595,6 +595,7 @@ pub(crate) mod tests {
             entries_per_fsync: Some(1.0),
             commands_per_entry: Some(1.0),
             leader_commit_latency_mean_us: Some(p50 * 0.8),
+            leader_fsync_mean_us: Some(p50 * 0.4),
             leader_counters: None,
             latency_percentiles: Vec::new(),
             memory: None,

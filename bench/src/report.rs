@@ -128,6 +128,9 @@ pub(crate) struct StepResult {
     pub(crate) commands_per_entry: Option<f64>,
     /// The leader's core `commit_latency_ns` mean over the window, in µs (proposal to commit).
     pub(crate) leader_commit_latency_mean_us: Option<f64>,
+    /// The leader's log `fsync_ns` mean over the window, in µs: one group commit's
+    /// `fdatasync`, as the cluster gets it (three nodes may share one disk).
+    pub(crate) leader_fsync_mean_us: Option<f64>,
     /// Increase of each of the leader's counters over the window.
     pub(crate) leader_counters: Option<BTreeMap<&'static str, u64>>,
     /// The latency percentile curve of the window (see [`percentile_curve`]).
@@ -181,6 +184,7 @@ impl StepResult {
             leader_commit_latency_mean_us: stats
                 .and_then(|(s, e)| e.mean_since(s, "core", "commit_latency_ns"))
                 .map(|ns| ns / 1_000.0),
+            leader_fsync_mean_us: stats.and_then(|(s, e)| e.mean_since(s, "log", "fsync_ns")).map(|ns| ns / 1_000.0),
             leader_counters: stats.and_then(|(s, e)| e.counters_since(s)).map(|c| c.into_iter().collect()),
             latency_percentiles: percentile_curve(h),
             memory,
@@ -267,6 +271,7 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
         "max µs",
         "errors",
         "CPU µs/cmd",
+        "fsync µs",
         "entries/fsync",
         "cmds/entry",
     ];
@@ -284,6 +289,7 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
             cell(l.map(|l| l.max), 1),
             step.errors.total().to_string(),
             cell(step.nodes_cpu_us_per_command, 1),
+            cell(step.leader_fsync_mean_us, 0),
             cell(step.entries_per_fsync, 2),
             cell(step.commands_per_entry, 2),
         ]);
@@ -320,8 +326,9 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "entries/fsync, cmds/entry: the leader's log and core batch_items histograms, mean over the window \
-         (from count and mean deltas; nodes publish metrics every 1 s, so the window is shifted by up to 1 s)."
+        "fsync, entries/fsync, cmds/entry: the leader's log fsync_ns and batch_items and its core batch_items \
+         histograms, mean over the window (from count and mean deltas; nodes publish metrics every 1 s, so the \
+         window is shifted by up to 1 s)."
     )?;
     for step in &report.steps {
         let mut notes = Vec::new();

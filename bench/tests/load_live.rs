@@ -108,6 +108,13 @@ fn smr_load_drives_a_live_cluster_and_its_history_is_linearizable() {
     assert!(ok as f64 >= all, "{ok} ok operations in the history, {all} in the window");
     assert!(lines.iter().any(|l| l["op"] == "put") && lines.iter().any(|l| l["op"] == "get"));
 
+    // Every node timed its group commits: the fsync_ns histogram smr-bench reports from.
+    for &address in &addresses {
+        let stats = admin::stats(address).unwrap_or_else(|e| panic!("{e}"));
+        let fsync = stats.histogram("log", "fsync_ns").unwrap_or_else(|| panic!("no fsync_ns from {address}"));
+        assert!(fsync.count > 0 && fsync.mean > 0.0, "{address}: {} fsyncs, mean {} ns", fsync.count, fsync.mean);
+    }
+
     let history = json::parse(BufReader::new(std::fs::File::open(&history_path).unwrap())).unwrap();
     assert_eq!(history.len(), lines.len());
     let result = check(&history, &CheckOptions::default());
