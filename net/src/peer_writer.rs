@@ -188,6 +188,7 @@ impl PeerWriter {
     fn write_blocking(&self, side: &mut WriteSide, counters: &Counters) -> io::Result<()> {
         let Some(stream) = side.stream.clone() else {
             // Detached meanwhile (a sender's write failed): the link reconnects.
+            add(&counters.send_dropped_connection_lost, side.batch.messages() as u64);
             side.batch.clear();
             side.sent.clear();
             return Err(io::ErrorKind::NotConnected.into());
