@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use smr_runtime::{InitialState, Member, NodeConfig, config_file};
 
+use crate::node_settings::{self, NodeSetting};
 use crate::signals;
 
 /// How long a node may take to stop after SIGTERM before it is killed.
@@ -60,8 +61,9 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts `n` founding nodes with default settings (fsync on).
-    pub fn start(smr: &Path, n: u64) -> Result<LocalCluster, String> {
+    /// Starts `n` founding nodes with default settings (fsync on), with `settings` laid over
+    /// each node's config.
+    pub fn start(smr: &Path, n: u64, settings: &[NodeSetting]) -> Result<LocalCluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("smr-bench-")
             .tempdir()
@@ -85,7 +87,7 @@ impl LocalCluster {
             config.initial_state = InitialState::New;
             config.sync_identity();
             config.validate().map_err(|e| format!("generated config of node {id} is invalid: {e:?}"))?;
-            configs.push(config);
+            configs.push(node_settings::apply(&config, settings)?);
         }
         let mut cluster = LocalCluster { configs, children: Vec::new(), dir };
         for slot in 0..cluster.configs.len() {

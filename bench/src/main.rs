@@ -33,6 +33,7 @@ use smr_bench::admin::{self, StatsSnapshot};
 use smr_bench::cluster::{self, LocalCluster};
 use smr_bench::keys::Distribution;
 use smr_bench::load::{self, LoadSpec, StepLoad};
+use smr_bench::node_settings::NodeSetting;
 use smr_bench::signals;
 
 /// Connections used when `--connections` is not given: at most this many, one per command
@@ -90,6 +91,10 @@ pub(crate) struct Args {
     /// Seconds per test of machine-limits (with --peers); it runs 8 timed tests plus a 2 GiB write.
     #[arg(long, default_value_t = 10, value_parser = parse_positive_u64)]
     peers_machine_secs: u64,
+    /// A node setting for the local cluster, as its config file names it, laid over the
+    /// defaults of every node (repeatable): e.g. `--node-set pipeline.proposals_inflight_max=4`.
+    #[arg(long = "node-set", value_name = "KEY=VALUE", conflicts_with = "cluster")]
+    node_set: Vec<NodeSetting>,
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {
@@ -217,7 +222,7 @@ fn run_smr(args: &Args, report: &mut BenchReport) -> Result<(), String> {
         None => {
             let smr = cluster::smr_binary()?;
             eprintln!("smr-bench: starting a 3-node cluster with {}", smr.display());
-            Some(LocalCluster::start(&smr, 3)?)
+            Some(LocalCluster::start(&smr, 3, &args.node_set)?)
         }
     };
     let addresses: Vec<SocketAddr> = match (&args.cluster, &local) {

@@ -605,6 +605,7 @@ pub(crate) mod tests {
     pub(crate) fn report_of(steps: Vec<StepResult>) -> BenchReport {
         BenchReport {
             local_cluster: true,
+            node_settings: Vec::new(),
             nodes: 3,
             keys: 100_000,
             key_bytes: 16,

@@ -23,6 +23,8 @@ const CURVE_DECADES_MAX: u32 = 6;
 pub(crate) struct BenchReport {
     /// Whether the cluster was started by smr-bench (else `--cluster` was given).
     pub(crate) local_cluster: bool,
+    /// `--node-set` settings laid over the local nodes' default config, as given.
+    pub(crate) node_settings: Vec<String>,
     pub(crate) nodes: usize,
     pub(crate) keys: u64,
     pub(crate) key_bytes: usize,
@@ -39,6 +41,7 @@ impl BenchReport {
     pub(crate) fn new(args: &Args, local_cluster: bool) -> BenchReport {
         BenchReport {
             local_cluster,
+            node_settings: args.node_set.iter().map(ToString::to_string).collect(),
             nodes: args.cluster.as_ref().map_or(3, Vec::len),
             keys: args.keys,
             key_bytes: 16,
@@ -303,10 +306,12 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
         "{} nodes{}; closed loop of puts, {}-byte keys uniform over {}, {}-byte values; \
          {} s warm-up, {} s measured per step.",
         report.nodes,
-        if report.local_cluster {
-            " on loopback started by smr-bench, default config (fsync on)"
+        if !report.local_cluster {
+            " given with --cluster".to_owned()
+        } else if report.node_settings.is_empty() {
+            " on loopback started by smr-bench, default config (fsync on)".to_owned()
         } else {
-            " given with --cluster"
+            format!(" on loopback started by smr-bench, default config with {}", report.node_settings.join(", "))
         },
         report.key_bytes,
         report.keys,

@@ -39,7 +39,7 @@ fn failed_answers(errors: &Value) -> u64 {
 #[test]
 fn smr_load_drives_a_live_cluster_and_its_history_is_linearizable() {
     let smr = smr_binary_beside(Path::new(SMR_LOAD)).unwrap_or_else(|e| panic!("{e}"));
-    let cluster = LocalCluster::start(&smr, 3).unwrap_or_else(|e| panic!("{e}"));
+    let cluster = LocalCluster::start(&smr, 3, &[]).unwrap_or_else(|e| panic!("{e}"));
     let addresses: Vec<SocketAddr> = cluster.client_addresses();
     admin::wait_for_leader(&addresses, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails(20)));
