@@ -9,7 +9,7 @@ use smr_raft::{EntryKind, Index, Term};
 
 use crate::batch::{self, BatchError};
 use crate::sessions::{Decision, SessionConfig, Sessions};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView};
 
 /// What one command of an applied batch came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,26 +175,38 @@ impl<S: StateMachine> Applier<S> {
     /// # Errors
     /// Any I/O error of `out`.
     pub fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut w = CrcWriter { inner: out, crc: 0 };
-        w.write_all(SNAPSHOT_MAGIC)?;
-        w.write_all(&self.applied.to_le_bytes())?;
-        w.write_all(&(self.sessions.map.len() as u64).to_le_bytes())?;
-        for (&id, session) in &self.sessions.map {
-            w.write_all(&id.to_le_bytes())?;
-            w.write_all(&session.last_index.to_le_bytes())?;
-            w.write_all(&(session.results.len() as u64).to_le_bytes())?;
-            for (&seq, result) in &session.results {
-                w.write_all(&seq.to_le_bytes())?;
-                w.write_all(&(result.len() as u32).to_le_bytes())?;
-                w.write_all(result)?;
-            }
-        }
         let mut state = Vec::new();
         self.state_machine.snapshot(&mut state)?;
-        w.write_all(&(state.len() as u64).to_le_bytes())?;
-        w.write_all(&state)?;
-        let crc = w.crc;
-        out.write_all(&crc.to_le_bytes())
+        write_snapshot(&self.snapshot_head(), &state, out)
+    }
+
+    /// The replicated state as it is now, for [`SnapshotWriter::write`] to write on another
+    /// thread while applying goes on: the sessions are copied here (they are small), the state
+    /// machine's own state is frozen by [`StateMachine::snapshot_view`].
+    ///
+    /// # Errors
+    /// Those of [`StateMachine::snapshot_view`].
+    pub fn snapshot_view(&mut self) -> std::io::Result<SnapshotWriter> {
+        Ok(SnapshotWriter { head: self.snapshot_head(), state: self.state_machine.snapshot_view()? })
+    }
+
+    /// The snapshot's bytes before the state machine's section: magic, applied index, sessions.
+    fn snapshot_head(&self) -> Vec<u8> {
+        let mut head = Vec::new();
+        head.extend_from_slice(SNAPSHOT_MAGIC);
+        head.extend_from_slice(&self.applied.to_le_bytes());
+        head.extend_from_slice(&(self.sessions.map.len() as u64).to_le_bytes());
+        for (&id, session) in &self.sessions.map {
+            head.extend_from_slice(&id.to_le_bytes());
+            head.extend_from_slice(&session.last_index.to_le_bytes());
+            head.extend_from_slice(&(session.results.len() as u64).to_le_bytes());
+            for (&seq, result) in &session.results {
+                head.extend_from_slice(&seq.to_le_bytes());
+                head.extend_from_slice(&(result.len() as u32).to_le_bytes());
+                head.extend_from_slice(result);
+            }
+        }
+        head
     }
 
     /// Replaces the replicated state with a snapshot written by [`Applier::snapshot`].
@@ -266,6 +278,40 @@ impl<S: StateMachine> Applier<S> {
         }
         h
     }
+}
+
+/// A snapshot taken by [`Applier::snapshot_view`], not yet written.
+pub struct SnapshotWriter {
+    head: Vec<u8>,
+    state: Box<dyn StateView>,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter").field("head_bytes", &self.head.len()).finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWriter {
+    /// Writes the snapshot exactly as [`Applier::snapshot`] would have when the view was taken.
+    ///
+    /// # Errors
+    /// Any I/O error of `out`, or of the state machine's view.
+    pub fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut state = Vec::new();
+        self.state.write(&mut state)?;
+        write_snapshot(&self.head, &state, out)
+    }
+}
+
+/// The head, the state machine's section with its length, then the CRC32C of both.
+fn write_snapshot(head: &[u8], state: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
+    let mut w = CrcWriter { inner: out, crc: 0 };
+    w.write_all(head)?;
+    w.write_all(&(state.len() as u64).to_le_bytes())?;
+    w.write_all(state)?;
+    let crc = w.crc;
+    out.write_all(&crc.to_le_bytes())
 }
 
 /// Largest single result a snapshot may hold for a session; bounds allocation on restore.

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::kv_map::KvMap;
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine};
+use crate::kv_map::{KvMap, KvMapView};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView};
 
 /// Limits of the key-value state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,6 +387,47 @@ impl KvStore {
     }
 }
 
+/// Bytes of entries gathered before each write to a snapshot's output.
+const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
+
+/// The map's snapshot format: the entry count, then each key and value with its length.
+fn write_entries<'a>(
+    len: usize,
+    entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+    chunk.extend_from_slice(&(len as u64).to_le_bytes());
+    for (k, v) in entries {
+        chunk.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        chunk.extend_from_slice(k);
+        chunk.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        chunk.extend_from_slice(v);
+        if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
+            out.write_all(&chunk)?;
+            chunk.clear();
+        }
+    }
+    out.write_all(&chunk)
+}
+
+/// The store's snapshot, to be written on the snapshot thread.
+enum KvView {
+    /// The map as it was, shared with it.
+    Frozen(KvMapView),
+    /// Written when the view was taken.
+    Written(Vec<u8>),
+}
+
+impl StateView for KvView {
+    fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        match self {
+            KvView::Frozen(view) => write_entries(view.len(), view.iter(), out),
+            KvView::Written(bytes) => out.write_all(bytes),
+        }
+    }
+}
+
 impl StateMachine for KvStore {
     fn apply(&mut self, batch: &ApplyBatch<'_>, results: &mut Results) {
         for (position, payload) in batch.commands() {
@@ -404,14 +445,18 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (k, v) in self.map.iter() {
-            out.write_all(&(k.len() as u32).to_le_bytes())?;
-            out.write_all(k)?;
-            out.write_all(&(v.len() as u32).to_le_bytes())?;
-            out.write_all(v)?;
+        write_entries(self.map.len(), self.map.iter(), out)
+    }
+
+    /// The map's table shared in constant time (see `kv_map`); a copy written now only while
+    /// the view of the previous snapshot is still alive with writes made since.
+    fn snapshot_view(&mut self) -> std::io::Result<Box<dyn StateView>> {
+        if let Some(view) = self.map.view() {
+            return Ok(Box::new(KvView::Frozen(view)));
         }
-        Ok(())
+        let mut bytes = Vec::new();
+        self.snapshot(&mut bytes)?;
+        Ok(Box::new(KvView::Written(bytes)))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> Result<(), RestoreError> {
@@ -538,6 +583,15 @@ mod tests {
             back.restore(&mut buf.as_slice()).unwrap();
             prop_assert_eq!(back.state_hash(), kv.state_hash());
             prop_assert_eq!(&back, &kv);
+            // The view taken now writes the same bytes after the store has moved on.
+            let view = kv.snapshot_view().unwrap();
+            for k in entries.keys() {
+                kv.execute(&KvCommand::Put { key: k, value: b"moved on" }.encode());
+                kv.execute(&KvCommand::Delete { key: k }.encode());
+            }
+            let mut from_view = Vec::new();
+            view.write(&mut from_view).unwrap();
+            prop_assert_eq!(from_view, buf);
         }
 
         #[test]

@@ -11,12 +11,19 @@
 //! key that exists (the usual case) now touches the hash map only. Nothing iterates the hash
 //! map, so its seeded hasher never shows in results, snapshots or state hashes: every replica
 //! iterates the same B-tree order.
+//!
+//! Snapshots: [`KvMap::view`] shares the table with a [`KvMapView`] in constant time, and writes
+//! made while it is shared go to a delta, merged back once the view is dropped. A snapshot
+//! written from the view on another thread then holds the state at one applied index while the
+//! apply thread goes on (serializing 15 MB of state on the apply thread stalled every answer
+//! for 80 ms alone, 220 ms at full load).
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Keys up to this many bytes are stored inline in the tree's nodes; longer ones on the heap.
 /// 30 keeps a [`Key`] at 32 bytes, half a cache line.
@@ -96,25 +103,20 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// An ordered map of byte-string keys to byte-string values.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KvMap {
+/// The map proper: values by key, and the keys' order.
+#[derive(Clone, Debug, Default)]
+struct Table {
     values: HashMap<Key, Vec<u8>>,
     /// Invariant: holds exactly the keys of `values`.
     order: BTreeSet<Key>,
 }
 
-impl KvMap {
-    pub(crate) fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
+impl Table {
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.values.get(key).map(Vec::as_slice)
     }
 
-    /// Sets `key` to `value`; returns the length of the value it replaced, if any.
-    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
         if let Some(old) = self.values.get_mut(key) {
             let old_len = old.len();
             if old.capacity() >= value.len() && old.capacity() <= value.len().max(1) * VALUE_REUSE_CAPACITY_FACTOR_MAX {
@@ -131,11 +133,130 @@ impl KvMap {
         None
     }
 
-    /// Removes `key`; returns the length of the value it held, if any.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<usize> {
+    fn remove(&mut self, key: &[u8]) -> Option<usize> {
         let old = self.values.remove(key)?;
         self.order.remove(key);
         Some(old.len())
+    }
+
+    fn entry<'a>(&'a self, key: &'a Key) -> (&'a [u8], &'a [u8]) {
+        (key.as_slice(), &self.values[key])
+    }
+}
+
+/// Writes made while the table was shared with a [`KvMapView`].
+#[derive(Clone, Debug, Default)]
+struct Delta {
+    /// The new value of each key written; `None` for a key deleted.
+    values: HashMap<Key, Option<Vec<u8>>>,
+    /// Invariant: holds exactly the keys of `values`.
+    order: BTreeSet<Key>,
+}
+
+impl Delta {
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
+        if let Some(slot) = self.values.get_mut(key) {
+            *slot = value.map(<[u8]>::to_vec);
+            return;
+        }
+        let key = Key::new(key);
+        self.order.insert(key.clone());
+        self.values.insert(key, value.map(<[u8]>::to_vec));
+    }
+
+    fn merge_into(self, table: &mut Table) {
+        for (key, value) in self.values {
+            match value {
+                Some(value) => {
+                    table.insert(key.as_slice(), &value);
+                }
+                None => {
+                    table.remove(key.as_slice());
+                }
+            }
+        }
+    }
+}
+
+/// An ordered map of byte-string keys to byte-string values, of which a point-in-time
+/// [`KvMapView`] is taken in constant time, for a snapshot written on another thread while the
+/// map goes on changing.
+///
+/// While a view shares the table, writes go to a delta beside it (a deletion is recorded as
+/// such), and reads look in the delta first. The first write after the last view is dropped
+/// merges the delta into the table, which is then written in place again: the merge costs the
+/// writes made while the snapshot was being written, the snapshot itself costs nothing here.
+#[derive(Debug, Default)]
+pub(crate) struct KvMap {
+    table: Arc<Table>,
+    /// Present once a write found the table shared.
+    delta: Option<Delta>,
+    /// Entries, counting the delta's.
+    len: usize,
+}
+
+impl KvMap {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        if let Some(value) = self.delta.as_ref().and_then(|delta| delta.values.get(key)) {
+            return value.as_deref();
+        }
+        self.table.get(key)
+    }
+
+    /// Sets `key` to `value`; returns the length of the value it replaced, if any.
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
+        let old = if let Some(table) = self.writable() {
+            table.insert(key, value)
+        } else {
+            let old = self.get(key).map(<[u8]>::len);
+            self.delta.get_or_insert_with(Delta::default).set(key, Some(value));
+            old
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes `key`; returns the length of the value it held, if any.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<usize> {
+        let old = if let Some(table) = self.writable() {
+            table.remove(key)
+        } else {
+            let old = self.get(key).map(<[u8]>::len);
+            if old.is_some() {
+                self.delta.get_or_insert_with(Delta::default).set(key, None);
+            }
+            old
+        };
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// The table to write in place: when no view shares it, with the delta merged in first.
+    fn writable(&mut self) -> Option<&mut Table> {
+        let table = Arc::get_mut(&mut self.table)?;
+        if let Some(delta) = self.delta.take() {
+            delta.merge_into(table);
+        }
+        Some(table)
+    }
+
+    /// A point-in-time copy of the map that can be read on another thread, in constant time;
+    /// `None` while an earlier view is still alive and writes made since are in the delta (the
+    /// caller then copies the map the slow way).
+    pub(crate) fn view(&mut self) -> Option<KvMapView> {
+        self.writable();
+        if self.delta.is_some() {
+            return None;
+        }
+        Some(KvMapView { table: Arc::clone(&self.table) })
     }
 
     /// Entries from `start` (included) to `end` (excluded; unbounded when `None`), in key order.
@@ -144,17 +265,96 @@ impl KvMap {
         start: &'a [u8],
         end: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        self.order.range::<[u8], _>((Bound::Included(start), upper)).map(|key| self.entry(key))
+        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        Merged {
+            table: &self.table,
+            delta: self.delta.as_ref(),
+            table_keys: self.table.order.range::<[u8], _>(bounds).peekable(),
+            delta_keys: self.delta.iter().flat_map(move |delta| delta.order.range::<[u8], _>(bounds)).peekable(),
+        }
     }
 
     /// Every entry, in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.order.iter().map(|key| self.entry(key))
+        self.range(&[], None)
+    }
+}
+
+impl Clone for KvMap {
+    /// A copy that shares nothing with this map (a shared table would put both in delta mode
+    /// for good).
+    fn clone(&self) -> KvMap {
+        let mut table = Table::default();
+        for (key, value) in self.iter() {
+            table.insert(key, value);
+        }
+        KvMap { table: Arc::new(table), delta: None, len: self.len }
+    }
+}
+
+impl PartialEq for KvMap {
+    fn eq(&self, other: &KvMap) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for KvMap {}
+
+/// The table's keys and the delta's, merged in key order; the delta's entry wins, and its
+/// deletions hide the table's entry.
+struct Merged<'a, T: Iterator<Item = &'a Key>, D: Iterator<Item = &'a Key>> {
+    table: &'a Table,
+    delta: Option<&'a Delta>,
+    table_keys: std::iter::Peekable<T>,
+    delta_keys: std::iter::Peekable<D>,
+}
+
+impl<'a, T: Iterator<Item = &'a Key>, D: Iterator<Item = &'a Key>> Iterator for Merged<'a, T, D> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        loop {
+            let from_table = match (self.table_keys.peek(), self.delta_keys.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(&table_key), Some(&delta_key)) => match table_key.cmp(delta_key) {
+                    Ordering::Less => true,
+                    Ordering::Greater => false,
+                    Ordering::Equal => {
+                        // Overridden by the delta.
+                        self.table_keys.next();
+                        false
+                    }
+                },
+            };
+            if from_table {
+                let key = self.table_keys.next().expect("peeked");
+                return Some(self.table.entry(key));
+            }
+            let key = self.delta_keys.next().expect("peeked");
+            let delta = self.delta.expect("delta keys come from the delta");
+            if let Some(value) = &delta.values[key] {
+                return Some((key.as_slice(), value));
+            }
+        }
+    }
+}
+
+/// A frozen copy of a [`KvMap`] as it was when taken, readable from any thread.
+#[derive(Clone, Debug)]
+pub(crate) struct KvMapView {
+    table: Arc<Table>,
+}
+
+impl KvMapView {
+    pub(crate) fn len(&self) -> usize {
+        self.table.values.len()
     }
 
-    fn entry<'a>(&'a self, key: &'a Key) -> (&'a [u8], &'a [u8]) {
-        (key.as_slice(), &self.values[key])
+    /// Every entry, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.table.order.iter().map(|key| self.table.entry(key))
     }
 }
 
@@ -179,18 +379,128 @@ mod tests {
     fn an_overwrite_reuses_the_value_allocation_only_when_it_fits_snugly() {
         let mut map = KvMap::default();
         assert_eq!(map.insert(b"k", &[1; 128]), None);
-        let first = map.values.get(&b"k"[..]).unwrap().as_ptr();
+        let first = map.table.values.get(&b"k"[..]).unwrap().as_ptr();
         assert_eq!(map.insert(b"k", &[2; 100]), Some(128));
-        assert_eq!(map.values.get(&b"k"[..]).unwrap().as_ptr(), first, "128 bytes of capacity hold 100");
+        assert_eq!(map.table.values.get(&b"k"[..]).unwrap().as_ptr(), first, "128 bytes of capacity hold 100");
         assert_eq!(map.get(b"k"), Some(&[2u8; 100][..]));
         assert_eq!(map.insert(b"k", &[3; 4]), Some(100));
-        assert!(map.values.get(&b"k"[..]).unwrap().capacity() < 128, "a small value does not keep a large allocation");
+        assert!(
+            map.table.values.get(&b"k"[..]).unwrap().capacity() < 128,
+            "a small value does not keep a large allocation"
+        );
         assert_eq!(map.get(b"k"), Some(&[3u8; 4][..]));
         assert_eq!(map.insert(b"k", &[4; 4096]), Some(4));
         assert_eq!(map.get(b"k"), Some(&[4u8; 4096][..]));
     }
 
+    /// What the property test below does next.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Put(Vec<u8>, Vec<u8>),
+        Delete(Vec<u8>),
+        /// Take a view; it is checked against the model as it was, then dropped, `after` steps
+        /// later (or at the end).
+        View {
+            after: usize,
+        },
+        Scan(Vec<u8>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let key = || proptest::collection::vec(0u8..4, 0..36);
+        prop_oneof![
+            4 => (key(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, v)| Step::Put(k, v)),
+            2 => key().prop_map(Step::Delete),
+            1 => (0usize..40).prop_map(|after| Step::View { after }),
+            1 => key().prop_map(Step::Scan),
+        ]
+    }
+
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn entries_of(model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Entries {
+        model.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn entries_of_view(view: &KvMapView) -> Entries {
+        assert_eq!(view.iter().count(), view.len());
+        view.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn a_view_keeps_the_state_it_was_taken_at_and_the_delta_merges_back() {
+        let mut map = KvMap::default();
+        map.insert(b"a", b"1");
+        map.insert(b"b", b"2");
+        let view = map.view().expect("no earlier view");
+        map.insert(b"a", b"changed");
+        map.remove(b"b");
+        map.insert(b"c", b"3");
+        assert!(map.delta.is_some(), "writes go to the delta while the view lives");
+        assert_eq!(map.view().map(|_| ()), None, "no second view while the first holds writes apart");
+        assert_eq!(entries_of_view(&view), vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        let now: Vec<_> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(now, vec![(b"a".to_vec(), b"changed".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+        assert_eq!(map.len(), 2);
+        drop(view);
+        map.insert(b"d", b"4");
+        assert!(map.delta.is_none(), "the first write after the view is gone merges the delta");
+        assert_eq!(map.table.values.len(), 3);
+        assert_eq!(map.get(b"b"), None);
+        assert!(map.view().is_some());
+    }
+
     proptest! {
+        /// With views taken and dropped at any point, the map still behaves as a
+        /// `BTreeMap<Vec<u8>, Vec<u8>>`, and every view holds the state it was taken at.
+        #[test]
+        fn views_freeze_the_state_while_the_map_goes_on(steps in proptest::collection::vec(step(), 0..160)) {
+            let mut map = KvMap::default();
+            let mut model = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
+            // (drop at step, view, the entries it must hold)
+            let mut views: Vec<(usize, KvMapView, Entries)> = Vec::new();
+            for (at, step) in steps.into_iter().enumerate() {
+                views.retain(|(until, view, expected)| {
+                    if *until > at {
+                        return true;
+                    }
+                    assert_eq!(&entries_of_view(view), expected);
+                    false
+                });
+                match step {
+                    Step::Put(key, value) => {
+                        prop_assert_eq!(map.insert(&key, &value), model.insert(key.clone(), value).map(|v| v.len()));
+                        prop_assert_eq!(map.get(&key), model.get(&key).map(Vec::as_slice));
+                    }
+                    Step::Delete(key) => {
+                        prop_assert_eq!(map.remove(&key), model.remove(&key).map(|v| v.len()));
+                        prop_assert_eq!(map.get(&key), None);
+                    }
+                    Step::View { after } => {
+                        let alive = !views.is_empty();
+                        match map.view() {
+                            Some(view) => views.push((at + after, view, entries_of(&model))),
+                            None => prop_assert!(alive, "a view is refused only while another is alive"),
+                        }
+                    }
+                    Step::Scan(start) => {
+                        let scanned: Vec<_> = map.range(&start, None).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                        let expected: Vec<_> = model.range(start.clone()..).map(|(k, v)| (k.clone(), v.clone())).collect();
+                        prop_assert_eq!(scanned, expected);
+                    }
+                }
+                prop_assert_eq!(map.len(), model.len());
+            }
+            for (_, view, expected) in &views {
+                prop_assert_eq!(&entries_of_view(view), expected);
+            }
+            let all: Vec<_> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            prop_assert_eq!(all, entries_of(&model));
+            let copy = map.clone();
+            prop_assert!(copy == map);
+            prop_assert!(copy.delta.is_none());
+        }
+
         /// The map behaves as a `BTreeMap<Vec<u8>, Vec<u8>>` under puts, deletes and scans,
         /// with keys on both sides of the inline limit.
         #[test]

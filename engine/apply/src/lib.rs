@@ -18,8 +18,8 @@ mod kv_map;
 pub mod sessions;
 pub mod state_machine;
 
-pub use applier::{Applier, ApplyError, CommandOutcome};
+pub use applier::{Applier, ApplyError, CommandOutcome, SnapshotWriter};
 pub use batch::{ArchivedBatch, ArchivedCommand, Batch, BatchBuilder, BatchError, Command};
 pub use kv::{KvCommand, KvConfig, KvResult, KvStore};
 pub use sessions::{Decision, SessionConfig, Sessions};
-pub use state_machine::{ApplyBatch, RestoreError, Results, StateMachine};
+pub use state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView};

@@ -79,11 +79,28 @@ pub trait StateMachine {
     /// read barrier (ReadIndex or lease) has made the state current enough.
     fn query(&self, query: &[u8]) -> Bytes;
 
-    /// Writes the whole state. Called off the apply path on a consistent view.
+    /// Writes the whole state.
     ///
     /// # Errors
     /// Any I/O error of `out`.
     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()>;
+
+    /// The whole state as it is now, to be written by [`StateView::write`] on another thread
+    /// while `apply` goes on. Called between two applies, so whatever it costs stalls every
+    /// answer: a state machine that can freeze its state cheaply (copy-on-write, a persistent
+    /// structure, a storage engine's snapshot) overrides it. The default writes the snapshot
+    /// here and now.
+    ///
+    /// The view must write exactly what [`StateMachine::snapshot`] would have written at this
+    /// point.
+    ///
+    /// # Errors
+    /// Any I/O error of the snapshot written here.
+    fn snapshot_view(&mut self) -> std::io::Result<Box<dyn StateView>> {
+        let mut bytes = Vec::new();
+        self.snapshot(&mut bytes)?;
+        Ok(Box::new(WrittenState(bytes)))
+    }
 
     /// Replaces the whole state with one written by [`StateMachine::snapshot`].
     ///
@@ -94,6 +111,24 @@ pub trait StateMachine {
 
     /// A hash of the whole state, equal on replicas in equal states (for checks and `smr ctl`).
     fn state_hash(&self) -> u64;
+}
+
+/// A state frozen by [`StateMachine::snapshot_view`], written on the snapshot thread.
+pub trait StateView: Send {
+    /// Writes the state as [`StateMachine::snapshot`] would have at the time the view was taken.
+    ///
+    /// # Errors
+    /// Any I/O error of `out`.
+    fn write(&self, out: &mut dyn Write) -> std::io::Result<()>;
+}
+
+/// The default view: the snapshot already written.
+struct WrittenState(Vec<u8>);
+
+impl StateView for WrittenState {
+    fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.0)
+    }
 }
 
 /// Why a snapshot could not be restored.

@@ -111,6 +111,40 @@ fn a_snapshot_restores_the_same_replicated_state() {
 }
 
 #[test]
+fn a_snapshot_view_writes_the_state_it_was_taken_at_while_applying_goes_on() {
+    let mut a = applier();
+    for seq in 1..=30 {
+        apply(&mut a, vec![put(seq % 3 + 1, seq, format!("key{seq}").as_bytes(), b"value")]);
+    }
+    let mut at_view = Vec::new();
+    a.snapshot(&mut at_view).unwrap();
+    let hash_at_view = a.state_hash();
+    let view = a.snapshot_view().unwrap();
+    // Applying goes on: overwrites, new keys, new sessions.
+    for seq in 31..=60 {
+        apply(&mut a, vec![put(seq % 5 + 1, seq, format!("key{}", seq % 40).as_bytes(), b"later")]);
+    }
+    let written_on_another_thread = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        view.write(&mut bytes).unwrap();
+        bytes
+    })
+    .join()
+    .unwrap();
+    assert_eq!(written_on_another_thread, at_view, "the view writes the snapshot of its own time, byte for byte");
+    let mut b = applier();
+    b.restore(&mut written_on_another_thread.as_slice()).unwrap();
+    assert_eq!(b.state_hash(), hash_at_view);
+    // And the applier, its view gone, snapshots its current state again.
+    let mut now = Vec::new();
+    a.snapshot_view().unwrap().write(&mut now).unwrap();
+    let mut expected = Vec::new();
+    a.snapshot(&mut expected).unwrap();
+    assert_eq!(now, expected);
+    assert_ne!(now, at_view);
+}
+
+#[test]
 fn a_corrupted_snapshot_is_refused() {
     let mut a = applier();
     apply(&mut a, vec![put(1, 1, b"k", b"v")]);

@@ -1,7 +1,7 @@
 //! The apply stage: committed entries, read in place from the mapped log, into the state
 //! machine; results and reads back to clients; snapshots taken in the background of the
-//! pipeline (the core and the log writer go on while this stage serializes one, and this stage
-//! goes on while `snapshot_saver.rs` writes it to disk).
+//! pipeline (this stage only freezes the state, with `Applier::snapshot_view`, and goes on
+//! applying while `snapshot_saver.rs` serializes it and writes it to disk).
 //!
 //! It owns the replicated state beside the state machine: the membership as of the applied
 //! index (so that a snapshot records the right one) and the member directory.
@@ -23,7 +23,7 @@ use crate::handoff::{ApplyWork, Shared, Waiting};
 use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
 use crate::metrics::Histo;
 use crate::snapshot::{self, Snapshot};
-use crate::snapshot_saver::{Saved, SnapshotSaver};
+use crate::snapshot_saver::{Saved, SnapshotSaver, WriteSnapshot};
 
 /// Exit code when a committed entry cannot be applied (it fails validation): the log holds
 /// something no replica should have accepted.
@@ -379,14 +379,21 @@ impl<S: StateMachine> ApplyStage<S> {
             return;
         }
         let started = Instant::now();
-        let mut state = Vec::new();
-        if let Err(e) = self.applier.snapshot(&mut state) {
-            tracing::warn!("taking a snapshot failed: {e}");
-            return;
-        }
+        let writer = match self.applier.snapshot_view() {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::warn!("taking a snapshot failed: {e}");
+                return;
+            }
+        };
         let meta = SnapshotMeta { index: applied, term: self.applied_term, conf: self.conf.clone() };
-        let bytes = snapshot::encode(self.cluster_id, &meta, &self.directory, &state);
-        self.saver.save(meta, bytes, started);
+        let (cluster_id, directory, file_meta) = (self.cluster_id, self.directory.clone(), meta.clone());
+        let write: WriteSnapshot = Box::new(move || {
+            let mut state = Vec::new();
+            writer.write(&mut state)?;
+            Ok(snapshot::encode(cluster_id, &file_meta, &directory, &state))
+        });
+        self.saver.save(meta, write, started.elapsed());
         self.saving_wanted = self.snapshot_wanted;
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;
