@@ -95,6 +95,7 @@
 //! (`segment.rs` for the header, `record.rs` for records, `recovery.rs` for what a crash may
 //! leave and how it is read back).
 
+mod background;
 mod config;
 mod error;
 mod fallback;
@@ -116,6 +117,7 @@ mod uring;
 #[cfg(test)]
 mod tests;
 
+pub use background::{BACKGROUND_NICE, PACED_CHUNK_BYTES, lower_thread_priority, write_paced, write_zeros_paced};
 pub use config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 pub use error::{EXIT_CODE_CORRUPTION, EXIT_CODE_FOREIGN_DATA, EXIT_CODE_IO, EXIT_CODE_SYNC_FAILED, LogError};
 pub use fault::{ACK_BEFORE_FSYNC_ENV as FAULT_ACK_BEFORE_FSYNC_ENV, SYNC_JOURNAL_ENV as FAULT_SYNC_JOURNAL_ENV};

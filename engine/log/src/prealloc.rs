@@ -32,6 +32,7 @@ impl Preallocator {
         let thread = std::thread::Builder::new()
             .name("smr-log-prealloc".into())
             .spawn(move || {
+                crate::background::lower_thread_priority();
                 while let Ok(sequence) = request_rx.recv() {
                     let result = create_segment(&dir, &config, sequence);
                     if made_tx.send((sequence, result)).is_err() {

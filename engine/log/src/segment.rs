@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::background::write_zeros_paced;
 use crate::config::LogConfig;
 use crate::error::LogError;
 
@@ -26,8 +27,6 @@ const SEGMENT_MAGIC: [u8; 8] = *b"SMRLOGSG";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 const SEGMENT_SUFFIX: &str = ".seg";
 const TEMP_SUFFIX: &str = ".seg.tmp";
-/// Zero-fill chunk: large enough to stream, small enough to keep off the heap's hot path.
-const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// The segment header as laid out on disk (little-endian), documented and layout-checked here;
 /// encoded and decoded through explicit offsets.
@@ -242,13 +241,9 @@ fn fill_segment(temp: &Path, config: &LogConfig, sequence: u64) -> Result<(), Lo
         .open(temp)
         .map_err(|e| LogError::io("create", temp, e))?;
     file.write_all(&encode_header(config, sequence)).map_err(|e| LogError::io("write", temp, e))?;
-    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
-    let mut left = config.segment_bytes - SEGMENT_HEADER_BYTES;
-    while left > 0 {
-        let chunk = left.min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
-        file.write_all(&zeros[..chunk]).map_err(|e| LogError::io("write", temp, e))?;
-        left -= chunk as u64;
-    }
+    // Paced: the log's group commits on the same disk must not wait behind 64 MiB of zeroes.
+    write_zeros_paced(&mut file, SEGMENT_HEADER_BYTES, config.segment_bytes - SEGMENT_HEADER_BYTES)
+        .map_err(|e| LogError::io("write", temp, e))?;
     file.sync_all().map_err(|e| sync_error(temp, e))?;
     Ok(())
 }

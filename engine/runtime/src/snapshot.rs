@@ -23,7 +23,6 @@
 //! CRCs are checked before a byte of the state is used.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -285,7 +284,8 @@ impl SnapshotStore {
         let temporary = path.with_extension("tmp");
         let io = |source| SnapshotError::Io { path: temporary.clone(), source };
         let mut file = fs::File::create(&temporary).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
+        // Paced, so that the log's group commits on the same disk do not wait behind it.
+        smr_log::write_paced(&mut file, 0, bytes).map_err(io)?;
         file.sync_data().map_err(io)?;
         drop(file);
         fs::rename(&temporary, &path).map_err(io)?;

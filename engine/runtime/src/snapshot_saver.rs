@@ -77,6 +77,8 @@ impl SnapshotSaver {
         let (result_tx, results) = bounded::<Saved>(1);
         let thread = std::thread::Builder::new().name(format!("smr-snapshot-{node}")).spawn(move || {
             pin();
+            // Serializing a large state is seconds of CPU that must not hold the pipeline back.
+            smr_log::lower_thread_priority();
             for job in job_rx {
                 let saved = save(&store, job, &snapshots_out, &shared);
                 if result_tx.send(saved).is_err() {
