@@ -54,7 +54,10 @@ pub struct PipelineConfig {
     pub linger_us_max: u64,
     /// Entries the leader keeps proposed and uncommitted before it holds the next batch to let
     /// it grow (see `CoreStage::flush_batch_if_due`); the batch goes when one commits. A batch
-    /// is also held while the apply stage answers proposals. 0 never holds.
+    /// is also held while the apply stage answers proposals. 0 never holds. The default, 1, was
+    /// measured against 2 on the development machine (smr-bench, 3 nodes, 2 runs each): 5-15 %
+    /// more puts/s at 16 and 256 outstanding, a lower p99, 50 % larger entries, the same at 1
+    /// and 1024.
     pub proposals_inflight_max: usize,
     /// Client requests waiting for the core (the channel from the client connections).
     pub client_requests_max: usize,
@@ -85,7 +88,7 @@ impl Default for PipelineConfig {
             batch_bytes_max: 2 << 20,
             batch_commands_max: 4096,
             linger_us_max: 0,
-            proposals_inflight_max: 2,
+            proposals_inflight_max: 1,
             client_requests_max: 65_536,
             log_queue_max: 4096,
             apply_queue_max: 65_536,
