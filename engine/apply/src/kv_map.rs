@@ -133,6 +133,16 @@ impl Table {
         None
     }
 
+    /// Sets `key` to `value`, taking both as they are.
+    fn insert_owned(&mut self, key: Key, value: Vec<u8>) {
+        if let Some(old) = self.values.get_mut(&key) {
+            *old = value;
+            return;
+        }
+        self.order.insert(key.clone());
+        self.values.insert(key, value);
+    }
+
     fn remove(&mut self, key: &[u8]) -> Option<usize> {
         let old = self.values.remove(key)?;
         self.order.remove(key);
@@ -164,12 +174,19 @@ impl Delta {
         self.values.insert(key, value.map(<[u8]>::to_vec));
     }
 
-    fn merge_into(self, table: &mut Table) {
-        for (key, value) in self.values {
-            match value {
-                Some(value) => {
-                    table.insert(key.as_slice(), &value);
-                }
+    /// Drops the pending change of `key`: a write to the table itself supersedes it.
+    fn forget(&mut self, key: &[u8]) {
+        if self.values.remove(key).is_some() {
+            self.order.remove(key);
+        }
+    }
+
+    /// Moves up to `count` changes into `table`.
+    fn merge_into(&mut self, table: &mut Table, count: usize) {
+        for _ in 0..count {
+            let Some(key) = self.order.pop_first() else { return };
+            match self.values.remove(&key).expect("the delta's order holds exactly its keys") {
+                Some(value) => table.insert_owned(key, value),
                 None => {
                     table.remove(key.as_slice());
                 }
@@ -178,14 +195,19 @@ impl Delta {
     }
 }
 
+/// Changes moved from the delta into the table by each write, once no view shares the table:
+/// the merge is spread over the writes that follow a snapshot instead of stalling one of them
+/// for all the writes made while the snapshot was written. Small under test, so that the
+/// property tests see deltas merged partly.
+const MERGE_STEP: usize = if cfg!(test) { 2 } else { 16 };
+
 /// An ordered map of byte-string keys to byte-string values, of which a point-in-time
 /// [`KvMapView`] is taken in constant time, for a snapshot written on another thread while the
 /// map goes on changing.
 ///
 /// While a view shares the table, writes go to a delta beside it (a deletion is recorded as
-/// such), and reads look in the delta first. The first write after the last view is dropped
-/// merges the delta into the table, which is then written in place again: the merge costs the
-/// writes made while the snapshot was being written, the snapshot itself costs nothing here.
+/// such), and reads look in the delta first. Once the last view is dropped, writes go to the
+/// table again, each also moving [`MERGE_STEP`] changes of the delta into it, until it is empty.
 #[derive(Debug, Default)]
 pub(crate) struct KvMap {
     table: Arc<Table>,
@@ -209,11 +231,18 @@ impl KvMap {
 
     /// Sets `key` to `value`; returns the length of the value it replaced, if any.
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
-        let old = if let Some(table) = self.writable() {
+        let old = if self.delta.is_none()
+            && let Some(table) = Arc::get_mut(&mut self.table)
+        {
             table.insert(key, value)
         } else {
             let old = self.get(key).map(<[u8]>::len);
-            self.delta.get_or_insert_with(Delta::default).set(key, Some(value));
+            match self.merging(key) {
+                Some(table) => {
+                    table.insert(key, value);
+                }
+                None => self.delta.get_or_insert_with(Delta::default).set(key, Some(value)),
+            }
             old
         };
         if old.is_none() {
@@ -224,12 +253,19 @@ impl KvMap {
 
     /// Removes `key`; returns the length of the value it held, if any.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<usize> {
-        let old = if let Some(table) = self.writable() {
+        let old = if self.delta.is_none()
+            && let Some(table) = Arc::get_mut(&mut self.table)
+        {
             table.remove(key)
         } else {
             let old = self.get(key).map(<[u8]>::len);
-            if old.is_some() {
-                self.delta.get_or_insert_with(Delta::default).set(key, None);
+            match self.merging(key) {
+                // The table may hold a value the delta had deleted: gone either way.
+                Some(table) => {
+                    table.remove(key);
+                }
+                None if old.is_some() => self.delta.get_or_insert_with(Delta::default).set(key, None),
+                None => {}
             }
             old
         };
@@ -239,20 +275,30 @@ impl KvMap {
         old
     }
 
-    /// The table to write in place: when no view shares it, with the delta merged in first.
-    fn writable(&mut self) -> Option<&mut Table> {
+    /// With a delta: the table to write `key` in place when no view shares it any more, after
+    /// dropping `key`'s pending change and merging a step of the others; `None` while shared.
+    fn merging(&mut self, key: &[u8]) -> Option<&mut Table> {
         let table = Arc::get_mut(&mut self.table)?;
-        if let Some(delta) = self.delta.take() {
-            delta.merge_into(table);
+        if let Some(delta) = &mut self.delta {
+            delta.forget(key);
+            delta.merge_into(table, MERGE_STEP);
+            if delta.values.is_empty() {
+                self.delta = None;
+            }
         }
         Some(table)
     }
 
-    /// A point-in-time copy of the map that can be read on another thread, in constant time;
+    /// A point-in-time copy of the map that can be read on another thread, in constant time
+    /// once the changes of the last view are merged (they are merged here if some are left);
     /// `None` while an earlier view is still alive and writes made since are in the delta (the
     /// caller then copies the map the slow way).
     pub(crate) fn view(&mut self) -> Option<KvMapView> {
-        self.writable();
+        if let Some(table) = Arc::get_mut(&mut self.table)
+            && let Some(mut delta) = self.delta.take()
+        {
+            delta.merge_into(table, usize::MAX);
+        }
         if self.delta.is_some() {
             return None;
         }
@@ -444,9 +490,12 @@ mod tests {
         assert_eq!(map.len(), 2);
         drop(view);
         map.insert(b"d", b"4");
-        assert!(map.delta.is_none(), "the first write after the view is gone merges the delta");
-        assert_eq!(map.table.values.len(), 3);
-        assert_eq!(map.get(b"b"), None);
+        assert_eq!(map.delta.as_ref().map(|d| d.values.len()), Some(1), "each write merges a step of the delta");
+        assert_eq!((map.get(b"a"), map.get(b"b"), map.get(b"c")), (Some(&b"changed"[..]), None, Some(&b"3"[..])));
+        map.insert(b"e", b"5");
+        assert!(map.delta.is_none(), "merged in full");
+        assert_eq!(map.table.values.len(), 4);
+        assert_eq!(map.len(), 4);
         assert!(map.view().is_some());
     }
 

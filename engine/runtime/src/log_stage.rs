@@ -209,8 +209,9 @@ impl LogStage {
             LogWork::Compact { index } => {
                 let index = index.min(self.log.durable_through());
                 if index >= self.log.first_index() {
+                    let compacting = std::time::Instant::now();
                     match self.log.compact(index) {
-                        Ok(()) => tracing::debug!(index, "log compacted"),
+                        Ok(()) => tracing::info!(index, ms = compacting.elapsed().as_millis() as u64, "log compacted"),
                         Err(e) if e.is_fatal() => return Err(log_stop(e)),
                         Err(e) => tracing::warn!("log compaction through {index} refused: {e}"),
                     }
