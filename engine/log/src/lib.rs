@@ -103,10 +103,10 @@ mod fallback;
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+mod housekeeping;
 mod io;
 mod log;
 mod offline;
-mod prealloc;
 mod reader;
 mod record;
 mod recovery;

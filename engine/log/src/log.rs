@@ -13,8 +13,8 @@ use crate::config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 use crate::error::LogError;
 use crate::fallback::FallbackIo;
 use crate::fault::{Faults, Journal, journal_name};
+use crate::housekeeping::Housekeeper;
 use crate::io::{Backend, Completion, LogWaker, StateWrite, SyncJob};
-use crate::prealloc::Preallocator;
 use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
@@ -175,7 +175,7 @@ pub struct Log {
     term_runs: VecDeque<(Index, Term)>,
     spares: VecDeque<u64>,
     next_sequence: u64,
-    prealloc: Preallocator,
+    housekeeper: Housekeeper,
     next_id: u64,
     writes: HashMap<u64, InflightWrite>,
     submits: VecDeque<Submit>,
@@ -369,7 +369,7 @@ impl Log {
         let highest =
             found.iter().map(|(s, _)| *s).max().unwrap_or(0).max(durable_state.segment_sequence_min.saturating_sub(1));
         let state_file = Arc::new(state.file.try_clone().map_err(|e| LogError::io("dup", &state.path, e))?);
-        let prealloc = Preallocator::start(dir, &config)?;
+        let housekeeper = Housekeeper::start(dir, &config)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
             io,
@@ -386,7 +386,7 @@ impl Log {
             term_runs: VecDeque::new(),
             spares: plan.spares.iter().copied().collect(),
             next_sequence: highest + 1,
-            prealloc,
+            housekeeper,
             next_id: 0,
             writes: HashMap::new(),
             submits: VecDeque::new(),
@@ -754,11 +754,11 @@ impl Log {
 
     /// Keeps `spare_segments_max` segments preallocated or being preallocated.
     fn refill_spares(&mut self) -> Result<(), LogError> {
-        while let Some((sequence, made)) = self.prealloc.take(false)? {
+        while let Some((sequence, made)) = self.housekeeper.take(false)? {
             self.took_spare(sequence, made)?;
         }
-        while self.spares.len() + self.prealloc.outstanding() < self.config.spare_segments_max as usize {
-            self.prealloc.request(self.next_sequence)?;
+        while self.spares.len() + self.housekeeper.outstanding() < self.config.spare_segments_max as usize {
+            self.housekeeper.request(self.next_sequence)?;
             self.next_sequence += 1;
         }
         Ok(())
@@ -779,11 +779,11 @@ impl Log {
     fn ensure_spares(&mut self, count: usize) -> Result<(), LogError> {
         self.refill_spares()?;
         while self.spares.len() < count {
-            if self.prealloc.outstanding() == 0 {
-                self.prealloc.request(self.next_sequence)?;
+            if self.housekeeper.outstanding() == 0 {
+                self.housekeeper.request(self.next_sequence)?;
                 self.next_sequence += 1;
             }
-            if let Some((sequence, made)) = self.prealloc.take(true)? {
+            if let Some((sequence, made)) = self.housekeeper.take(true)? {
                 self.took_spare(sequence, made)?;
             }
         }
@@ -1240,12 +1240,9 @@ impl Log {
         if drop.is_empty() {
             return Ok(());
         }
-        for live in &drop {
-            if let Err(e) = fs::remove_file(&live.path) {
-                return Err(self.fail(LogError::io("remove", &live.path, e)));
-            }
-        }
-        sync_dir(&self.dir).map_err(|e| self.fail(e))
+        // Deleted in the background: the new base is already durable (see `housekeeping`).
+        self.housekeeper.remove(drop.iter().map(|live| live.path.clone()).collect());
+        Ok(())
     }
 }
 

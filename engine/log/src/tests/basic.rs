@@ -70,11 +70,13 @@ fn compaction_drops_whole_segments_and_survives_reopen() {
         log.sync_all().expect("sync");
         let before = crate::segment::list_segments(dir.path()).expect("list").len();
         log.compact(150).expect("compact");
-        let after = crate::segment::list_segments(dir.path()).expect("list").len();
-        assert!(after < before, "whole segments were deleted ({before} -> {after})");
         assert_eq!(log.first_index(), 151);
         assert!(log.entries(150, 150, u64::MAX).is_err());
         assert_holds(&log, &entries[150..]);
+        drop(log);
+        // Deleted in the background, at the latest by the time the log is closed.
+        let after = crate::segment::list_segments(dir.path()).expect("list").len();
+        assert!(after < before, "whole segments were deleted ({before} -> {after})");
     }
     let (log, recovered) = open(dir.path(), &config);
     assert_eq!((recovered.snapshot_index, recovered.first_index, recovered.last_index), (150, 151, 200));
