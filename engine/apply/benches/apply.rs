@@ -61,6 +61,36 @@ fn bench_apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// An applier whose map holds every one of the `KEYS` keys (16 hex digits) with a 128-byte value,
+/// put in key order by `sessions` sessions in turn; returns it and the last sequence number used.
+fn filled_applier(sessions: u64) -> (Applier<KvStore>, u64) {
+    let mut applier = Applier::new(KvStore::new(KvConfig::default()), SessionConfig::default(), 4096);
+    let mut outcomes = Vec::new();
+    let mut seq = 0u64;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(256) {
+        let batch = Batch {
+            commands: chunk
+                .iter()
+                .map(|&n| {
+                    seq += 1;
+                    let key = format!("{n:016x}");
+                    Command {
+                        session: 1 + n % sessions,
+                        seq,
+                        payload: KvCommand::Put { key: key.as_bytes(), value: &[n as u8; 128] }.encode().to_vec(),
+                    }
+                })
+                .collect(),
+        };
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&encode(&batch));
+        let index = applier.applied_index() + 1;
+        applier.apply(index, 1, EntryKind::Normal, &aligned, &mut outcomes).unwrap();
+        outcomes.clear();
+    }
+    (applier, seq)
+}
+
 /// Puts to keys drawn uniformly from a map already holding 100,000 of them (as a benchmark
 /// cluster's state machine does): lookups walk a tree far larger than the CPU caches, so what
 /// each key comparison touches decides the cost.
@@ -92,31 +122,8 @@ fn bench_random_keys(c: &mut Criterion) {
         aligned.extend_from_slice(&encode(&Batch { commands }));
         aligned
     };
-    let mut applier = Applier::new(KvStore::new(KvConfig::default()), SessionConfig::default(), 4096);
+    let (mut applier, mut seq) = filled_applier(1);
     let mut outcomes = Vec::new();
-    let mut seq = 0u64;
-    // Fill the map: every key once, in key order.
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(commands as usize) {
-        let batch = Batch {
-            commands: chunk
-                .iter()
-                .map(|&n| {
-                    seq += 1;
-                    let key = format!("{n:016x}");
-                    Command {
-                        session: 1,
-                        seq,
-                        payload: KvCommand::Put { key: key.as_bytes(), value: &[1u8; 128] }.encode().to_vec(),
-                    }
-                })
-                .collect(),
-        };
-        let mut aligned = AlignedVec::<16>::new();
-        aligned.extend_from_slice(&encode(&batch));
-        let index = applier.applied_index() + 1;
-        applier.apply(index, 1, EntryKind::Normal, &aligned, &mut outcomes).unwrap();
-        outcomes.clear();
-    }
     let batches: Vec<AlignedVec<16>> = (0..64).map(|_| make_batch(&mut seq, &mut next_key)).collect();
     group.throughput(Throughput::Elements(commands));
     group.bench_function("commands/256", |b| {
@@ -138,30 +145,7 @@ fn bench_snapshot(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_kv");
     group.measurement_time(Duration::from_secs(5));
     group.sample_size(20);
-    let mut applier = Applier::new(KvStore::new(KvConfig::default()), SessionConfig::default(), 4096);
-    let mut outcomes = Vec::new();
-    let mut seq = 0u64;
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(256) {
-        let batch = Batch {
-            commands: chunk
-                .iter()
-                .map(|&n| {
-                    seq += 1;
-                    let key = format!("{n:016x}");
-                    Command {
-                        session: 1 + n % 64,
-                        seq,
-                        payload: KvCommand::Put { key: key.as_bytes(), value: &[n as u8; 128] }.encode().to_vec(),
-                    }
-                })
-                .collect(),
-        };
-        let mut aligned = AlignedVec::<16>::new();
-        aligned.extend_from_slice(&encode(&batch));
-        let index = applier.applied_index() + 1;
-        applier.apply(index, 1, EntryKind::Normal, &aligned, &mut outcomes).unwrap();
-        outcomes.clear();
-    }
+    let (mut applier, _) = filled_applier(64);
     let mut probe = Vec::new();
     applier.snapshot(&mut probe).unwrap();
     group.throughput(Throughput::Bytes(probe.len() as u64));
