@@ -116,17 +116,16 @@ impl Table {
         self.values.get(key).map(Vec::as_slice)
     }
 
-    /// Sets `key` to `value`; returns the replaced value's length and [`entry_digest`].
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<(usize, u64)> {
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
         if let Some(old) = self.values.get_mut(key) {
-            let replaced = (old.len(), entry_digest(key, old));
+            let old_len = old.len();
             if old.capacity() >= value.len() && old.capacity() <= value.len().max(1) * VALUE_REUSE_CAPACITY_FACTOR_MAX {
                 old.clear();
                 old.extend_from_slice(value);
             } else {
                 *old = value.to_vec();
             }
-            return Some(replaced);
+            return Some(old_len);
         }
         let key = Key::new(key);
         self.order.insert(key.clone());
@@ -144,11 +143,10 @@ impl Table {
         self.values.insert(key, value);
     }
 
-    /// Removes `key`; returns the removed value's length and [`entry_digest`].
-    fn remove(&mut self, key: &[u8]) -> Option<(usize, u64)> {
+    fn remove(&mut self, key: &[u8]) -> Option<usize> {
         let old = self.values.remove(key)?;
         self.order.remove(key);
-        Some((old.len(), entry_digest(key, &old)))
+        Some(old.len())
     }
 
     fn entry<'a>(&'a self, key: &'a Key) -> (&'a [u8], &'a [u8]) {
@@ -217,26 +215,6 @@ pub(crate) struct KvMap {
     delta: Option<Delta>,
     /// Entries, counting the delta's.
     len: usize,
-    /// The XOR of every entry's [`entry_digest`]: the state's digest, kept as it changes.
-    digest: u64,
-}
-
-/// A 64-bit digest of one entry. The map's digest is the XOR of its entries' digests, so a put or
-/// a delete updates it in constant time, and it is the same whatever order the entries came in.
-/// Two CRC32Cs (hardware) of the entry in two layouts, then a bijective mix so that XORs of
-/// digests do not cancel the way XORs of bare CRCs (linear functions) can.
-pub(crate) fn entry_digest(key: &[u8], value: &[u8]) -> u64 {
-    let lengths = ((key.len() as u64) << 32 | value.len() as u64).to_le_bytes();
-    let low = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&lengths), key), value);
-    let high = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(value), key), &lengths);
-    mix64(u64::from(high) << 32 | u64::from(low))
-}
-
-/// The splitmix64 finalizer: a bijection of 64-bit words that spreads every bit over all.
-pub(crate) fn mix64(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 impl KvMap {
@@ -251,11 +229,6 @@ impl KvMap {
         self.table.get(key)
     }
 
-    /// The digest of the whole map (see [`entry_digest`]), in constant time.
-    pub(crate) fn digest(&self) -> u64 {
-        self.digest
-    }
-
     /// Sets `key` to `value`; returns the length of the value it replaced, if any.
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<usize> {
         let old = if self.delta.is_none()
@@ -263,7 +236,7 @@ impl KvMap {
         {
             table.insert(key, value)
         } else {
-            let old = self.get(key).map(|old| (old.len(), entry_digest(key, old)));
+            let old = self.get(key).map(<[u8]>::len);
             match self.merging(key) {
                 Some(table) => {
                     table.insert(key, value);
@@ -272,17 +245,10 @@ impl KvMap {
             }
             old
         };
-        self.digest ^= entry_digest(key, value);
-        match old {
-            Some((len, digest)) => {
-                self.digest ^= digest;
-                Some(len)
-            }
-            None => {
-                self.len += 1;
-                None
-            }
+        if old.is_none() {
+            self.len += 1;
         }
+        old
     }
 
     /// Removes `key`; returns the length of the value it held, if any.
@@ -292,7 +258,7 @@ impl KvMap {
         {
             table.remove(key)
         } else {
-            let old = self.get(key).map(|old| (old.len(), entry_digest(key, old)));
+            let old = self.get(key).map(<[u8]>::len);
             match self.merging(key) {
                 // The table may hold a value the delta had deleted: gone either way.
                 Some(table) => {
@@ -303,10 +269,10 @@ impl KvMap {
             }
             old
         };
-        let (len, digest) = old?;
-        self.digest ^= digest;
-        self.len -= 1;
-        Some(len)
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
     }
 
     /// With a delta: the table to write `key` in place when no view shares it any more, after
@@ -368,7 +334,7 @@ impl Clone for KvMap {
         for (key, value) in self.iter() {
             table.insert(key, value);
         }
-        KvMap { table: Arc::new(table), delta: None, len: self.len, digest: self.digest }
+        KvMap { table: Arc::new(table), delta: None, len: self.len }
     }
 }
 
@@ -579,8 +545,6 @@ mod tests {
             }
             let all: Vec<_> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
             prop_assert_eq!(all, entries_of(&model));
-            let recomputed = model.iter().fold(0, |digest, (k, v)| digest ^ entry_digest(k, v));
-            prop_assert_eq!(map.digest(), recomputed, "the digest kept up to date is the digest of the entries");
             let copy = map.clone();
             prop_assert!(copy == map);
             prop_assert!(copy.delta.is_none());
