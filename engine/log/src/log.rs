@@ -1174,7 +1174,8 @@ impl Log {
         while self.term_runs.get(1).is_some_and(|&(start, _)| start <= index + 1) {
             self.term_runs.pop_front();
         }
-        self.drop_segments_below(keep_from)
+        self.drop_segments_below(keep_from);
+        Ok(())
     }
 
     /// Makes a snapshot the new base of an empty log: every entry is discarded and the next
@@ -1203,7 +1204,8 @@ impl Log {
         self.durable.index = meta.index;
         self.activate_next()?;
         self.frontier = self.tail;
-        self.drop_segments_below(next)
+        self.drop_segments_below(next);
+        Ok(())
     }
 
     fn store_state(&mut self, state: DurableState) -> Result<(), LogError> {
@@ -1232,17 +1234,14 @@ impl Log {
         }
     }
 
-    fn drop_segments_below(&mut self, sequence: u64) -> Result<(), LogError> {
+    /// Drops the segments below `sequence` from the log; their files are deleted in the
+    /// background (the new base is already durable, see `housekeeping`).
+    fn drop_segments_below(&mut self, sequence: u64) {
         let (drop, keep): (Vec<Live>, Vec<Live>) =
             std::mem::take(&mut self.segments).into_iter().partition(|l| l.view.sequence < sequence);
         self.segments = keep;
         self.publish();
-        if drop.is_empty() {
-            return Ok(());
-        }
-        // Deleted in the background: the new base is already durable (see `housekeeping`).
-        self.housekeeper.remove(drop.iter().map(|live| live.path.clone()).collect());
-        Ok(())
+        self.housekeeper.remove(drop.into_iter().map(|live| live.path).collect());
     }
 }
 
