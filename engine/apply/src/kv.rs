@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::kv_map::{KvMap, KvMapView};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView, WrittenState};
 
 /// Limits of the key-value state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,20 +411,12 @@ fn write_entries<'a>(
     out.write_all(&chunk)
 }
 
-/// The store's snapshot, to be written on the snapshot thread.
-enum KvView {
-    /// The map as it was, shared with it.
-    Frozen(KvMapView),
-    /// Written when the view was taken.
-    Written(Vec<u8>),
-}
+/// The store's snapshot, to be written on the snapshot thread: the map as it was, shared with it.
+struct KvView(KvMapView);
 
 impl StateView for KvView {
     fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        match self {
-            KvView::Frozen(view) => write_entries(view.len(), view.iter(), out),
-            KvView::Written(bytes) => out.write_all(bytes),
-        }
+        write_entries(self.0.len(), self.0.iter(), out)
     }
 }
 
@@ -452,11 +444,11 @@ impl StateMachine for KvStore {
     /// the view of the previous snapshot is still alive with writes made since.
     fn snapshot_view(&mut self) -> std::io::Result<Box<dyn StateView>> {
         if let Some(view) = self.map.view() {
-            return Ok(Box::new(KvView::Frozen(view)));
+            return Ok(Box::new(KvView(view)));
         }
         let mut bytes = Vec::new();
         self.snapshot(&mut bytes)?;
-        Ok(Box::new(KvView::Written(bytes)))
+        Ok(Box::new(WrittenState(bytes)))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> Result<(), RestoreError> {

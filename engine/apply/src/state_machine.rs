@@ -123,7 +123,7 @@ pub trait StateView: Send {
 }
 
 /// The default view: the snapshot already written.
-struct WrittenState(Vec<u8>);
+pub(crate) struct WrittenState(pub(crate) Vec<u8>);
 
 impl StateView for WrittenState {
     fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
