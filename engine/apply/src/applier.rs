@@ -9,7 +9,7 @@ use smr_raft::{EntryKind, Index, Term};
 
 use crate::batch::{self, BatchError};
 use crate::sessions::{Decision, SessionConfig, Sessions};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHashLater, StateMachine, StateView};
 
 /// What one command of an applied batch came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,7 +272,20 @@ impl<S: StateMachine> Applier<S> {
 
     /// A hash of the whole replicated state (state machine, sessions' positions, applied index).
     pub fn state_hash(&self) -> u64 {
-        let mut h = self.state_machine.state_hash() ^ self.applied.rotate_left(17);
+        self.state_machine.state_hash() ^ self.engine_state_hash()
+    }
+
+    /// [`Applier::state_hash`] as of now, computed by the returned function on another thread
+    /// (see [`StateMachine::state_hash_later`]); the sessions' part is hashed here.
+    pub fn state_hash_later(&mut self) -> StateHashLater {
+        let engine = self.engine_state_hash();
+        let state_machine = self.state_machine.state_hash_later();
+        Box::new(move || state_machine() ^ engine)
+    }
+
+    /// The hash of what the engine keeps beside the state machine: applied index and sessions.
+    fn engine_state_hash(&self) -> u64 {
+        let mut h = self.applied.rotate_left(17);
         for (&id, s) in &self.sessions.map {
             h = h.rotate_left(5) ^ id ^ s.last_index.rotate_left(29) ^ (s.results.len() as u64);
         }

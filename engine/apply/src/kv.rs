@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::kv_map::{KvMap, KvMapView};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateMachine, StateView, WrittenState};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHashLater, StateMachine, StateView, WrittenState};
 
 /// Limits of the key-value state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -482,15 +482,31 @@ impl StateMachine for KvStore {
     }
 
     fn state_hash(&self) -> u64 {
-        let mut h = crc32c::crc32c(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in self.map.iter() {
-            h = crc32c::crc32c_append(h, &(k.len() as u32).to_le_bytes());
-            h = crc32c::crc32c_append(h, k);
-            h = crc32c::crc32c_append(h, &(v.len() as u32).to_le_bytes());
-            h = crc32c::crc32c_append(h, v);
-        }
-        u64::from(h) | ((self.map.len() as u64) << 32)
+        hash_entries(self.map.len(), self.map.iter())
     }
+
+    fn state_hash_later(&mut self) -> StateHashLater {
+        match self.map.view() {
+            Some(view) => Box::new(move || hash_entries(view.len(), view.iter())),
+            // A snapshot's view is still alive and writes went to the delta since: hash now.
+            None => {
+                let hash = self.state_hash();
+                Box::new(move || hash)
+            }
+        }
+    }
+}
+
+/// The state hash of `count` entries given in key order.
+fn hash_entries<'a>(count: usize, entries: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    let mut h = crc32c::crc32c(&(count as u64).to_le_bytes());
+    for (k, v) in entries {
+        h = crc32c::crc32c_append(h, &(k.len() as u32).to_le_bytes());
+        h = crc32c::crc32c_append(h, k);
+        h = crc32c::crc32c_append(h, &(v.len() as u32).to_le_bytes());
+        h = crc32c::crc32c_append(h, v);
+    }
+    u64::from(h) | ((count as u64) << 32)
 }
 
 #[cfg(test)]

@@ -111,7 +111,21 @@ pub trait StateMachine {
 
     /// A hash of the whole state, equal on replicas in equal states (for checks and `smr ctl`).
     fn state_hash(&self) -> u64;
+
+    /// [`StateMachine::state_hash`] of the state as it is now, computed by the returned function
+    /// on another thread while `apply` goes on: a status request then does not stall every
+    /// answer for the length of a walk over the whole state. Called between two applies; a
+    /// state machine that can freeze its state cheaply overrides it. The default hashes here and
+    /// now.
+    fn state_hash_later(&mut self) -> StateHashLater {
+        let hash = self.state_hash();
+        Box::new(move || hash)
+    }
 }
+
+/// Computes a state hash of a frozen state on another thread: see
+/// [`StateMachine::state_hash_later`].
+pub type StateHashLater = Box<dyn FnOnce() -> u64 + Send>;
 
 /// A state frozen by [`StateMachine::snapshot_view`], written on the snapshot thread.
 pub trait StateView: Send {

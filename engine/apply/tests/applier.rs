@@ -145,6 +145,38 @@ fn a_snapshot_view_writes_the_state_it_was_taken_at_while_applying_goes_on() {
 }
 
 #[test]
+fn a_state_hash_taken_for_later_is_the_hash_of_its_own_time_while_applying_goes_on() {
+    let mut a = applier();
+    for seq in 1..=30 {
+        apply(&mut a, vec![put(seq % 3 + 1, seq, format!("key{seq}").as_bytes(), b"value")]);
+    }
+    let hash_now = a.state_hash();
+    let later = a.state_hash_later();
+    for seq in 31..=60 {
+        apply(&mut a, vec![put(seq % 5 + 1, seq, format!("key{}", seq % 40).as_bytes(), b"later")]);
+    }
+    assert_ne!(a.state_hash(), hash_now, "the applies after it changed the state");
+    let hashed_on_another_thread = std::thread::spawn(later).join().unwrap();
+    assert_eq!(hashed_on_another_thread, hash_now);
+    // With that view gone, the next one hashes the current state; so does one taken while a
+    // snapshot's view is alive (the map cannot share its table twice, so it hashes at once).
+    assert_eq!(a.state_hash_later()(), a.state_hash());
+    let snapshot_view = a.snapshot_view().unwrap();
+    apply(&mut a, vec![put(9, 1, b"during", b"snapshot")]);
+    let during = a.state_hash_later();
+    apply(&mut a, vec![put(9, 2, b"after", b"it")]);
+    let expected = {
+        let mut b = applier();
+        let mut bytes = Vec::new();
+        snapshot_view.write(&mut bytes).unwrap();
+        b.restore(&mut bytes.as_slice()).unwrap();
+        apply(&mut b, vec![put(9, 1, b"during", b"snapshot")]);
+        b.state_hash()
+    };
+    assert_eq!(during(), expected);
+}
+
+#[test]
 fn a_corrupted_snapshot_is_refused() {
     let mut a = applier();
     apply(&mut a, vec![put(1, 1, b"k", b"v")]);

@@ -23,7 +23,7 @@ use crate::handoff::{ApplyWork, Shared, Waiting};
 use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
 use crate::metrics::Histo;
 use crate::snapshot::{self, Snapshot};
-use crate::snapshot_saver::{Saved, SnapshotSaver, WriteSnapshot};
+use crate::snapshot_saver::{Saved, SnapshotSaver, StatusRequests, WriteSnapshot};
 
 /// Exit code when a committed entry cannot be applied (it fails validation): the log holds
 /// something no replica should have accepted.
@@ -34,6 +34,9 @@ pub const EXIT_CODE_BAD_ENTRY: i32 = 79;
 const APPLY_READ_BYTES_MAX: u64 = 4 << 20;
 /// Work items handled per round before applying.
 const WORK_PER_ROUND_MAX: usize = 4096;
+/// Status requests waiting for the state hash (behind a snapshot save); more are answered
+/// `Busy`.
+const STATUSES_WAITING_MAX: usize = 64;
 
 pub(crate) struct ApplyStage<S> {
     pub(crate) applier: Applier<S>,
@@ -56,6 +59,8 @@ pub(crate) struct ApplyStage<S> {
     proposals: BTreeMap<Index, (Term, Vec<Waiting>)>,
     /// Reads waiting for the applied index to reach theirs.
     reads: BTreeMap<Index, Vec<Waiting>>,
+    /// Status requests waiting for the saver thread to hash the state (see `hash_for_status`).
+    statuses: StatusRequests,
     bytes_since_snapshot: u64,
     snapshot_wanted: bool,
     /// The snapshot being saved was one the core asked for: asked again if the save fails.
@@ -111,6 +116,7 @@ impl<S: StateMachine> ApplyStage<S> {
             metrics,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
+            statuses: Vec::new(),
             bytes_since_snapshot: 0,
             snapshot_wanted: false,
             saving_wanted: false,
@@ -156,6 +162,7 @@ impl<S: StateMachine> ApplyStage<S> {
             self.serve_reads();
             self.expire(started);
             self.maybe_snapshot();
+            self.hash_for_status();
             self.metrics.maybe_publish(Instant::now());
         }
     }
@@ -177,10 +184,13 @@ impl<S: StateMachine> ApplyStage<S> {
             }
             ApplyWork::Read { index, requests } => self.reads.entry(index).or_default().extend(requests),
             ApplyWork::SnapshotNow => self.snapshot_wanted = true,
-            ApplyWork::Status { mut status, request } => {
-                status["applied_state_index"] = self.applier.applied_index().into();
-                status["state_hash"] = format!("{:016x}", self.applier.state_hash()).into();
-                request.respond(ResponseBody::Ok(Bytes::from(status.to_string())));
+            ApplyWork::Status { status, request } => {
+                if self.statuses.len() < STATUSES_WAITING_MAX {
+                    self.statuses.push((status, request));
+                } else {
+                    self.metrics.counters().client_busy.bump();
+                    request.respond(ResponseBody::Busy);
+                }
             }
             ApplyWork::Restore { snapshot, done } => {
                 let result = self.restore(snapshot);
@@ -356,6 +366,32 @@ impl<S: StateMachine> ApplyStage<S> {
                 }
             }
         }
+        // Status requests wait only for a snapshot save, unless the disk hangs.
+        if self.statuses.first().is_some_and(|(_, request)| now.duration_since(request.received) > timeout) {
+            let (stale, waiting): (StatusRequests, StatusRequests) = std::mem::take(&mut self.statuses)
+                .into_iter()
+                .partition(|(_, request)| now.duration_since(request.received) > timeout);
+            self.statuses = waiting;
+            self.metrics.counters().client_timed_out.add(stale.len() as u64);
+            for (_, request) in stale {
+                request.respond(ResponseBody::TimedOut);
+            }
+        }
+    }
+
+    /// Hands the status requests waiting to the saver thread, with the state hash at the
+    /// applied index frozen for it to compute (walking the whole state here would stall every
+    /// answer). They wait while the saver is busy with a snapshot.
+    fn hash_for_status(&mut self) {
+        if self.statuses.is_empty() || self.saver.is_busy() {
+            return;
+        }
+        let applied = self.applier.applied_index();
+        for (status, _) in &mut self.statuses {
+            status["applied_state_index"] = applied.into();
+        }
+        let hash = self.applier.state_hash_later();
+        self.saver.hash_for_status(hash, std::mem::take(&mut self.statuses));
     }
 
     fn maybe_snapshot(&mut self) {
@@ -364,7 +400,7 @@ impl<S: StateMachine> ApplyStage<S> {
             // once if the core is waiting for this one.
             self.snapshot_wanted |= self.saving_wanted;
         }
-        if self.saver.is_saving() {
+        if self.saver.is_busy() {
             return;
         }
         let applied = self.applier.applied_index();

@@ -10,6 +10,12 @@
 //! only once its file is durable, so the log is still compacted only behind a saved snapshot.
 //!
 //! One save at a time: the apply stage takes no snapshot while one is being saved.
+//!
+//! The same thread hashes the state for status requests (`smr ctl status`), from a view frozen
+//! the same way (`StateMachine::state_hash_later`): walking 100,000 keys took the apply thread
+//! tens of milliseconds per request, an answer stall that any monitoring would have caused. One
+//! job at a time of either kind: a frozen KV map can be shared with one view only, so a
+//! snapshot waits for a hash in progress and a hash for a save in progress.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use smr_apply::StateHashLater;
+use smr_net::{ClientRequest, ResponseBody};
 use smr_raft::{Index, SnapshotMeta};
 
 use crate::handoff::{Shared, SnapshotTaken};
@@ -33,6 +41,20 @@ struct SaveJob {
     taken_in: Duration,
 }
 
+/// Status requests waiting for the state hash: each status (JSON) gets it as `state_hash`.
+pub(crate) type StatusRequests = Vec<(serde_json::Value, ClientRequest)>;
+
+enum Job {
+    Save(SaveJob),
+    HashForStatus { hash: StateHashLater, statuses: StatusRequests },
+}
+
+/// How a job ended.
+enum Finished {
+    Save(Saved),
+    Hash,
+}
+
 /// How a save ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Saved {
@@ -46,10 +68,21 @@ pub(crate) enum Saved {
 /// progress, if any, is done.
 #[derive(Debug)]
 pub(crate) struct SnapshotSaver {
-    jobs: Sender<SaveJob>,
-    results: Receiver<Saved>,
-    /// A save was handed over and its result not yet collected.
-    saving: bool,
+    jobs: Sender<Job>,
+    results: Receiver<Finished>,
+    /// A job was handed over and its end not yet collected.
+    busy: bool,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Save(job) => job.fmt(f),
+            Job::HashForStatus { statuses, .. } => {
+                f.debug_struct("HashForStatus").field("statuses", &statuses.len()).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SaveJob {
@@ -73,60 +106,89 @@ impl SnapshotSaver {
         shared: Arc<Shared>,
         pin: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<(SnapshotSaver, JoinHandle<()>)> {
-        let (jobs, job_rx) = bounded::<SaveJob>(1);
-        let (result_tx, results) = bounded::<Saved>(1);
+        let (jobs, job_rx) = bounded::<Job>(1);
+        let (result_tx, results) = bounded::<Finished>(1);
         let thread = std::thread::Builder::new().name(format!("smr-snapshot-{node}")).spawn(move || {
             pin();
             // Serializing a large state is seconds of CPU that must not hold the pipeline back.
             smr_log::lower_thread_priority();
             for job in job_rx {
-                let saved = save(&store, job, &snapshots_out, &shared);
-                if result_tx.send(saved).is_err() {
+                let finished = match job {
+                    Job::Save(job) => Finished::Save(save(&store, job, &snapshots_out, &shared)),
+                    Job::HashForStatus { hash, statuses } => {
+                        answer_statuses(hash(), statuses);
+                        Finished::Hash
+                    }
+                };
+                if result_tx.send(finished).is_err() {
                     return;
                 }
             }
         })?;
-        Ok((SnapshotSaver { jobs, results, saving: false }, thread))
+        Ok((SnapshotSaver { jobs, results, busy: false }, thread))
     }
 
-    /// Whether a save is in progress; collects the result of one that ended.
+    /// Collects the end of the job in progress, if it ended: the result of a save.
     pub(crate) fn poll(&mut self) -> Option<Saved> {
-        if !self.saving {
+        if !self.busy {
             return None;
         }
         match self.results.try_recv() {
-            Ok(saved) => {
-                self.saving = false;
-                Some(saved)
+            Ok(finished) => {
+                self.busy = false;
+                match finished {
+                    Finished::Save(saved) => Some(saved),
+                    Finished::Hash => None,
+                }
             }
             Err(TryRecvError::Empty) => None,
             // The thread is gone (it only ends when this handle drops, or by a panic).
             Err(TryRecvError::Disconnected) => {
-                self.saving = false;
+                self.busy = false;
                 None
             }
         }
     }
 
-    pub(crate) fn is_saving(&self) -> bool {
-        self.saving
+    /// Whether a job (a save or a hash) is in progress: no other can be handed over.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy
     }
 
     /// Hands a snapshot to the saver: `write` produces its bytes there.
     ///
     /// # Panics
-    /// While a save is in progress ([`SnapshotSaver::is_saving`]): one at a time. When the saver
+    /// While a job is in progress ([`SnapshotSaver::is_busy`]): one at a time. When the saver
     /// thread is gone: it ends only with this handle, or by a panic of its own (a bug), and a
     /// node that can no longer save snapshots would grow its log without bound.
     pub(crate) fn save(&mut self, meta: SnapshotMeta, write: WriteSnapshot, taken_in: Duration) {
-        assert!(!self.saving, "one snapshot save at a time");
+        self.hand_over(Job::Save(SaveJob { meta, write, taken_in }));
+    }
+
+    /// Hands over a state hash to compute and the status requests to answer with it.
+    ///
+    /// # Panics
+    /// As [`SnapshotSaver::save`].
+    pub(crate) fn hash_for_status(&mut self, hash: StateHashLater, statuses: StatusRequests) {
+        self.hand_over(Job::HashForStatus { hash, statuses });
+    }
+
+    fn hand_over(&mut self, job: Job) {
+        assert!(!self.busy, "one job at a time");
         // The channel holds one job and the thread takes it only when idle, which it is: the
-        // result of the last job was collected.
-        match self.jobs.try_send(SaveJob { meta, write, taken_in }) {
-            Ok(()) => self.saving = true,
-            Err(TrySendError::Full(_)) => unreachable!("the saver is idle when no save is in progress"),
+        // end of the last job was collected.
+        match self.jobs.try_send(job) {
+            Ok(()) => self.busy = true,
+            Err(TrySendError::Full(_)) => unreachable!("the saver is idle when no job is in progress"),
             Err(TrySendError::Disconnected(_)) => panic!("the snapshot saver thread is gone"),
         }
+    }
+}
+
+fn answer_statuses(hash: u64, statuses: StatusRequests) {
+    for (mut status, request) in statuses {
+        status["state_hash"] = format!("{hash:016x}").into();
+        request.respond(ResponseBody::Ok(Bytes::from(status.to_string())));
     }
 }
 
@@ -199,14 +261,62 @@ mod tests {
         let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
         let (meta, bytes) = snapshot_at(40);
         saver.save(meta, written(bytes.clone()), Duration::ZERO);
-        assert!(saver.is_saving());
+        assert!(saver.is_busy());
         assert_eq!(wait_for_result(&mut saver), Saved::Done { index: 40 });
-        assert!(!saver.is_saving());
+        assert!(!saver.is_busy());
         let handed = taken.try_recv().expect("handed to the core");
         assert_eq!((handed.index, &handed.bytes), (40, &bytes));
         assert!(core_wakes.try_recv().is_ok(), "the core is woken to take it");
         let on_disk = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap().latest().unwrap().expect("saved");
         assert_eq!(on_disk.meta.index, 40);
+        drop(saver);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn every_waiting_status_is_answered_with_the_hash_and_the_saver_is_free_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap();
+        let (taken_tx, taken) = bounded(1);
+        let (shared, _core_wakes) = Shared::new(Directory::default(), None);
+        let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
+        let (answers_tx, answers) = crossbeam_channel::unbounded();
+        let statuses: StatusRequests = (0..3)
+            .map(|n| {
+                let request = smr_net::Request {
+                    request_id: n,
+                    group: 0,
+                    body: smr_net::RequestBody::Admin(smr_net::AdminRequest::Status),
+                };
+                let answers = answers_tx.clone();
+                let status = serde_json::json!({ "node_id": 1, "request": n });
+                (status, ClientRequest::local(request, move |body| answers.send(body).unwrap()))
+            })
+            .collect();
+        saver.hash_for_status(Box::new(|| 0xfeed_0000_beef), statuses);
+        assert!(saver.is_busy(), "a hash in progress holds snapshots back");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let body = answers.recv_timeout(Duration::from_secs(10)).expect("answered");
+            let ResponseBody::Ok(json) = body else { panic!("not an answer: {body:?}") };
+            let status: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(status["state_hash"], "0000feed0000beef");
+            assert_eq!(status["node_id"], 1, "the core's part is kept");
+            seen.push(status["request"].as_u64().unwrap());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while saver.is_busy() {
+            assert_eq!(saver.poll(), None, "a hash is no save");
+            assert!(Instant::now() < deadline, "the hash job never ended");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Free again: a snapshot goes through.
+        let (meta, bytes) = snapshot_at(43);
+        saver.save(meta, written(bytes), Duration::ZERO);
+        assert_eq!(wait_for_result(&mut saver), Saved::Done { index: 43 });
+        assert_eq!(taken.try_recv().unwrap().index, 43);
         drop(saver);
         thread.join().unwrap();
     }
