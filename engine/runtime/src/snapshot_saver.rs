@@ -241,6 +241,29 @@ mod tests {
         Box::new(move || Ok(bytes))
     }
 
+    /// A saver started on a store in `dir`, with the core's ends of its channels.
+    struct Started {
+        saver: SnapshotSaver,
+        thread: JoinHandle<()>,
+        taken: Receiver<SnapshotTaken>,
+        core_wakes: Receiver<()>,
+    }
+
+    fn start_saver(dir: &std::path::Path) -> Started {
+        let store = SnapshotStore::open(dir, CLUSTER, 1 << 20).unwrap();
+        let (taken_tx, taken) = bounded(1);
+        let (shared, core_wakes) = Shared::new(Directory::default(), None);
+        let (saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
+        Started { saver, thread, taken, core_wakes }
+    }
+
+    impl Started {
+        fn stop(self) {
+            drop(self.saver);
+            self.thread.join().unwrap();
+        }
+    }
+
     fn wait_for_result(saver: &mut SnapshotSaver) -> Saved {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -255,31 +278,26 @@ mod tests {
     #[test]
     fn a_saved_snapshot_is_on_disk_before_the_core_hears_of_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap();
-        let (taken_tx, taken) = bounded(1);
-        let (shared, core_wakes) = Shared::new(Directory::default(), None);
-        let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
+        let mut started = start_saver(dir.path());
+        let saver = &mut started.saver;
         let (meta, bytes) = snapshot_at(40);
         saver.save(meta, written(bytes.clone()), Duration::ZERO);
         assert!(saver.is_busy());
-        assert_eq!(wait_for_result(&mut saver), Saved::Done { index: 40 });
+        assert_eq!(wait_for_result(saver), Saved::Done { index: 40 });
         assert!(!saver.is_busy());
-        let handed = taken.try_recv().expect("handed to the core");
+        let handed = started.taken.try_recv().expect("handed to the core");
         assert_eq!((handed.index, &handed.bytes), (40, &bytes));
-        assert!(core_wakes.try_recv().is_ok(), "the core is woken to take it");
+        assert!(started.core_wakes.try_recv().is_ok(), "the core is woken to take it");
         let on_disk = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap().latest().unwrap().expect("saved");
         assert_eq!(on_disk.meta.index, 40);
-        drop(saver);
-        thread.join().unwrap();
+        started.stop();
     }
 
     #[test]
     fn every_waiting_status_is_answered_with_the_hash_and_the_saver_is_free_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap();
-        let (taken_tx, taken) = bounded(1);
-        let (shared, _core_wakes) = Shared::new(Directory::default(), None);
-        let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
+        let mut started = start_saver(dir.path());
+        let saver = &mut started.saver;
         let (answers_tx, answers) = crossbeam_channel::unbounded();
         let statuses: StatusRequests = (0..3)
             .map(|n| {
@@ -315,43 +333,34 @@ mod tests {
         // Free again: a snapshot goes through.
         let (meta, bytes) = snapshot_at(43);
         saver.save(meta, written(bytes), Duration::ZERO);
-        assert_eq!(wait_for_result(&mut saver), Saved::Done { index: 43 });
-        assert_eq!(taken.try_recv().unwrap().index, 43);
-        drop(saver);
-        thread.join().unwrap();
+        assert_eq!(wait_for_result(saver), Saved::Done { index: 43 });
+        assert_eq!(started.taken.try_recv().unwrap().index, 43);
+        started.stop();
     }
 
     #[test]
     fn a_failed_save_is_reported_and_never_handed_to_the_core() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(&dir.path().join("snapshots"), CLUSTER, 1 << 20).unwrap();
+        let mut started = start_saver(&dir.path().join("snapshots"));
         // The directory disappears under the store: creating the file fails.
         std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
-        let (taken_tx, taken) = bounded(1);
-        let (shared, _core_wakes) = Shared::new(Directory::default(), None);
-        let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
         let (meta, bytes) = snapshot_at(41);
-        saver.save(meta, written(bytes), Duration::ZERO);
-        assert_eq!(wait_for_result(&mut saver), Saved::Failed { index: 41 });
-        assert!(taken.try_recv().is_err(), "the core never hears of a snapshot that is not on disk");
-        drop(saver);
-        thread.join().unwrap();
+        started.saver.save(meta, written(bytes), Duration::ZERO);
+        assert_eq!(wait_for_result(&mut started.saver), Saved::Failed { index: 41 });
+        assert!(started.taken.try_recv().is_err(), "the core never hears of a snapshot that is not on disk");
+        started.stop();
     }
 
     #[test]
     fn a_snapshot_that_cannot_be_written_is_reported_and_nothing_is_saved() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap();
-        let (taken_tx, taken) = bounded(1);
-        let (shared, _core_wakes) = Shared::new(Directory::default(), None);
-        let (mut saver, thread) = SnapshotSaver::start(1, store, taken_tx, shared, || {}).unwrap();
+        let mut started = start_saver(dir.path());
         let (meta, _) = snapshot_at(42);
         let failing: WriteSnapshot = Box::new(|| Err(std::io::Error::other("the state machine refused")));
-        saver.save(meta, failing, Duration::ZERO);
-        assert_eq!(wait_for_result(&mut saver), Saved::Failed { index: 42 });
-        assert!(taken.try_recv().is_err());
+        started.saver.save(meta, failing, Duration::ZERO);
+        assert_eq!(wait_for_result(&mut started.saver), Saved::Failed { index: 42 });
+        assert!(started.taken.try_recv().is_err());
         assert!(SnapshotStore::open(dir.path(), CLUSTER, 1 << 20).unwrap().latest().unwrap().is_none());
-        drop(saver);
-        thread.join().unwrap();
+        started.stop();
     }
 }
