@@ -9,7 +9,7 @@ use smr_raft::{EntryKind, Index, Term};
 
 use crate::batch::{self, BatchError};
 use crate::sessions::{Decision, SessionConfig, Sessions};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHashLater, StateMachine, StateView};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHash, StateMachine, StateView};
 
 /// What one command of an applied batch came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,12 +275,15 @@ impl<S: StateMachine> Applier<S> {
         self.state_machine.state_hash() ^ self.engine_state_hash()
     }
 
-    /// [`Applier::state_hash`] as of now, computed by the returned function on another thread
-    /// (see [`StateMachine::state_hash_later`]); the sessions' part is hashed here.
-    pub fn state_hash_later(&mut self) -> StateHashLater {
+    /// [`Applier::state_hash`] as of now, as [`StateMachine::state_hash_later`] gives it; the
+    /// sessions' part is hashed here.
+    pub fn state_hash_later(&mut self) -> StateHash {
         let engine = self.engine_state_hash();
-        let state_machine = self.state_machine.state_hash_later();
-        Box::new(move || state_machine() ^ engine)
+        match self.state_machine.state_hash_later() {
+            StateHash::Now(hash) => StateHash::Now(hash ^ engine),
+            StateHash::Later(hash) => StateHash::Later(Box::new(move || hash() ^ engine)),
+            StateHash::NotYet => StateHash::NotYet,
+        }
     }
 
     /// The hash of what the engine keeps beside the state machine: applied index and sessions.

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::kv_map::{KvMap, KvMapView};
-use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHashLater, StateMachine, StateView, WrittenState};
+use crate::state_machine::{ApplyBatch, RestoreError, Results, StateHash, StateMachine, StateView, WrittenState};
 
 /// Limits of the key-value state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,17 +485,18 @@ impl StateMachine for KvStore {
         hash_entries(self.map.len(), self.map.iter())
     }
 
-    fn state_hash_later(&mut self) -> StateHashLater {
-        match self.map.view() {
-            Some(view) => Box::new(move || hash_entries(view.len(), view.iter())),
-            // A snapshot's view is still alive and writes went to the delta since: hash now.
-            None => {
-                let hash = self.state_hash();
-                Box::new(move || hash)
-            }
+    fn state_hash_later(&mut self) -> StateHash {
+        match self.map.view_within(HASH_MERGE_STEP) {
+            Some(view) => StateHash::Later(Box::new(move || hash_entries(view.len(), view.iter()))),
+            None => StateHash::NotYet,
         }
     }
 }
+
+/// Changes of a former view's delta merged back per request for a status hash: a status that
+/// arrives just after a snapshot was written would otherwise merge every write made meanwhile
+/// (tens of thousands at full load) in one go, on the apply thread.
+const HASH_MERGE_STEP: usize = 4096;
 
 /// The state hash of `count` entries given in key order.
 fn hash_entries<'a>(count: usize, entries: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {

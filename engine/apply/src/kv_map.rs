@@ -294,10 +294,19 @@ impl KvMap {
     /// `None` while an earlier view is still alive and writes made since are in the delta (the
     /// caller then copies the map the slow way).
     pub(crate) fn view(&mut self) -> Option<KvMapView> {
+        self.view_within(usize::MAX)
+    }
+
+    /// [`KvMap::view`], merging at most `merge_max` changes of the last view's delta here: `None`
+    /// also while more are left.
+    pub(crate) fn view_within(&mut self, merge_max: usize) -> Option<KvMapView> {
         if let Some(table) = Arc::get_mut(&mut self.table)
-            && let Some(mut delta) = self.delta.take()
+            && let Some(delta) = &mut self.delta
         {
-            delta.merge_into(table, usize::MAX);
+            delta.merge_into(table, merge_max);
+            if delta.values.is_empty() {
+                self.delta = None;
+            }
         }
         if self.delta.is_some() {
             return None;

@@ -22,4 +22,4 @@ pub use applier::{Applier, ApplyError, CommandOutcome, SnapshotWriter};
 pub use batch::{ArchivedBatch, ArchivedCommand, Batch, BatchBuilder, BatchError, Command};
 pub use kv::{KvCommand, KvConfig, KvResult, KvStore};
 pub use sessions::{Decision, SessionConfig, Sessions};
-pub use state_machine::{ApplyBatch, RestoreError, Results, StateHashLater, StateMachine, StateView};
+pub use state_machine::{ApplyBatch, RestoreError, Results, StateHash, StateHashLater, StateMachine, StateView};

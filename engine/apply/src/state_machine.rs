@@ -112,20 +112,39 @@ pub trait StateMachine {
     /// A hash of the whole state, equal on replicas in equal states (for checks and `smr ctl`).
     fn state_hash(&self) -> u64;
 
-    /// [`StateMachine::state_hash`] of the state as it is now, computed by the returned function
-    /// on another thread while `apply` goes on: a status request then does not stall every
-    /// answer for the length of a walk over the whole state. Called between two applies; a
-    /// state machine that can freeze its state cheaply overrides it. The default hashes here and
-    /// now.
-    fn state_hash_later(&mut self) -> StateHashLater {
-        let hash = self.state_hash();
-        Box::new(move || hash)
+    /// [`StateMachine::state_hash`] of the state as it is now, for a status request. Called
+    /// between two applies. A state machine that can freeze its state cheaply overrides it to
+    /// return [`StateHash::Later`], so that the walk over the whole state happens on another
+    /// thread while `apply` goes on, rather than stalling every answer. The default hashes here
+    /// and now.
+    fn state_hash_later(&mut self) -> StateHash {
+        StateHash::Now(self.state_hash())
     }
 }
 
-/// Computes a state hash of a frozen state on another thread: see
-/// [`StateMachine::state_hash_later`].
+/// A state hash for a status request: see [`StateMachine::state_hash_later`].
+pub enum StateHash {
+    /// Computed on the spot.
+    Now(u64),
+    /// The state is frozen: the function computes its hash on another thread.
+    Later(StateHashLater),
+    /// The state cannot be frozen cheaply at this moment (a former freeze's writes are still
+    /// being merged back): ask again after the next applies.
+    NotYet,
+}
+
+/// Computes the hash of a frozen state on another thread.
 pub type StateHashLater = Box<dyn FnOnce() -> u64 + Send>;
+
+impl std::fmt::Debug for StateHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateHash::Now(hash) => f.debug_tuple("Now").field(hash).finish(),
+            StateHash::Later(_) => f.write_str("Later(..)"),
+            StateHash::NotYet => f.write_str("NotYet"),
+        }
+    }
+}
 
 /// A state frozen by [`StateMachine::snapshot_view`], written on the snapshot thread.
 pub trait StateView: Send {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use smr_apply::batch::encode;
 use smr_apply::{
     Applier, ApplyError, Batch, Command, CommandOutcome, KvCommand, KvConfig, KvResult, KvStore, SessionConfig,
+    StateHash, StateHashLater, StateMachine,
 };
 use smr_raft::EntryKind;
 
@@ -144,6 +145,13 @@ fn a_snapshot_view_writes_the_state_it_was_taken_at_while_applying_goes_on() {
     assert_ne!(now, at_view);
 }
 
+fn later(hash: StateHash) -> StateHashLater {
+    match hash {
+        StateHash::Later(hash) => hash,
+        other => panic!("the KV store freezes its state for a hash: {other:?}"),
+    }
+}
+
 #[test]
 fn a_state_hash_taken_for_later_is_the_hash_of_its_own_time_while_applying_goes_on() {
     let mut a = applier();
@@ -151,29 +159,42 @@ fn a_state_hash_taken_for_later_is_the_hash_of_its_own_time_while_applying_goes_
         apply(&mut a, vec![put(seq % 3 + 1, seq, format!("key{seq}").as_bytes(), b"value")]);
     }
     let hash_now = a.state_hash();
-    let later = a.state_hash_later();
+    let frozen = later(a.state_hash_later());
     for seq in 31..=60 {
         apply(&mut a, vec![put(seq % 5 + 1, seq, format!("key{}", seq % 40).as_bytes(), b"later")]);
     }
     assert_ne!(a.state_hash(), hash_now, "the applies after it changed the state");
-    let hashed_on_another_thread = std::thread::spawn(later).join().unwrap();
+    let hashed_on_another_thread = std::thread::spawn(frozen).join().unwrap();
     assert_eq!(hashed_on_another_thread, hash_now);
-    // With that view gone, the next one hashes the current state; so does one taken while a
-    // snapshot's view is alive (the map cannot share its table twice, so it hashes at once).
-    assert_eq!(a.state_hash_later()(), a.state_hash());
+    assert_eq!(later(a.state_hash_later())(), a.state_hash());
+}
+
+#[test]
+fn no_state_hash_is_frozen_while_a_snapshot_view_holds_writes_back_and_the_merge_is_spread_out() {
+    let mut a = applier();
+    for seq in 1..=20 {
+        apply(&mut a, vec![put(1, seq, format!("key{seq}").as_bytes(), b"value")]);
+    }
     let snapshot_view = a.snapshot_view().unwrap();
-    apply(&mut a, vec![put(9, 1, b"during", b"snapshot")]);
-    let during = a.state_hash_later();
-    apply(&mut a, vec![put(9, 2, b"after", b"it")]);
-    let expected = {
-        let mut b = applier();
-        let mut bytes = Vec::new();
-        snapshot_view.write(&mut bytes).unwrap();
-        b.restore(&mut bytes.as_slice()).unwrap();
-        apply(&mut b, vec![put(9, 1, b"during", b"snapshot")]);
-        b.state_hash()
-    };
-    assert_eq!(during(), expected);
+    // Writes made while the view is alive go to the delta: no second freeze is possible.
+    for seq in 21..=10_020 {
+        apply(&mut a, vec![put(2, seq, format!("key{seq}").as_bytes(), b"during")]);
+    }
+    assert!(matches!(a.state_hash_later(), StateHash::NotYet));
+    drop(snapshot_view);
+    // The delta (10,000 writes) is merged back a step per request, not all at once.
+    assert!(matches!(a.state_hash_later(), StateHash::NotYet), "4,096 merged, more left");
+    assert!(matches!(a.state_hash_later(), StateHash::NotYet), "8,192 merged, more left");
+    let hash = later(a.state_hash_later());
+    assert_eq!(hash(), a.state_hash());
+}
+
+/// A state machine with only the trait's defaults hashes at once.
+#[test]
+fn the_default_hashes_now() {
+    let mut blob = Blob::default();
+    let StateHash::Now(hash) = blob.state_hash_later() else { panic!("the default hashes at once") };
+    assert_eq!(hash, blob.state_hash());
 }
 
 #[test]

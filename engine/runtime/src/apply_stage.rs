@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use smr_apply::{Applier, CommandOutcome, StateMachine};
+use smr_apply::{Applier, CommandOutcome, StateHash, StateMachine};
 use smr_log::LogReader;
 use smr_net::{RequestBody, ResponseBatch, ResponseBody};
 use smr_raft::{ConfChange, ConfChangeOp, ConfState, EntryKind, Index, SnapshotMeta, Term};
@@ -23,7 +23,7 @@ use crate::handoff::{ApplyWork, Shared, Waiting};
 use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
 use crate::metrics::Histo;
 use crate::snapshot::{self, Snapshot};
-use crate::snapshot_saver::{Saved, SnapshotSaver, StatusRequests, WriteSnapshot};
+use crate::snapshot_saver::{Saved, SnapshotSaver, StatusRequests, WriteSnapshot, answer_statuses};
 
 /// Exit code when a committed entry cannot be applied (it fails validation): the log holds
 /// something no replica should have accepted.
@@ -59,8 +59,12 @@ pub(crate) struct ApplyStage<S> {
     proposals: BTreeMap<Index, (Term, Vec<Waiting>)>,
     /// Reads waiting for the applied index to reach theirs.
     reads: BTreeMap<Index, Vec<Waiting>>,
-    /// Status requests waiting for the saver thread to hash the state (see `hash_for_status`).
+    /// Status requests waiting for the state hash (see `hash_for_status`).
     statuses: StatusRequests,
+    /// The saver's last job was a status hash: a snapshot due goes first next time, so that
+    /// back-to-back status requests cannot hold snapshots (and log compaction) back, nor
+    /// back-to-back snapshots status requests.
+    hashed_last: bool,
     bytes_since_snapshot: u64,
     snapshot_wanted: bool,
     /// The snapshot being saved was one the core asked for: asked again if the save fails.
@@ -117,6 +121,7 @@ impl<S: StateMachine> ApplyStage<S> {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             statuses: Vec::new(),
+            hashed_last: false,
             bytes_since_snapshot: 0,
             snapshot_wanted: false,
             saving_wanted: false,
@@ -161,8 +166,14 @@ impl<S: StateMachine> ApplyStage<S> {
             self.apply_committed()?;
             self.serve_reads();
             self.expire(started);
-            self.maybe_snapshot();
-            self.hash_for_status();
+            self.collect_saved();
+            if self.hashed_last {
+                self.maybe_snapshot();
+                self.hash_for_status();
+            } else {
+                self.hash_for_status();
+                self.maybe_snapshot();
+            }
             self.metrics.maybe_publish(Instant::now());
         }
     }
@@ -379,27 +390,44 @@ impl<S: StateMachine> ApplyStage<S> {
         }
     }
 
-    /// Hands the status requests waiting to the saver thread, with the state hash at the
-    /// applied index frozen for it to compute (walking the whole state here would stall every
-    /// answer). They wait while the saver is busy with a snapshot.
+    /// Answers the status requests waiting with the state hash at the applied index. A state
+    /// machine that freezes its state (the KV store) has it computed by the saver thread, one
+    /// job at a time (walking the whole state here would stall every answer); the requests
+    /// then wait while the saver is busy or the state cannot be frozen yet. Others hash here.
     fn hash_for_status(&mut self) {
-        if self.statuses.is_empty() || self.saver.is_busy() {
+        if self.statuses.is_empty() {
             return;
         }
+        let hash = self.applier.state_hash_later();
+        // Dropped unused: the view costs nothing to take again once the saver is free.
+        if matches!(hash, StateHash::NotYet) || (matches!(hash, StateHash::Later(_)) && self.saver.is_busy()) {
+            return;
+        }
+        let mut statuses = std::mem::take(&mut self.statuses);
         let applied = self.applier.applied_index();
-        for (status, _) in &mut self.statuses {
+        for (status, _) in &mut statuses {
             status["applied_state_index"] = applied.into();
         }
-        let hash = self.applier.state_hash_later();
-        self.saver.hash_for_status(hash, std::mem::take(&mut self.statuses));
+        match hash {
+            StateHash::Now(hash) => answer_statuses(hash, statuses),
+            StateHash::Later(hash) => {
+                self.saver.hash_for_status(hash, statuses);
+                self.hashed_last = true;
+            }
+            StateHash::NotYet => unreachable!("returned above"),
+        }
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// Collects the end of the saver's job, if it ended.
+    fn collect_saved(&mut self) {
         if let Some(Saved::Failed { .. }) = self.saver.poll() {
             // A full disk, say: the log stays as it is; try again after more entries, or at
             // once if the core is waiting for this one.
             self.snapshot_wanted |= self.saving_wanted;
         }
+    }
+
+    fn maybe_snapshot(&mut self) {
         if self.saver.is_busy() {
             return;
         }
@@ -430,6 +458,7 @@ impl<S: StateMachine> ApplyStage<S> {
             Ok(snapshot::encode(cluster_id, &file_meta, &directory, &state))
         });
         self.saver.save(meta, write, started.elapsed());
+        self.hashed_last = false;
         self.saving_wanted = self.snapshot_wanted;
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;

@@ -64,7 +64,7 @@ pub(crate) enum ApplyWork {
     /// Take a snapshot now (a follower needs one).
     SnapshotNow,
     /// Answer a status request: the core's part is in `status`; the apply stage adds the state
-    /// hash at its applied index.
+    /// hash at its applied index (see `ApplyStage::hash_for_status`).
     Status { status: serde_json::Value, request: ClientRequest },
     /// Replace the state with a snapshot received from the leader; answer on `done` once the
     /// state machine holds it.

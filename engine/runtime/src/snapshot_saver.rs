@@ -1,4 +1,5 @@
-//! Saving the apply stage's snapshots on a thread of their own.
+//! Saving the apply stage's snapshots on a thread of their own, which also hashes the state for
+//! status requests.
 //!
 //! The apply stage freezes the state at one applied index between two applies (see
 //! `StateMachine::snapshot_view`; for the built-in KV map that costs nothing), then hands it
@@ -9,13 +10,14 @@
 //! those stalls were the benchmark's p99.9 and maximum latencies. The core hears of a snapshot
 //! only once its file is durable, so the log is still compacted only behind a saved snapshot.
 //!
-//! One save at a time: the apply stage takes no snapshot while one is being saved.
+//! The same thread hashes the state for status requests (`smr ctl status`) when the state
+//! machine freezes it for that (`StateMachine::state_hash_later`; the KV map does, with the
+//! same kind of view): walking 100,000 keys took the apply thread tens of milliseconds per
+//! request, an answer stall that any monitoring would have caused.
 //!
-//! The same thread hashes the state for status requests (`smr ctl status`), from a view frozen
-//! the same way (`StateMachine::state_hash_later`): walking 100,000 keys took the apply thread
-//! tens of milliseconds per request, an answer stall that any monitoring would have caused. One
-//! job at a time of either kind: a frozen KV map can be shared with one view only, so a
-//! snapshot waits for a hash in progress and a hash for a save in progress.
+//! One job at a time, a save or a hash: the apply stage hands over no other while one is in
+//! progress. A KV map's view can only be taken while no writes wait in the delta an earlier view
+//! left, so two jobs at once would send the second one down the slow path anyway.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -64,7 +66,7 @@ pub(crate) enum Saved {
     Failed { index: Index },
 }
 
-/// The apply stage's handle on the saver thread. Dropping it ends the thread once the save in
+/// The apply stage's handle on the saver thread. Dropping it ends the thread once the job in
 /// progress, if any, is done.
 #[derive(Debug)]
 pub(crate) struct SnapshotSaver {
@@ -185,7 +187,8 @@ impl SnapshotSaver {
     }
 }
 
-fn answer_statuses(hash: u64, statuses: StatusRequests) {
+/// Answers each status request with its status (JSON), `hash` added as `state_hash`.
+pub(crate) fn answer_statuses(hash: u64, statuses: StatusRequests) {
     for (mut status, request) in statuses {
         status["state_hash"] = format!("{hash:016x}").into();
         request.respond(ResponseBody::Ok(Bytes::from(status.to_string())));

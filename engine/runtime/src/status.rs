@@ -16,7 +16,8 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// The replica's status, its cluster, and the member directory, as one JSON object.
-/// The apply stage adds `state_hash` and `applied_state_index` before answering.
+/// The apply stage adds `applied_state_index`, and `state_hash` (the saver thread does, when the
+/// state machine freezes its state for it), before answering.
 pub(crate) fn status_json(
     replica: &Replica,
     cluster_id: u64,

@@ -122,6 +122,8 @@ fn request(args: &ClusterArgs, body: RequestBody, follow: bool) -> Result<Respon
             client.submit(body.clone()).and_then(|_| client.recv().map(|r| r.body))
         };
         match outcome {
+            // Only reached with `follow` false (`call` retries `Busy` itself).
+            Ok(ResponseBody::Busy) => last = "Busy".into(),
             Ok(answer) => return Ok(answer),
             Err(ClientError::Exhausted { last: answer, .. }) => last = format!("{answer:?}"),
             Err(error) => last = error.to_string(),
