@@ -278,10 +278,12 @@ impl<S: StateMachine> Applier<S> {
     /// [`Applier::state_hash`] as of now, as [`StateMachine::state_hash_later`] gives it; the
     /// sessions' part is hashed here.
     pub fn state_hash_later(&mut self) -> StateHash {
-        let engine = self.engine_state_hash();
         match self.state_machine.state_hash_later() {
-            StateHash::Now(hash) => StateHash::Now(hash ^ engine),
-            StateHash::Later(hash) => StateHash::Later(Box::new(move || hash() ^ engine)),
+            StateHash::Now(hash) => StateHash::Now(hash ^ self.engine_state_hash()),
+            StateHash::Later(hash) => {
+                let engine = self.engine_state_hash();
+                StateHash::Later(Box::new(move || hash() ^ engine))
+            }
             StateHash::NotYet => StateHash::NotYet,
         }
     }

@@ -65,6 +65,9 @@ pub(crate) struct ApplyStage<S> {
     /// back-to-back status requests cannot hold snapshots (and log compaction) back, nor
     /// back-to-back snapshots status requests.
     hashed_last: bool,
+    /// The state machine froze its state for a hash once (`StateHash::Later`): it will again,
+    /// so there is no asking while the saver is busy (each ask hashes the sessions).
+    freezes_for_hash: bool,
     bytes_since_snapshot: u64,
     snapshot_wanted: bool,
     /// The snapshot being saved was one the core asked for: asked again if the save fails.
@@ -122,6 +125,7 @@ impl<S: StateMachine> ApplyStage<S> {
             reads: BTreeMap::new(),
             statuses: Vec::new(),
             hashed_last: false,
+            freezes_for_hash: false,
             bytes_since_snapshot: 0,
             snapshot_wanted: false,
             saving_wanted: false,
@@ -395,10 +399,11 @@ impl<S: StateMachine> ApplyStage<S> {
     /// job at a time (walking the whole state here would stall every answer); the requests
     /// then wait while the saver is busy or the state cannot be frozen yet. Others hash here.
     fn hash_for_status(&mut self) {
-        if self.statuses.is_empty() {
+        if self.statuses.is_empty() || (self.freezes_for_hash && self.saver.is_busy()) {
             return;
         }
         let hash = self.applier.state_hash_later();
+        self.freezes_for_hash |= matches!(hash, StateHash::Later(_));
         // Dropped unused: the view costs nothing to take again once the saver is free.
         if matches!(hash, StateHash::NotYet) || (matches!(hash, StateHash::Later(_)) && self.saver.is_busy()) {
             return;
