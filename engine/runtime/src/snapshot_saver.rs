@@ -301,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut started = start_saver(dir.path());
         let saver = &mut started.saver;
-        let (answers_tx, answers) = crossbeam_channel::unbounded();
+        let (answers_tx, answers) = bounded(3); // One answer per status.
         let statuses: StatusRequests = (0..3)
             .map(|n| {
                 let request = smr_net::Request {
