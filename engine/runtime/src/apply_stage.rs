@@ -306,15 +306,7 @@ impl<S: StateMachine> ApplyStage<S> {
                 }
                 metrics.counters().commands_applied.add(outcomes.len() as u64);
                 if proposals.first_key_value().is_some_and(|(&first, _)| first <= entry.index) {
-                    // In-process clients (an embedding application) propose their next commands
-                    // from inside these answers; the core holds its open batch until they are
-                    // out (`CoreStage::flush_batch_if_due`) and is woken here when it waits.
-                    shared.answering.store(true, Ordering::SeqCst);
                     answer_proposal(proposals, outcomes, metrics, responses, entry.index, entry.term, entry.kind);
-                    shared.answering.store(false, Ordering::SeqCst);
-                    if shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
-                        shared.wake_core();
-                    }
                 }
             }
             responses.flush();
@@ -325,10 +317,15 @@ impl<S: StateMachine> ApplyStage<S> {
         }
         self.bytes_since_snapshot += bytes_applied;
         if self.applier.applied_index() > before {
-            // The core reads it at its next round; nothing it does is urgent on an apply (it
-            // only bounds which snapshots the core accepts, and the snapshot path checks it),
-            // so the apply costs the core no wake-up.
-            self.shared.applied_index.store(self.applier.applied_index(), Ordering::Release);
+            // Every answer of the entries applied is out (written above): the core may be
+            // holding its open batch for them (`CoreStage::answers_due`), and then it asked to
+            // be woken. Otherwise it reads the index at its next round: nothing else it does
+            // is urgent on an apply (it only bounds which snapshots the core accepts, and the
+            // snapshot path checks it).
+            self.shared.applied_index.store(self.applier.applied_index(), Ordering::SeqCst);
+            if self.shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
+                self.shared.wake_core();
+            }
         }
         Ok(())
     }

@@ -92,11 +92,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     /// The highest ready number the log reports durable (every earlier one is too).
     pub(crate) durable_token: AtomicU64,
+    /// The apply stage's applied index, stored once the answers of the entries applied are out.
     pub(crate) applied_index: AtomicU64,
-    /// True while the apply stage answers the proposals of one committed entry.
-    pub(crate) answering: AtomicBool,
-    /// Set by the core while it holds a batch until the apply stage has answered; the apply
-    /// stage wakes the core when it has.
+    /// Set by the core while it holds a batch until the apply stage has answered the entries it
+    /// proposed; the apply stage wakes the core when the applied index moves.
     pub(crate) core_waits_for_answers: AtomicBool,
     /// Bumped whenever `directory` changes.
     pub(crate) directory_generation: AtomicU64,
@@ -121,7 +120,6 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             durable_token: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
-            answering: AtomicBool::new(false),
             core_waits_for_answers: AtomicBool::new(false),
             directory_generation: AtomicU64::new(1),
             directory: Mutex::new(directory),

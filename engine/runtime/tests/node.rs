@@ -172,3 +172,84 @@ fn an_embedder_hears_of_role_and_membership_changes() {
     assert!(seen.iter().any(|e| e.starts_with("role Leader") && e.ends_with("leader Some(1)")), "{seen:?}");
     node.shutdown().unwrap();
 }
+
+/// Commands per entry the core proposed so far (the core's `batch_items` histogram), with the
+/// number of entries: as last published (stages publish once a second).
+fn core_batches(node: &Node) -> (u64, f64) {
+    let report = node.metrics();
+    let core = report.stages.iter().find(|s| s.stage == "core").expect("the core stage reports");
+    core.histograms.iter().find(|h| h.name == "batch_items").map_or((0, 0.0), |h| (h.count, h.mean * h.count as f64))
+}
+
+/// A closed loop of clients (in-process ones propose their next command from inside the
+/// answer) puts its next commands in one entry: the core holds its small batch until the
+/// entries it proposed are answered, instead of proposing the first command that comes back on
+/// its own and every other one an entry later.
+#[test]
+fn a_closed_loop_of_clients_fills_each_entry() {
+    const CLIENTS: u64 = 32;
+    const ROUNDS: u64 = 50;
+    // Past the stages' metrics interval (1 s): what they recorded has been published.
+    const PUBLISHED: Duration = Duration::from_millis(1500);
+    type Done = std::sync::mpsc::SyncSender<Result<(), String>>;
+    fn next(node: std::sync::Arc<Node>, client: u64, round: u64, done: Done) {
+        if round == ROUNDS {
+            let _ = done.send(Ok(()));
+            return;
+        }
+        let key = format!("loop-{client}");
+        let body = RequestBody::Command {
+            session_id: 1000 + client,
+            sequence: round + 1,
+            payload: KvCommand::Put { key: key.as_bytes(), value: b"v" }.encode(),
+        };
+        let again = std::sync::Arc::clone(&node);
+        node.submit(body, move |answer| match answer {
+            ResponseBody::Ok(_) => next(again, client, round + 1, done),
+            other => {
+                let _ = done.send(Err(format!("client {client}, round {round}: {other:?}")));
+            }
+        });
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node(dir.path());
+    config.initial_state = InitialState::New;
+    let node = std::sync::Arc::new(Node::start(config.clone(), KvStore::new(config.kv)).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let warm_up = RequestBody::Command {
+        session_id: 1,
+        sequence: 1,
+        payload: KvCommand::Put { key: b"w", value: b"w" }.encode(),
+    };
+    loop {
+        match node.call(warm_up.clone(), Duration::from_secs(5)) {
+            ResponseBody::Ok(_) => break,
+            ResponseBody::NotLeader { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    std::thread::sleep(PUBLISHED);
+    let (entries_before, commands_before) = core_batches(&node);
+
+    let (done, finished) = std::sync::mpsc::sync_channel(CLIENTS as usize);
+    for client in 0..CLIENTS {
+        next(std::sync::Arc::clone(&node), client, 0, done.clone());
+    }
+    for _ in 0..CLIENTS {
+        finished.recv_timeout(Duration::from_secs(60)).expect("every client finishes").unwrap();
+    }
+    std::thread::sleep(PUBLISHED);
+    let (entries_after, commands_after) = core_batches(&node);
+    let entries = entries_after - entries_before;
+    let commands = commands_after - commands_before;
+    assert!((commands - (CLIENTS * ROUNDS) as f64).abs() < 1.0, "{commands} commands counted");
+    // Two cohorts of 16 would be 16; one of 32 is 32, less the first round, which starts
+    // unsynchronised, and any batch that waited out its bound.
+    let per_entry = commands / entries as f64;
+    assert!(per_entry >= 0.75 * CLIENTS as f64, "{per_entry:.1} commands per entry ({entries} entries)");
+    let node = std::sync::Arc::try_unwrap(node).expect("the callbacks are done with the node");
+    node.shutdown().unwrap();
+}
