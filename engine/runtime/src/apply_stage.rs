@@ -249,7 +249,8 @@ impl<S: StateMachine> ApplyStage<S> {
                 }
             }
         }
-        self.shared.applied_index.store(meta.index, Ordering::Release);
+        self.shared.applied_index.store(meta.index, Ordering::SeqCst);
+        self.shared.core_waits_for_answers.store(false, Ordering::SeqCst);
         self.shared.wake_core();
         Ok(())
     }

@@ -62,9 +62,10 @@ pub struct PipelineConfig {
     /// A batch smaller than this many bytes is held after an entry of this leader commits until
     /// the apply stage has answered it, so that the clients' next commands join the batch
     /// (`CoreStage::answers_due`). 0 never holds for answers. The default (16 KiB) was measured
-    /// on the development machine (smr-bench, interleaved runs): against 0, 16 outstanding
-    /// 8.2-8.6k → 10.1k puts/s, 64 outstanding 27-28k → 32-33k, 256 outstanding 67-69k → 77k,
-    /// 1024 the same; against no bound, 1024 outstanding was 8-13 % slower.
+    /// on the development machine (smr-bench, interleaved runs): against 0, commands per entry
+    /// 6.7-7.1 → 12.0-12.7 at 16 outstanding and 94-99 → 126-128 at 256; puts/s, in the pairs on
+    /// a steady disk, 8.6k → 10.1k at 16, 27-28k → 32-33k at 64, 67-69k → 77k at 256, 1024 the
+    /// same; against no bound, 1024 outstanding was 8-13 % slower.
     pub hold_for_answers_bytes_max: usize,
     /// Client requests waiting for the core (the channel from the client connections).
     pub client_requests_max: usize,

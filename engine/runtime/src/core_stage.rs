@@ -428,7 +428,8 @@ impl CoreStage {
     /// clients send next join it (see [`CoreStage::answers_due`]). Either way it never waits
     /// longer than `linger_us_max` (or one tick when that is 0), and `proposals_inflight_max =
     /// 0` turns both holds off. With nothing in flight and every answer given it goes at once,
-    /// so a lone client pays no wait.
+    /// so a lone client pays no wait (its next command comes after its answer, and the applied
+    /// index moves just after the answers are written).
     fn flush_batch_if_due(&mut self, now: Instant) {
         let Some(opened) = self.batch_opened else { return };
         let held = now.duration_since(opened);
@@ -451,8 +452,10 @@ impl CoreStage {
     /// the commands that came back during the entry before, and the ones answered next wait a
     /// whole commit cycle for the entry after: the clients split into two cohorts, each in every
     /// other entry. Held until the answers are out, the batch takes both (`smr-bench`, 3 nodes,
-    /// interleaved runs: 16 outstanding 6.7 → 12.6 commands per entry and 8.2-8.6k → 10.1k
-    /// puts/s, p99 10-11 → 6.3 ms; 256 outstanding 95-98 → 128 and 67-69k → 77k puts/s). Past
+    /// interleaved runs: 16 outstanding 6.7-7.1 → 12.0-12.7 commands per entry, 256 outstanding
+    /// 94-99 → 126-128; in the first two pairs, on a steady disk, 8.6k → 10.1k puts/s at 16 with
+    /// p99 10-11 → 6.3 ms, and 67-69k → 77k at 256, while three later pairs each drifted with
+    /// the disk's speed). Past
     /// `hold_for_answers_bytes_max` a batch goes at the commit: larger entries make each fsync
     /// slower, and with two cohorts the disk always has the next entry to write (a hold without
     /// that bound made 1024 outstanding 8-13 % slower, its entries twice as large and its fsync
