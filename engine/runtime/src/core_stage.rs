@@ -455,12 +455,11 @@ impl CoreStage {
     /// interleaved runs: 16 outstanding 6.7-7.1 → 12.0-12.7 commands per entry, 256 outstanding
     /// 94-99 → 126-128; in the first two pairs, on a steady disk, 8.6k → 10.1k puts/s at 16 with
     /// p99 10-11 → 6.3 ms, and 67-69k → 77k at 256, while three later pairs each drifted with
-    /// the disk's speed). Past
-    /// `hold_for_answers_bytes_max` a batch goes at the commit: larger entries make each fsync
-    /// slower, and with two cohorts the disk always has the next entry to write (a hold without
-    /// that bound made 1024 outstanding 8-13 % slower, its entries twice as large and its fsync
-    /// 1.2 → 2.1 ms). In-process clients, as through the C API, propose their next commands from
-    /// inside the answers, before the applied index moves.
+    /// the disk's speed). Past `hold_for_answers_bytes_max` a batch goes at the commit: larger
+    /// entries make each fsync slower, and with two cohorts the disk always has the next entry
+    /// to write (a hold without that bound made 1024 outstanding 8-13 % slower, its entries
+    /// twice as large and its fsync 1.2 → 2.1 ms). In-process clients, as through the C API,
+    /// propose their next commands from inside the answers, before the applied index moves.
     ///
     /// No wake-up is lost: the flag is stored before the applied index is read again, and the
     /// apply stage stores the applied index before it takes the flag, all sequentially
