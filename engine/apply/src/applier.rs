@@ -200,7 +200,7 @@ impl<S: StateMachine> Applier<S> {
             head.extend_from_slice(&id.to_le_bytes());
             head.extend_from_slice(&session.last_index.to_le_bytes());
             head.extend_from_slice(&(session.results.len() as u64).to_le_bytes());
-            for (&seq, result) in &session.results {
+            for (seq, result) in &session.results {
                 head.extend_from_slice(&seq.to_le_bytes());
                 head.extend_from_slice(&(result.len() as u32).to_le_bytes());
                 head.extend_from_slice(result);

@@ -6,11 +6,17 @@
 //! (Raft thesis §6.3). Commands of one session may be applied out of order (a retry of 5 after 6),
 //! which is why it is a window and not a single last number.
 //!
+//! A session's window is a deque sorted by sequence number: a client numbers its commands in
+//! order, so a new result is pushed at the back and the oldest leaves from the front, and a
+//! lookup is a binary search over contiguous memory. Profiled at 256 outstanding puts, the
+//! B-tree it replaces (an insert, a pop and two searches per command) was a fifth of a
+//! follower's apply thread.
+//!
 //! Sessions expire deterministically, by log index, never by a local clock: a session that has
 //! not applied a command for `expiry_entries` entries is forgotten, and beyond `sessions_max`
 //! the least recently used goes first. Every replica makes the same choices at the same index.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use smr_raft::Index;
@@ -45,8 +51,34 @@ pub enum Decision {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Session {
-    pub(crate) results: BTreeMap<u64, Bytes>,
+    /// `(seq, result)` of the commands remembered, ascending by `seq`, all within the window
+    /// below the newest.
+    pub(crate) results: VecDeque<(u64, Bytes)>,
     pub(crate) last_index: Index,
+}
+
+impl Session {
+    /// The highest sequence number remembered (0 for none).
+    fn newest(&self) -> u64 {
+        self.results.back().map_or(0, |&(k, _)| k)
+    }
+
+    fn result(&self, seq: u64) -> Option<&Bytes> {
+        self.results.binary_search_by_key(&seq, |&(k, _)| k).ok().map(|at| &self.results[at].1)
+    }
+
+    /// Sets the result of `seq`, keeping the order: at the back for a command newer than all
+    /// (the usual case), in its place for a retry that trails.
+    fn insert(&mut self, seq: u64, result: Bytes) {
+        if seq > self.newest() || self.results.is_empty() {
+            self.results.push_back((seq, result));
+            return;
+        }
+        match self.results.binary_search_by_key(&seq, |&(k, _)| k) {
+            Ok(at) => self.results[at].1 = result,
+            Err(at) => self.results.insert(at, (seq, result)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,10 +108,13 @@ impl Sessions {
             return Decision::Fresh;
         }
         let Some(s) = self.map.get(&session) else { return Decision::Fresh };
-        if let Some(result) = s.results.get(&seq) {
+        let newest = s.newest();
+        if seq > newest {
+            return Decision::Fresh;
+        }
+        if let Some(result) = s.result(seq) {
             return Decision::Duplicate(result.clone());
         }
-        let newest = s.results.last_key_value().map_or(0, |(&k, _)| k);
         let oldest_remembered = newest.saturating_sub(self.config.window_max - 1);
         if seq < oldest_remembered { Decision::Stale { oldest_remembered } } else { Decision::Fresh }
     }
@@ -97,11 +132,10 @@ impl Sessions {
             self.by_index.remove(&(s.last_index, session));
         }
         s.last_index = index;
-        s.results.insert(seq, result);
-        let newest = *s.results.last_key_value().expect("just inserted").0;
-        let floor = newest.saturating_sub(self.config.window_max - 1);
-        while s.results.first_key_value().is_some_and(|(&k, _)| k < floor) {
-            s.results.pop_first();
+        s.insert(seq, result);
+        let floor = s.newest().saturating_sub(self.config.window_max - 1);
+        while s.results.front().is_some_and(|&(k, _)| k < floor) {
+            s.results.pop_front();
         }
         if moved {
             self.by_index.insert((index, session));
@@ -127,6 +161,8 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn table(window_max: u64, sessions_max: usize, expiry_entries: u64) -> Sessions {
@@ -162,5 +198,66 @@ mod tests {
         t.expire(125);
         assert_eq!(t.len(), 1, "session 2 (last at 20) expired at 125 with expiry 100");
         assert!(matches!(t.decide(3, 1), Decision::Duplicate(_)));
+    }
+
+    /// What the window means, written plainly: every result in an ordered map, the entries
+    /// below `newest - (window_max - 1)` dropped after each record.
+    #[derive(Default)]
+    struct Model {
+        results: BTreeMap<u64, BTreeMap<u64, Bytes>>,
+    }
+
+    impl Model {
+        fn decide(&self, window_max: u64, session: u64, seq: u64) -> Decision {
+            let Some(results) = self.results.get(&session) else { return Decision::Fresh };
+            if let Some(result) = results.get(&seq) {
+                return Decision::Duplicate(result.clone());
+            }
+            let newest = results.last_key_value().map_or(0, |(&k, _)| k);
+            let oldest_remembered = newest.saturating_sub(window_max - 1);
+            if seq < oldest_remembered { Decision::Stale { oldest_remembered } } else { Decision::Fresh }
+        }
+
+        fn record(&mut self, window_max: u64, session: u64, seq: u64, result: Bytes) {
+            let results = self.results.entry(session).or_default();
+            results.insert(seq, result);
+            let floor = results.last_key_value().map_or(0, |(&k, _)| k).saturating_sub(window_max - 1);
+            results.retain(|&k, _| k >= floor);
+        }
+    }
+
+    proptest! {
+        /// Commands mostly in order, with retries that trail, repeats, and jumps past the window.
+        #[test]
+        fn the_window_decides_as_its_plain_definition(
+            ops in prop::collection::vec((any::<bool>(), 1u64..4, 0u64..40, prop::option::weighted(0.05, 0u64..1000)), 1..300),
+        ) {
+            let window_max = 8;
+            let mut table = table(window_max, 100, 1_000_000);
+            let mut model = Model::default();
+            let mut next = [0u64; 4];
+            for (i, &(is_record, session, back, jump)) in ops.iter().enumerate() {
+                let s = session as usize;
+                // Mostly the next number; sometimes one that trails by `back`, or a jump ahead.
+                let seq = match jump {
+                    Some(j) => next[s] + j,
+                    None if back % 4 == 0 => next[s].saturating_sub(back / 4),
+                    None => next[s] + 1,
+                };
+                if is_record {
+                    let result = Bytes::from(vec![i as u8]);
+                    table.record(session, seq, result.clone(), i as u64 + 1);
+                    model.record(window_max, session, seq, result);
+                    next[s] = next[s].max(seq);
+                } else {
+                    prop_assert_eq!(table.decide(session, seq), model.decide(window_max, session, seq), "seq {}", seq);
+                }
+            }
+            for (session, results) in &model.results {
+                let kept: Vec<(u64, Bytes)> = results.iter().map(|(&k, v)| (k, v.clone())).collect();
+                let table_kept: Vec<(u64, Bytes)> = table.map[session].results.iter().cloned().collect();
+                prop_assert_eq!(table_kept, kept);
+            }
+        }
     }
 }
