@@ -29,7 +29,7 @@ fn bench_apply(c: &mut Criterion) {
                         Command {
                             session: 1 + n % 64,
                             seq: b * commands + i + 1,
-                            payload: KvCommand::Put { key: key.as_bytes(), value: &value }.encode().to_vec(),
+                            payload: KvCommand::Put { key: key.as_bytes(), value: &value }.encode(),
                         }
                     })
                     .collect();
@@ -77,7 +77,7 @@ fn filled_applier(sessions: u64) -> (Applier<KvStore>, u64) {
                     Command {
                         session: 1 + n % sessions,
                         seq,
-                        payload: KvCommand::Put { key: key.as_bytes(), value: &[n as u8; 128] }.encode().to_vec(),
+                        payload: KvCommand::Put { key: key.as_bytes(), value: &[n as u8; 128] }.encode(),
                     }
                 })
                 .collect(),
@@ -114,7 +114,7 @@ fn bench_random_keys(c: &mut Criterion) {
                 Command {
                     session: 0,
                     seq: *seq,
-                    payload: KvCommand::Put { key: key.as_bytes(), value: &[7u8; 128] }.encode().to_vec(),
+                    payload: KvCommand::Put { key: key.as_bytes(), value: &[7u8; 128] }.encode(),
                 }
             })
             .collect();

@@ -1,5 +1,5 @@
-//! Sequencer batching: what the core stage does per batch with `BatchBuilder` (copy each
-//! client's payload into a `Command`, push it, then archive the batch with `finish`), and what
+//! Sequencer batching: what the core stage does per batch with `BatchBuilder` (put each
+//! client's payload into a `Command`, sharing its bytes, push it, then archive the batch with `finish`), and what
 //! the receiving side does with the bytes (validate them once at the trust boundary, then read
 //! the commands in place). 128-byte payloads, N = 1, 16 and 256 commands per batch, the
 //! builder at the runtime's default limits (2 MiB, 4096 commands).
@@ -38,7 +38,7 @@ fn bench_build(c: &mut Criterion) {
             b.iter(|| {
                 for payload in payloads {
                     seq += 1;
-                    let command = Command { session: 1 + seq % 64, seq, payload: payload.to_vec() };
+                    let command = Command { session: 1 + seq % 64, seq, payload: payload.clone() };
                     builder.push(command).expect("the batch has room");
                 }
                 black_box(builder.finish())
@@ -52,7 +52,7 @@ fn bench_build(c: &mut Criterion) {
 fn archived(n: usize) -> AlignedVec<ARCHIVE_ALIGN> {
     let mut builder = BatchBuilder::new(BATCH_BYTES_MAX, BATCH_COMMANDS_MAX);
     for (i, payload) in payloads(n).into_iter().enumerate() {
-        builder.push(Command { session: 1, seq: i as u64 + 1, payload: payload.to_vec() }).expect("room");
+        builder.push(Command { session: 1, seq: i as u64 + 1, payload }).expect("room");
     }
     let bytes = builder.finish();
     let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());

@@ -17,7 +17,7 @@ pub struct Command {
     /// Sequence number within the session, starting at 1 and increasing by one per command.
     pub seq: u64,
     /// Opaque to everything but the state machine.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// The payload of one Raft entry of kind `Normal`.
@@ -87,18 +87,35 @@ impl BatchBuilder {
         self.bytes
     }
 
-    /// Archives the batch and starts an empty one.
+    /// Archives the batch and starts an empty one (keeping the command list's allocation).
     pub fn finish(&mut self) -> Bytes {
-        let batch = std::mem::take(&mut self.batch);
+        let bytes = encode_in(&self.batch, self.bytes + ENCODE_SLACK_BYTES);
+        self.batch.commands.clear();
         self.bytes = 0;
-        encode(&batch)
+        bytes
     }
 }
 
+/// Bytes allowed beyond the [`COMMAND_OVERHEAD_BYTES`] estimate when sizing an archive's buffer:
+/// the command array's alignment and the root. An archive is 24 bytes per command plus the
+/// payloads, so a buffer sized this way is never regrown.
+const ENCODE_SLACK_BYTES: usize = 64;
+
 /// Archives a batch.
 pub fn encode(batch: &Batch) -> Bytes {
-    let aligned = rkyv::to_bytes::<rancor::Error>(batch).expect("archiving into memory cannot fail");
-    Bytes::from(aligned.into_vec())
+    let payloads: usize = batch.commands.iter().map(|c| c.payload.len() + COMMAND_OVERHEAD_BYTES).sum();
+    encode_in(batch, payloads + ENCODE_SLACK_BYTES)
+}
+
+/// Archives `batch` into a buffer of `capacity` bytes, which the returned bytes own: no copy
+/// after archiving, and the archive stays [`ARCHIVE_ALIGN`]-aligned. Sized from the batch, the
+/// buffer is not regrown on the way (each regrowth copied the archive, and the final conversion
+/// to a `Vec` copied it once more).
+fn encode_in(batch: &Batch, capacity: usize) -> Bytes {
+    let buffer = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(capacity);
+    let aligned =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(batch, buffer).expect("archiving into memory cannot fail");
+    Bytes::from_owner(aligned)
 }
 
 /// Checks that `bytes` are a well-formed archived batch of at most `commands_max` commands.
@@ -163,7 +180,7 @@ mod tests {
     #[test]
     fn builder_respects_both_limits() {
         let mut b = BatchBuilder::new(200, 3);
-        let cmd = |n: usize| Command { session: 1, seq: n as u64, payload: vec![7; 50] };
+        let cmd = |n: usize| Command { session: 1, seq: n as u64, payload: vec![7; 50].into() };
         assert!(b.push(cmd(1)).is_ok());
         assert!(b.push(cmd(2)).is_ok());
         assert!(b.push(cmd(3)).is_err(), "2 * 82 + 82 bytes > 200");
@@ -179,9 +196,41 @@ mod tests {
         assert_eq!(batch.commands[1].payload.as_slice(), &[7; 50][..]);
     }
 
+    /// The layout of the build that held payloads as `Vec<u8>`: logs it wrote must read the same.
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct VecCommand {
+        session: u64,
+        seq: u64,
+        payload: Vec<u8>,
+    }
+
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct VecBatch {
+        commands: Vec<VecCommand>,
+    }
+
+    #[test]
+    fn payloads_held_as_bytes_archive_as_vectors_did() {
+        let lens = [0usize, 1, 7, 128, 300];
+        let old = VecBatch {
+            commands: lens
+                .iter()
+                .map(|&n| VecCommand { session: n as u64, seq: 1, payload: vec![n as u8; n] })
+                .collect(),
+        };
+        let new = Batch {
+            commands: lens
+                .iter()
+                .map(|&n| Command { session: n as u64, seq: 1, payload: vec![n as u8; n].into() })
+                .collect(),
+        };
+        let old_bytes = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        assert_eq!(&old_bytes[..], &encode(&new)[..]);
+    }
+
     #[test]
     fn a_batch_with_too_many_commands_is_refused_at_the_boundary() {
-        let batch = Batch { commands: vec![Command { session: 0, seq: 0, payload: vec![] }; 5] };
+        let batch = Batch { commands: vec![Command { session: 0, seq: 0, payload: Bytes::new() }; 5] };
         let bytes = encode(&batch);
         assert!(matches!(validate(&bytes, 4), Err(BatchError::TooManyCommands { count: 5, max: 4 })));
         assert!(validate(&bytes, 5).is_ok());
@@ -189,7 +238,8 @@ mod tests {
 
     #[test]
     fn misaligned_bytes_are_validated_but_not_read_in_place() {
-        let bytes = encode(&Batch { commands: vec![Command { session: 1, seq: 1, payload: vec![1, 2, 3] }] });
+        let bytes =
+            encode(&Batch { commands: vec![Command { session: 1, seq: 1, payload: Bytes::from_static(&[1, 2, 3]) }] });
         let mut shifted = AlignedVec::<16>::new();
         shifted.extend_from_slice(&[0]);
         shifted.extend_from_slice(&bytes);
@@ -200,11 +250,30 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 
+        /// The estimate that sizes the archive's buffer holds, so it is never regrown, and the
+        /// archive comes out aligned and readable.
+        #[test]
+        fn an_archive_fits_the_buffer_sized_for_it(lens in prop::collection::vec(0usize..300, 0..200)) {
+            let mut builder = BatchBuilder::new(usize::MAX / 2, usize::MAX);
+            for (i, &len) in lens.iter().enumerate() {
+                builder.push(Command { session: i as u64, seq: u64::MAX - i as u64, payload: vec![i as u8; len].into() }).unwrap();
+            }
+            let estimate = builder.bytes() + ENCODE_SLACK_BYTES;
+            let bytes = builder.finish();
+            prop_assert!(bytes.len() <= estimate, "{} bytes archived, {} estimated", bytes.len(), estimate);
+            prop_assert!(is_aligned(&bytes));
+            let batch = view(&bytes).unwrap();
+            prop_assert_eq!(batch.commands.len(), lens.len());
+            for (i, command) in batch.commands.iter().enumerate() {
+                prop_assert_eq!(command.payload.len(), lens[i]);
+            }
+        }
+
         #[test]
         fn batches_round_trip(commands in proptest::collection::vec(
             (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..20)
         ) {
-            let batch = Batch { commands: commands.into_iter().map(|(session, seq, payload)| Command { session, seq, payload }).collect() };
+            let batch = Batch { commands: commands.into_iter().map(|(session, seq, payload)| Command { session, seq, payload: payload.into() }).collect() };
             let bytes = encode(&batch);
             validate(&bytes, 100).unwrap();
             let archived = view(&aligned(&bytes)).map(|a| a.commands.len()).unwrap();
@@ -223,7 +292,7 @@ mod tests {
         fn a_flipped_bit_is_refused_or_still_a_valid_batch(
             seed in proptest::collection::vec(any::<u8>(), 1..32), position in any::<prop::sample::Index>(), bit in 0u8..8
         ) {
-            let bytes = encode(&Batch { commands: vec![Command { session: 3, seq: 9, payload: seed }] });
+            let bytes = encode(&Batch { commands: vec![Command { session: 3, seq: 9, payload: seed.into() }] });
             let mut corrupt = aligned(&bytes);
             let at = position.index(corrupt.len());
             corrupt[at] ^= 1 << bit;

@@ -18,11 +18,11 @@ fn applier() -> Applier<KvStore> {
 }
 
 fn put(session: u64, seq: u64, key: &[u8], value: &[u8]) -> Command {
-    Command { session, seq, payload: KvCommand::Put { key, value }.encode().to_vec() }
+    Command { session, seq, payload: KvCommand::Put { key, value }.encode() }
 }
 
 fn cas(session: u64, seq: u64, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Command {
-    Command { session, seq, payload: KvCommand::Cas { key, expected, new: Some(new) }.encode().to_vec() }
+    Command { session, seq, payload: KvCommand::Cas { key, expected, new: Some(new) }.encode() }
 }
 
 fn apply(a: &mut Applier<KvStore>, commands: Vec<Command>) -> Vec<CommandOutcome> {
@@ -245,7 +245,7 @@ impl smr_apply::StateMachine for Blob {
 #[test]
 fn a_restore_that_reads_to_the_end_sees_exactly_what_the_snapshot_wrote() {
     let mut a = Applier::new(Blob::default(), SessionConfig::default(), 1024);
-    let batch = encode(&Batch { commands: vec![Command { session: 1, seq: 1, payload: b"abc".to_vec() }] });
+    let batch = encode(&Batch { commands: vec![Command { session: 1, seq: 1, payload: Bytes::from_static(b"abc") }] });
     a.apply(1, 1, EntryKind::Normal, &batch, &mut Vec::new()).unwrap();
     let mut snapshot = Vec::new();
     a.snapshot(&mut snapshot).unwrap();

@@ -333,7 +333,7 @@ impl CoreStage {
                     request.respond(ResponseBody::Busy);
                     return;
                 }
-                let command = Command { session: *session_id, seq: *sequence, payload: payload.to_vec() };
+                let command = Command { session: *session_id, seq: *sequence, payload: payload.clone() };
                 if let Err(command) = self.batch.push(command) {
                     self.flush_batch();
                     self.batch.push(command).expect("a command that passed the size check fits an empty batch");

@@ -74,7 +74,7 @@ pub fn encode_batch(commands: &[Command]) -> Bytes {
     encode(&Batch {
         commands: commands
             .iter()
-            .map(|c| smr_apply::Command { session: c.client, seq: c.seq, payload: payload(&c.op) })
+            .map(|c| smr_apply::Command { session: c.client, seq: c.seq, payload: payload(&c.op).into() })
             .collect(),
     })
 }

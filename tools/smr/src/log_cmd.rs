@@ -672,10 +672,10 @@ mod tests {
         let put = |key: &str, value: &str| KvCommand::Put { key: key.as_bytes(), value: value.as_bytes() }.encode();
         let mut builder = BatchBuilder::new(1 << 20, 64);
         for (seq, (key, value)) in [("alpha", "1"), ("beta", "22"), ("gamma", "333")].into_iter().enumerate() {
-            builder.push(Command { session: 7, seq: seq as u64 + 1, payload: put(key, value).to_vec() }).expect("fits");
+            builder.push(Command { session: 7, seq: seq as u64 + 1, payload: put(key, value) }).expect("fits");
         }
         let first = builder.finish();
-        builder.push(Command { session: 0, seq: 0, payload: put("delta", "4444").to_vec() }).expect("fits");
+        builder.push(Command { session: 0, seq: 0, payload: put("delta", "4444") }).expect("fits");
         let second = builder.finish();
         let entries = vec![
             Entry {
