@@ -219,6 +219,9 @@ struct Connection {
     stream: TcpStream,
     load: Load,
     outbox: Mutex<Outbox>,
+    /// The outbox's unsent bytes as of its last change, for the loop's pause and resume checks:
+    /// reading it takes no lock, so the loop never waits on a thread that is writing answers.
+    unsent_bytes: AtomicUsize,
     shared: Arc<Shared>,
 }
 
@@ -242,6 +245,11 @@ impl Connection {
             debug_assert!(pushed.is_ok());
         }
         bump(&self.shared.counters.client_responses);
+        self.publish_unsent(outbox);
+    }
+
+    fn publish_unsent(&self, outbox: &Outbox) {
+        self.unsent_bytes.store(outbox.batch.unsent_bytes(), Ordering::Relaxed);
     }
 
     /// Writes what the socket takes now. When it is full, the rest waits for the loop, which is
@@ -269,12 +277,14 @@ impl Connection {
                 let _ = self.stream.shutdown(Shutdown::Both);
             }
         }
+        self.publish_unsent(outbox);
     }
 
     fn close(&self) {
         let mut outbox = self.outbox();
         outbox.closed = true;
         outbox.batch.clear();
+        self.publish_unsent(&outbox);
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
@@ -497,6 +507,7 @@ impl EventLoop {
             stream,
             load: Load::default(),
             outbox: Mutex::new(Outbox { batch: SendBatch::new(), stalled_since: None, closed: false }),
+            unsent_bytes: AtomicUsize::new(0),
             shared: Arc::clone(&self.shared),
         });
         let config = &self.shared.config;
@@ -527,11 +538,13 @@ impl EventLoop {
             return;
         }
         let mut budget = READ_BYTES_PER_TURN;
+        let mut replied = false;
         let end = loop {
-            if let Err(error) = dispatch_frames(&self.shared, reading) {
-                break Some(error);
+            match dispatch_frames(&self.shared, reading) {
+                Ok(own_answers) => replied |= own_answers,
+                Err(error) => break Some(error),
             }
-            if reading.connection.outbox().batch.unsent_bytes() >= OUTBOX_PAUSE_BYTES {
+            if reading.connection.unsent_bytes.load(Ordering::Relaxed) >= OUTBOX_PAUSE_BYTES {
                 reading.paused = true;
                 self.paused += 1;
                 break None;
@@ -549,7 +562,9 @@ impl EventLoop {
         };
         // The loop's own answers (Busy, InvalidRequest) go out in one write per turn.
         let connection = Arc::clone(&reading.connection);
-        connection.write_out(&mut connection.outbox());
+        if replied {
+            connection.write_out(&mut connection.outbox());
+        }
         if let Some(error) = end {
             self.close(id, &error);
         }
@@ -558,7 +573,7 @@ impl EventLoop {
     /// Reads again the paused connections whose outbox has drained.
     fn resume_drained(&mut self) {
         for (&id, reading) in &mut self.connections {
-            if reading.paused && reading.connection.outbox().batch.unsent_bytes() < OUTBOX_RESUME_BYTES {
+            if reading.paused && reading.connection.unsent_bytes.load(Ordering::Relaxed) < OUTBOX_RESUME_BYTES {
                 reading.paused = false;
                 self.paused -= 1;
                 self.again.push_back(id);
@@ -613,12 +628,14 @@ impl EventLoop {
 }
 
 /// Hands on every whole request buffered on the connection, answering at once (into its
-/// outbox) those that cannot be handed on.
-fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<(), ConnError> {
+/// outbox) those that cannot be handed on. True when it answered any.
+fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<bool, ConnError> {
     let config = &shared.config;
     let counters = &shared.counters;
     let connection = &reading.connection;
+    let replied = std::cell::Cell::new(false);
     let reply = |group: GroupId, response: Response| {
+        replied.set(true);
         let mut outbox = connection.outbox();
         if !outbox.closed {
             connection.encode(&mut outbox, group, &response);
@@ -668,5 +685,5 @@ fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<(), ConnErr
             }
         }
     }
-    Ok(())
+    Ok(replied.get())
 }
