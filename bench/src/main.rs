@@ -4,15 +4,17 @@
 //! a leader, and sweeps a closed-loop load of puts at 1, 16, 256 and 1024 commands outstanding,
 //! printing one table: throughput, latency percentiles, errors, CPU per command (of the three
 //! node processes), the leader's batching (entries per fsync, commands per entry) and each
-//! node's memory. It writes `results.json` and two SVG plots into `--out` (default
+//! node's memory and the disk under the nodes' data. It writes `results.json` and two SVG plots into `--out` (default
 //! `bench-results/`). `--cluster` drives an existing cluster instead; `--peers DIR` measures the
 //! machine's limits and etcd in the same run and puts them beside smr's figures.
 //!
 //! Modules: `cluster` (in the library) starts and stops local nodes, `admin` asks nodes for
 //! status and metrics, `load` is the load driver, `procstat` reads CPU time and memory from
-//! `/proc`, `memory` samples the nodes' memory during a step, `report` builds the table and the
+//! `/proc`, `memory` samples the nodes' memory during a step, `disk` reads the block device's
+//! counters, `report` builds the table and the
 //! JSON, `plot` draws the plots, `peers` runs and reads the peer scripts.
 
+mod disk;
 mod memory;
 mod peers;
 mod plot;
@@ -20,7 +22,7 @@ mod procstat;
 mod report;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -230,10 +232,15 @@ fn run_smr(args: &Args, report: &mut BenchReport) -> Result<(), String> {
         (None, Some(local)) => local.client_addresses(),
         (None, None) => unreachable!("a local cluster is started when none is given"),
     };
+    let mut disk = None;
     if let Some(local) = &local {
         eprintln!("smr-bench: data and logs under {}", local.dir().display());
+        match disk::stat_file_of(local.dir()) {
+            Ok(file) => disk = Some(file),
+            Err(error) => eprintln!("smr-bench: no disk figures: {error}"),
+        }
     }
-    let outcome = sweep(args, &addresses, local.as_mut(), report);
+    let outcome = sweep(args, &addresses, local.as_mut(), disk.as_deref(), report);
     if let (Err(_), Some(local)) = (&outcome, &local) {
         eprintln!("{}", local.log_tails(20));
     }
@@ -245,6 +252,7 @@ fn sweep(
     args: &Args,
     addresses: &[SocketAddr],
     mut local: Option<&mut LocalCluster>,
+    disk: Option<&Path>,
     report: &mut BenchReport,
 ) -> Result<(), String> {
     let session_base = load::session_base();
@@ -273,7 +281,7 @@ fn sweep(
         };
         let pids: Vec<u32> = local.as_deref().map(LocalCluster::pids).unwrap_or_default();
         let sampler = if pids.is_empty() { None } else { Some(Sampler::start(&pids)?) };
-        let probe = || Probe::take(&pids, leader);
+        let probe = || Probe::take(&pids, leader, disk);
         let (load, start, end) = load::run_step(leader, addresses, &spec, probe, probe)?;
         let memory = sampler.map(|s| {
             let window = (s.since_start(start.at), s.since_start(end.at));
@@ -313,6 +321,8 @@ pub(crate) struct Probe {
     pub(crate) nodes_cpu_ns: Option<u64>,
     /// utime+stime of this process (the load generator), in ns.
     pub(crate) client_cpu_ns: Option<u64>,
+    /// The counters of the disk under the nodes' data, for a cluster smr-bench started.
+    pub(crate) disk: Option<disk::DiskStat>,
     /// The leader's metrics report, if it answered.
     pub(crate) leader_stats: Option<StatsSnapshot>,
     /// When the CPU times were read.
@@ -320,13 +330,14 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    fn take(pids: &[u32], leader: SocketAddr) -> Probe {
+    fn take(pids: &[u32], leader: SocketAddr, disk: Option<&Path>) -> Probe {
         // CPU first: it is the figure most sensitive to when it is read.
         let at = Instant::now();
         let nodes_cpu_ns = if pids.is_empty() { None } else { procstat::cpu_ns_of_pids(pids).ok() };
         let client_cpu_ns = procstat::cpu_ns_of_self().ok();
+        let disk = disk.and_then(|file| disk::read(file).ok());
         let leader_stats = admin::stats(leader).ok();
-        Probe { nodes_cpu_ns, client_cpu_ns, leader_stats, at }
+        Probe { nodes_cpu_ns, client_cpu_ns, disk, leader_stats, at }
     }
 }
 

@@ -598,6 +598,7 @@ pub(crate) mod tests {
             leader_fsync_mean_us: Some(p50 * 0.4),
             leader_counters: None,
             latency_percentiles: Vec::new(),
+            disk: None,
             memory: None,
         }
     }

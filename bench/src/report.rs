@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use hdrhistogram::Histogram;
 
+use crate::disk::DiskWindow;
 use crate::memory::NodeMemory;
 use crate::peers::PeersReport;
 use crate::{Args, Probe};
@@ -140,6 +141,9 @@ pub(crate) struct StepResult {
     pub(crate) latency_percentiles: Vec<PercentilePoint>,
     /// Each node's memory over the window; `None` for a cluster not started by smr-bench.
     pub(crate) memory: Option<Vec<NodeMemory>>,
+    /// The disk under the nodes' data over the window; `None` for a cluster not started by
+    /// smr-bench or one on no block device.
+    pub(crate) disk: Option<DiskWindow>,
 }
 
 fn per_command_us(start: Option<u64>, end: Option<u64>, completed: u64) -> Option<f64> {
@@ -168,6 +172,10 @@ impl StepResult {
         });
         let window_secs = load.window.as_secs_f64();
         let stats = start.leader_stats.as_ref().zip(end.leader_stats.as_ref());
+        let commands_per_entry = stats.and_then(|(s, e)| e.mean_since(s, "core", "batch_items"));
+        let entries = commands_per_entry.filter(|&c| c > 0.0).map(|c| load.completed as f64 / c);
+        let disk_secs = end.at.saturating_duration_since(start.at).as_secs_f64();
+        let disk = start.disk.zip(end.disk).and_then(|(s, e)| DiskWindow::between(&s, &e, disk_secs, entries));
         StepResult {
             outstanding: spec.outstanding,
             connections: spec.connections,
@@ -183,7 +191,7 @@ impl StepResult {
             nodes_cpu_us_per_command: per_command_us(start.nodes_cpu_ns, end.nodes_cpu_ns, load.completed),
             client_cpu_us_per_command: per_command_us(start.client_cpu_ns, end.client_cpu_ns, load.completed),
             entries_per_fsync: stats.and_then(|(s, e)| e.mean_since(s, "log", "batch_items")),
-            commands_per_entry: stats.and_then(|(s, e)| e.mean_since(s, "core", "batch_items")),
+            commands_per_entry,
             leader_commit_latency_mean_us: stats
                 .and_then(|(s, e)| e.mean_since(s, "core", "commit_latency_ns"))
                 .map(|ns| ns / 1_000.0),
@@ -191,6 +199,7 @@ impl StepResult {
             leader_counters: stats.and_then(|(s, e)| e.counters_since(s)).map(|c| c.into_iter().collect()),
             latency_percentiles: percentile_curve(h),
             memory,
+            disk,
         }
     }
 }
@@ -258,6 +267,38 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
          first {stretch:.0} s; MiB/min = least-squares slope; anon = the anonymous part of RSS (RssAnon: heap, \
          stacks), without the touched pages of the memory-mapped log.",
         crate::memory::SAMPLE_INTERVAL.as_secs()
+    )
+}
+
+/// The disk under the nodes' data in each step.
+fn write_disk_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Result<()> {
+    let header =
+        ["outstanding", "busy %", "writes/s", "write µs", "flushes/s", "flush µs", "writes/entry", "flushes/entry"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for step in &report.steps {
+        let Some(d) = &step.disk else { continue };
+        rows.push(vec![
+            step.outstanding.to_string(),
+            format!("{:.0}", d.busy_percent),
+            format!("{:.0}", d.writes_per_sec),
+            cell(d.write_mean_us, 0),
+            cell(d.flushes_per_sec, 0),
+            cell(d.flush_mean_us, 0),
+            cell(d.writes_per_entry, 2),
+            cell(d.flushes_per_entry, 2),
+        ]);
+    }
+    if rows.len() == 1 {
+        return Ok(());
+    }
+    writeln!(out)?;
+    write_aligned(out, &rows)?;
+    writeln!(
+        out,
+        "Disk: the block device under the nodes' data directories (/sys/dev/block/MAJ:MIN/stat), over the \
+         window: the share of it with a request in flight, requests per second and their mean time at the \
+         device (queue included), and requests per entry the leader proposed. The counters are the whole \
+         device's: three nodes on one disk each write and flush every entry."
     )
 }
 
@@ -367,6 +408,7 @@ pub(crate) fn print_table(report: &BenchReport) -> std::io::Result<()> {
         }
     }
     write_memory_table(&mut out, report)?;
+    write_disk_table(&mut out, report)?;
     if let Some(peers) = &report.peers {
         writeln!(out)?;
         crate::peers::write_table(&mut out, report, peers)?;
