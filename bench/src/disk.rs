@@ -2,10 +2,14 @@
 //! measured window, from the kernel's per-device counters (`/sys/dev/block/MAJ:MIN/stat`).
 //!
 //! It shows how hard a step pushed the disk, which on a machine whose nodes share one disk is
-//! often what bounds the step: the writes and flushes per committed entry (three nodes each
-//! write and flush every entry), what each took at the device, and the share of the window the
-//! device had a request in flight. The counters are the whole device's, so anything else using
-//! it in the window counts too.
+//! often what bounds the step: the bytes written and the flushes per proposed entry (three nodes
+//! each write and flush every entry), what a flush took at the device, and the share of the
+//! window the device had a request in flight. The counters are the whole device's, so anything
+//! else using it in the window counts too.
+//!
+//! Write requests are not reported: the kernel counts each flush's empty write among them too
+//! (measured on 6.18 against a block-layer trace of the same 5 s: 17,802 writes counted, 10,501
+//! issued, 7,007 flushes; sectors and flushes matched the trace exactly).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +19,7 @@ use serde::Serialize;
 /// The device's cumulative counters at one moment. Times are in ms, as the kernel keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DiskStat {
-    writes: u64,
-    write_ms: u64,
+    sectors_written: u64,
     /// Milliseconds with at least one request in flight.
     busy_ms: u64,
     /// Flush requests; `None` on kernels before 5.5, whose stat lines stop before them.
@@ -25,8 +28,9 @@ pub(crate) struct DiskStat {
 }
 
 /// Fields of a stat line (`Documentation/block/stat.rst`), 0-based.
-const FIELD_WRITES: usize = 4;
-const FIELD_WRITE_MS: usize = 7;
+const FIELD_SECTORS_WRITTEN: usize = 6;
+/// Bytes of a sector in these counters, whatever the device's own sector size.
+const SECTOR_BYTES: f64 = 512.0;
 const FIELD_BUSY_MS: usize = 9;
 const FIELD_FLUSHES: usize = 15;
 const FIELD_FLUSH_MS: usize = 16;
@@ -41,8 +45,7 @@ pub(crate) fn parse(line: &str) -> Result<DiskStat, String> {
         return Err(format!("a block stat line has {} fields, at least 11 expected: {line:?}", fields.len()));
     }
     Ok(DiskStat {
-        writes: fields[FIELD_WRITES],
-        write_ms: fields[FIELD_WRITE_MS],
+        sectors_written: fields[FIELD_SECTORS_WRITTEN],
         busy_ms: fields[FIELD_BUSY_MS],
         flushes: fields.get(FIELD_FLUSHES).copied(),
         flush_ms: fields.get(FIELD_FLUSH_MS).copied(),
@@ -75,14 +78,13 @@ pub(crate) fn read(file: &Path) -> Result<DiskStat, String> {
 pub(crate) struct DiskWindow {
     /// Share of the window with a request in flight, in %.
     pub(crate) busy_percent: f64,
-    pub(crate) writes_per_sec: f64,
-    /// Mean time of a write at the device (queue included), in µs; `None` without writes.
-    pub(crate) write_mean_us: Option<f64>,
+    pub(crate) written_mib_per_sec: f64,
     pub(crate) flushes_per_sec: Option<f64>,
+    /// Mean time of a flush at the device (queue included), in µs; `None` without flushes.
     pub(crate) flush_mean_us: Option<f64>,
-    /// Writes and flushes per entry the leader proposed in the window; `None` when the entry
-    /// count is not known.
-    pub(crate) writes_per_entry: Option<f64>,
+    /// KiB written and flushes per entry the leader proposed in the window; `None` when the
+    /// entry count is not known.
+    pub(crate) written_kib_per_entry: Option<f64>,
     pub(crate) flushes_per_entry: Option<f64>,
 }
 
@@ -93,8 +95,7 @@ impl DiskWindow {
         if secs <= 0.0 {
             return None;
         }
-        let writes = end.writes.checked_sub(start.writes)?;
-        let write_ms = end.write_ms.checked_sub(start.write_ms)?;
+        let written = end.sectors_written.checked_sub(start.sectors_written)? as f64 * SECTOR_BYTES;
         let busy_ms = end.busy_ms.checked_sub(start.busy_ms)?;
         let flushes = end.flushes.zip(start.flushes).and_then(|(e, s)| e.checked_sub(s));
         let flush_ms = end.flush_ms.zip(start.flush_ms).and_then(|(e, s)| e.checked_sub(s));
@@ -102,11 +103,10 @@ impl DiskWindow {
         let entries = entries.filter(|&e| e > 0.0);
         Some(DiskWindow {
             busy_percent: (busy_ms as f64 / 10.0 / secs).min(100.0),
-            writes_per_sec: writes as f64 / secs,
-            write_mean_us: mean_us(write_ms, writes),
+            written_mib_per_sec: written / secs / (1 << 20) as f64,
             flushes_per_sec: flushes.map(|f| f as f64 / secs),
             flush_mean_us: flush_ms.zip(flushes).and_then(|(ms, f)| mean_us(ms, f)),
-            writes_per_entry: entries.map(|e| writes as f64 / e),
+            written_kib_per_entry: entries.map(|e| written / 1024.0 / e),
             flushes_per_entry: entries.zip(flushes).map(|(e, f)| f as f64 / e),
         })
     }
@@ -126,8 +126,7 @@ mod tests {
         assert_eq!(
             stat,
             DiskStat {
-                writes: 66_793_790,
-                write_ms: 23_106_559,
+                sectors_written: 2_693_787_928,
                 busy_ms: 8_648_700,
                 flushes: Some(26_779_278),
                 flush_ms: Some(5_458_328)
@@ -140,22 +139,21 @@ mod tests {
     }
 
     #[test]
-    fn a_window_gives_rates_means_and_requests_per_entry() {
-        let start = DiskStat { writes: 1_000, write_ms: 500, busy_ms: 2_000, flushes: Some(400), flush_ms: Some(100) };
-        let end =
-            DiskStat { writes: 5_000, write_ms: 1_500, busy_ms: 4_000, flushes: Some(2_400), flush_ms: Some(600) };
-        let w = DiskWindow::between(&start, &end, 4.0, Some(500.0)).unwrap();
+    fn a_window_gives_rates_means_and_figures_per_entry() {
+        let start = DiskStat { sectors_written: 1_000, busy_ms: 2_000, flushes: Some(400), flush_ms: Some(100) };
+        // 8 MiB written in 4 s.
+        let end = DiskStat { sectors_written: 17_384, busy_ms: 4_000, flushes: Some(2_400), flush_ms: Some(600) };
+        let w = DiskWindow::between(&start, &end, 4.0, Some(512.0)).unwrap();
         assert_eq!(w.busy_percent, 50.0);
-        assert_eq!(w.writes_per_sec, 1_000.0);
-        assert_eq!(w.write_mean_us, Some(250.0));
+        assert_eq!(w.written_mib_per_sec, 2.0);
         assert_eq!(w.flushes_per_sec, Some(500.0));
         assert_eq!(w.flush_mean_us, Some(250.0));
-        assert_eq!((w.writes_per_entry, w.flushes_per_entry), (Some(8.0), Some(4.0)));
+        assert_eq!((w.written_kib_per_entry, w.flushes_per_entry), (Some(16.0), Some(2000.0 / 512.0)));
         let unknown = DiskWindow::between(&start, &end, 4.0, None).unwrap();
-        assert_eq!(unknown.writes_per_entry, None);
+        assert_eq!(unknown.written_kib_per_entry, None);
         assert!(DiskWindow::between(&end, &start, 4.0, None).is_none(), "counters that went back");
         let idle = DiskWindow::between(&start, &start, 4.0, Some(0.0)).unwrap();
-        assert_eq!((idle.write_mean_us, idle.writes_per_entry), (None, None));
+        assert_eq!((idle.flush_mean_us, idle.written_kib_per_entry), (None, None));
     }
 
     #[test]

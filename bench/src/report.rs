@@ -272,19 +272,17 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
 
 /// The disk under the nodes' data in each step.
 fn write_disk_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Result<()> {
-    let header =
-        ["outstanding", "busy %", "writes/s", "write µs", "flushes/s", "flush µs", "writes/entry", "flushes/entry"];
+    let header = ["outstanding", "busy %", "MiB/s written", "flushes/s", "flush µs", "KiB/entry", "flushes/entry"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for step in &report.steps {
         let Some(d) = &step.disk else { continue };
         rows.push(vec![
             step.outstanding.to_string(),
             format!("{:.0}", d.busy_percent),
-            format!("{:.0}", d.writes_per_sec),
-            cell(d.write_mean_us, 0),
+            format!("{:.1}", d.written_mib_per_sec),
             cell(d.flushes_per_sec, 0),
             cell(d.flush_mean_us, 0),
-            cell(d.writes_per_entry, 2),
+            cell(d.written_kib_per_entry, 1),
             cell(d.flushes_per_entry, 2),
         ]);
     }
@@ -296,9 +294,9 @@ fn write_disk_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Resul
     writeln!(
         out,
         "Disk: the block device under the nodes' data directories (/sys/dev/block/MAJ:MIN/stat), over the \
-         window: the share of it with a request in flight, requests per second and their mean time at the \
-         device (queue included), and requests per entry the leader proposed. The counters are the whole \
-         device's: three nodes on one disk each write and flush every entry."
+         window: the share of it with a request in flight, bytes written, flushes and a flush's mean time at \
+         the device (queue included), and bytes and flushes per entry the leader proposed. The counters are \
+         the whole device's: three nodes on one disk each write and flush every entry."
     )
 }
 
