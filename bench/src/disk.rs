@@ -42,7 +42,11 @@ pub(crate) fn parse(line: &str) -> Result<DiskStat, String> {
         .map(|f| f.parse::<u64>().map_err(|_| format!("a block stat field is not a number: {f:?} in {line:?}")))
         .collect::<Result<_, _>>()?;
     if fields.len() <= FIELD_BUSY_MS {
-        return Err(format!("a block stat line has {} fields, at least 11 expected: {line:?}", fields.len()));
+        return Err(format!(
+            "a block stat line has {} fields, at least {} expected: {line:?}",
+            fields.len(),
+            FIELD_BUSY_MS + 1
+        ));
     }
     Ok(DiskStat {
         sectors_written: fields[FIELD_SECTORS_WRITTEN],

@@ -173,7 +173,9 @@ impl StepResult {
         let window_secs = load.window.as_secs_f64();
         let stats = start.leader_stats.as_ref().zip(end.leader_stats.as_ref());
         let commands_per_entry = stats.and_then(|(s, e)| e.mean_since(s, "core", "batch_items"));
-        let entries = commands_per_entry.filter(|&c| c > 0.0).map(|c| load.completed as f64 / c);
+        // Reads are not proposed as entries.
+        let puts = load.completed.saturating_sub(load.reads_completed);
+        let entries = commands_per_entry.filter(|&c| c > 0.0).map(|c| puts as f64 / c);
         let disk_secs = end.at.saturating_duration_since(start.at).as_secs_f64();
         let disk = start.disk.zip(end.disk).and_then(|(s, e)| DiskWindow::between(&s, &e, disk_secs, entries));
         StepResult {

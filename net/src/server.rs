@@ -540,9 +540,8 @@ impl EventLoop {
         let mut budget = READ_BYTES_PER_TURN;
         let mut replied = false;
         let end = loop {
-            match dispatch_frames(&self.shared, reading) {
-                Ok(own_answers) => replied |= own_answers,
-                Err(error) => break Some(error),
+            if let Err(error) = dispatch_frames(&self.shared, reading, &mut replied) {
+                break Some(error);
             }
             if reading.connection.unsent_bytes.load(Ordering::Relaxed) >= OUTBOX_PAUSE_BYTES {
                 reading.paused = true;
@@ -628,12 +627,13 @@ impl EventLoop {
 }
 
 /// Hands on every whole request buffered on the connection, answering at once (into its
-/// outbox) those that cannot be handed on. True when it answered any.
-fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<bool, ConnError> {
+/// outbox) those that cannot be handed on, and setting `replied` when it does (also when it
+/// then fails on a later frame: those answers still go out before the connection closes).
+fn dispatch_frames(shared: &Shared, reading: &mut Reading, replied: &mut bool) -> Result<(), ConnError> {
     let config = &shared.config;
     let counters = &shared.counters;
     let connection = &reading.connection;
-    let replied = std::cell::Cell::new(false);
+    let replied = std::cell::Cell::from_mut(replied);
     let reply = |group: GroupId, response: Response| {
         replied.set(true);
         let mut outbox = connection.outbox();
@@ -685,5 +685,5 @@ fn dispatch_frames(shared: &Shared, reading: &mut Reading) -> Result<bool, ConnE
             }
         }
     }
-    Ok(replied.get())
+    Ok(())
 }

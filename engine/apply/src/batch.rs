@@ -89,22 +89,30 @@ impl BatchBuilder {
 
     /// Archives the batch and starts an empty one (keeping the command list's allocation).
     pub fn finish(&mut self) -> Bytes {
-        let bytes = encode_in(&self.batch, self.bytes + ENCODE_SLACK_BYTES);
+        let bytes = encode_in(&self.batch, archive_bytes_max(&self.batch));
         self.batch.commands.clear();
         self.bytes = 0;
         bytes
     }
 }
 
-/// Bytes allowed beyond the [`COMMAND_OVERHEAD_BYTES`] estimate when sizing an archive's buffer:
-/// the command array's alignment and the root. An archive is 24 bytes per command plus the
-/// payloads, so a buffer sized this way is never regrown.
-const ENCODE_SLACK_BYTES: usize = 64;
+/// Bytes of one archived command beside its payload: session, sequence number, and the
+/// payload's relative pointer and length.
+const ARCHIVED_COMMAND_BYTES: usize = 24;
+/// Bytes of an archive beyond its commands: the command array's alignment (up to 7) and the
+/// root (8).
+const ARCHIVE_SLACK_BYTES: usize = 16;
+
+/// The most bytes `batch` archives to. The archive's buffer is sized with it, so it is never
+/// regrown (a test checks the bound), and it is kept by the entry, so it is tight.
+fn archive_bytes_max(batch: &Batch) -> usize {
+    let payloads: usize = batch.commands.iter().map(|c| c.payload.len()).sum();
+    payloads + batch.commands.len() * ARCHIVED_COMMAND_BYTES + ARCHIVE_SLACK_BYTES
+}
 
 /// Archives a batch.
 pub fn encode(batch: &Batch) -> Bytes {
-    let payloads: usize = batch.commands.iter().map(|c| c.payload.len() + COMMAND_OVERHEAD_BYTES).sum();
-    encode_in(batch, payloads + ENCODE_SLACK_BYTES)
+    encode_in(batch, archive_bytes_max(batch))
 }
 
 /// Archives `batch` into a buffer of `capacity` bytes, which the returned bytes own: no copy
@@ -258,7 +266,7 @@ mod tests {
             for (i, &len) in lens.iter().enumerate() {
                 builder.push(Command { session: i as u64, seq: u64::MAX - i as u64, payload: vec![i as u8; len].into() }).unwrap();
             }
-            let estimate = builder.bytes() + ENCODE_SLACK_BYTES;
+            let estimate = archive_bytes_max(&builder.batch);
             let bytes = builder.finish();
             prop_assert!(bytes.len() <= estimate, "{} bytes archived, {} estimated", bytes.len(), estimate);
             prop_assert!(is_aligned(&bytes));

@@ -16,6 +16,9 @@ use smr_raft::{ClusterId, GroupId, NodeId};
 
 use crate::placement::Placement;
 
+/// Largest `sessions.window_max`: results remembered per client session.
+pub const SESSION_WINDOW_MAX: u64 = 65_536;
+
 /// A member of the cluster as the configuration knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -225,6 +228,7 @@ impl NodeConfig {
         })?;
         self.net.validate().map_err(|e| ConfigError::new(format!("net.{}", e.field), e.reason))?;
         self.validate_pipeline()?;
+        self.validate_sessions()?;
         self.placement.validate()?;
         self.validate_across_parts()
     }
@@ -270,6 +274,23 @@ impl NodeConfig {
         }
         if p.snapshot_bytes_max == 0 {
             return field("snapshot_bytes_max", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn validate_sessions(&self) -> Result<(), ConfigError> {
+        let s = &self.sessions;
+        let field = |name: &str, reason: String| Err(ConfigError::new(format!("sessions.{name}"), reason));
+        if s.sessions_max == 0 || s.sessions_max > 1 << 24 {
+            return field("sessions_max", format!("must be in 1..=16777216, got {}", s.sessions_max));
+        }
+        // A command's result is looked up in, and inserted into, its session's window: the
+        // bound keeps that work per command small whatever order a client retries in.
+        if s.window_max == 0 || s.window_max > SESSION_WINDOW_MAX {
+            return field("window_max", format!("must be in 1..={SESSION_WINDOW_MAX}, got {}", s.window_max));
+        }
+        if s.expiry_entries == 0 {
+            return field("expiry_entries", "must be at least 1".into());
         }
         Ok(())
     }
@@ -413,6 +434,26 @@ pub(crate) mod tests {
         let mut config = valid();
         config.members.push(config.members[0].clone());
         assert_eq!(config.validate().unwrap_err().field, "members");
+    }
+
+    #[test]
+    fn session_limits_out_of_range_are_refused_by_name() {
+        assert!(valid().validate().is_ok());
+        type Breaker = fn(&mut SessionConfig);
+        let cases: [(&str, Breaker); 4] = [
+            ("sessions.sessions_max", |s| s.sessions_max = 0),
+            ("sessions.window_max", |s| s.window_max = 0),
+            ("sessions.window_max", |s| s.window_max = SESSION_WINDOW_MAX + 1),
+            ("sessions.expiry_entries", |s| s.expiry_entries = 0),
+        ];
+        for (field, break_it) in cases {
+            let mut config = valid();
+            break_it(&mut config.sessions);
+            assert_eq!(config.validate().unwrap_err().field, field);
+        }
+        let mut config = valid();
+        config.sessions.window_max = SESSION_WINDOW_MAX;
+        assert!(config.validate().is_ok(), "the bound itself is allowed");
     }
 
     #[test]
