@@ -2,17 +2,17 @@
 //!
 //! With no arguments it starts three real `smr node` processes on loopback (fsync on), waits for
 //! a leader, and sweeps a closed-loop load of puts at 1, 16, 256 and 1024 commands outstanding,
-//! printing one table: throughput, latency percentiles, errors, CPU per command (of the three
-//! node processes), the leader's batching (entries per fsync, commands per entry) and each
-//! node's memory and the disk under the nodes' data. It writes `results.json` and two SVG plots into `--out` (default
-//! `bench-results/`). `--cluster` drives an existing cluster instead; `--peers DIR` measures the
-//! machine's limits and etcd in the same run and puts them beside smr's figures.
+//! printing tables: throughput, latency percentiles, errors, CPU per command (of the three
+//! node processes), the leader's batching (entries per fsync, commands per entry), each node's
+//! memory, and the disk under the nodes' data. It writes `results.json` and three SVG plots into
+//! `--out` (default `bench-results/`). `--cluster` drives an existing cluster instead; `--peers
+//! DIR` measures the machine's limits and etcd in the same run and puts them beside smr's figures.
 //!
 //! Modules: `cluster` (in the library) starts and stops local nodes, `admin` asks nodes for
 //! status and metrics, `load` is the load driver, `procstat` reads CPU time and memory from
 //! `/proc`, `memory` samples the nodes' memory during a step, `disk` reads the block device's
-//! counters, `report` builds the table and the
-//! JSON, `plot` draws the plots, `peers` runs and reads the peer scripts.
+//! counters, `report` builds the tables and the JSON, `plot` draws the plots, `peers` runs and
+//! reads the peer scripts.
 
 mod disk;
 mod memory;
