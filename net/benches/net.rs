@@ -112,7 +112,8 @@ fn codec(c: &mut Criterion) {
 
 fn loopback(c: &mut Criterion) {
     let config = NetConfig { peer_queue_messages_max: 8192, peer_queue_bytes_max: 256 << 20, ..NetConfig::default() };
-    let identity = |node_id| Identity { cluster_id: 1, node_id, secret: b"benchmark cluster secret".to_vec() };
+    let identity =
+        |node_id| Identity { cluster_id: 1, node_id, secret: b"benchmark cluster secret".to_vec(), settings: 0 };
     let (l1, l2) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
     let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
     let (sender, _sender_inbound) = PeerTransport::start(config.clone(), identity(1), l1, &[(2, a2)]).unwrap();

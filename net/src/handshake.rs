@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! dialer A                                             acceptor B
-//!   Hello{magic, version, cluster, from A, to B, nonce_a}  ─►  check version, cluster, A known,
-//!                                                              A != B, A not connected, to == B
+//!   Hello{magic, version, cluster, from A, to B, nonce_a,  ─►  check version, cluster, settings,
+//!         settings}                                            A known, A != B, A not connected,
+//!                                                              to == B
 //!   ◄─  HelloReply{Hello{.., from B, to A, nonce_b}, proof_b}
 //! check B's hello and proof_b
 //!   Auth{proof_a}  ─►                                          check proof_a
@@ -12,7 +13,10 @@
 //! ```
 //!
 //! Each proof covers both hellos, so both fresh nonces: a recorded handshake cannot be replayed,
-//! and the distinct labels stop a proof from being reflected back to its author. Proofs are
+//! and the distinct labels stop a proof from being reflected back to its author. `settings` is a
+//! fingerprint of what every replica must agree on to apply the log alike (limits the state
+//! machine checks, the sessions' window); replicas that differ there would diverge silently, so
+//! a peer with another fingerprint is refused, by both sides. Proofs are
 //! checked by `hmac`'s constant-time `verify_slice`. A refusal sends a `Refuse` frame naming the
 //! reason, logs it, bumps its counter and changes nothing else. The whole exchange must finish
 //! within `handshake_ms`.
@@ -34,13 +38,14 @@ use crate::frame::{FrameKind, encode_frame};
 use crate::stats::{Counters, bump};
 
 /// The protocol version this build speaks. Version 2 added `RaftBatch` frames, which a
-/// version 1 peer would take for garbage.
-pub const PROTOCOL_VERSION: u16 = 2;
-/// The oldest version this build accepts: a version 1 peer cannot read what we send.
-pub const PROTOCOL_VERSION_MIN: u16 = 2;
+/// version 1 peer would take for garbage; version 3 added the settings fingerprint to the hello.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest version this build accepts: an older peer cannot show its settings, and a
+/// replica whose settings are not known to match must not join the log.
+pub const PROTOCOL_VERSION_MIN: u16 = 3;
 
 const MAGIC: [u8; 4] = *b"SMRP";
-const HELLO_BYTES: usize = 64;
+const HELLO_BYTES: usize = 72;
 const PROOF_BYTES: usize = 32;
 const NONCE_BYTES: usize = 32;
 const LABEL_ACCEPTOR: &[u8] = b"smr-net acceptor v1";
@@ -55,6 +60,9 @@ pub struct Identity {
     pub node_id: NodeId,
     /// The shared cluster secret. At least 16 bytes; never logged.
     pub secret: Vec<u8>,
+    /// A fingerprint of the settings every replica must share (for a node, smr-runtime's
+    /// `Config::replicated_settings`). A peer with another one is refused.
+    pub settings: u64,
 }
 
 impl fmt::Debug for Identity {
@@ -64,6 +72,7 @@ impl fmt::Debug for Identity {
             .field("cluster_id", &self.cluster_id)
             .field("node_id", &self.node_id)
             .field("secret", &"<redacted>")
+            .field("settings", &format_args!("{:#018x}", self.settings))
             .finish()
     }
 }
@@ -88,6 +97,8 @@ pub enum RefuseReason {
     Malformed = 7,
     /// The handshake did not finish within `handshake_ms`.
     Timeout = 8,
+    /// The settings every replica must share differ (see [`Identity::settings`]).
+    Settings = 9,
 }
 
 impl RefuseReason {
@@ -100,6 +111,7 @@ impl RefuseReason {
             5 => RefuseReason::WrongTarget,
             6 => RefuseReason::BadProof,
             8 => RefuseReason::Timeout,
+            9 => RefuseReason::Settings,
             _ => RefuseReason::Malformed,
         }
     }
@@ -114,6 +126,7 @@ impl RefuseReason {
             RefuseReason::BadProof => &counters.handshake_refused_bad_proof,
             RefuseReason::Malformed => &counters.handshake_refused_malformed,
             RefuseReason::Timeout => &counters.handshake_refused_timeout,
+            RefuseReason::Settings => &counters.handshake_refused_settings,
         }
     }
 }
@@ -139,6 +152,8 @@ pub struct Hello {
     pub from: NodeId,
     pub to: NodeId,
     pub nonce: [u8; NONCE_BYTES],
+    /// The sender's [`Identity::settings`].
+    pub settings: u64,
 }
 
 impl Hello {
@@ -151,7 +166,15 @@ impl Hello {
         out[16..24].copy_from_slice(&self.from.to_le_bytes());
         out[24..32].copy_from_slice(&self.to.to_le_bytes());
         out[32..64].copy_from_slice(&self.nonce);
+        out[64..72].copy_from_slice(&self.settings.to_le_bytes());
         out
+    }
+
+    /// The version of a hello of any version, shorter ones included, so that an old peer is
+    /// told its version is the problem rather than that its hello is malformed.
+    fn version_of(bytes: &[u8]) -> Option<u16> {
+        let version = bytes.get(4..6)?;
+        (bytes[0..4] == MAGIC).then(|| u16::from_le_bytes([version[0], version[1]]))
     }
 
     /// Decodes a hello from the start of `bytes`.
@@ -170,6 +193,7 @@ impl Hello {
             from: u64_at(16),
             to: u64_at(24),
             nonce: bytes[32..64].try_into().expect("32 bytes"),
+            settings: u64_at(64),
         })
     }
 }
@@ -256,6 +280,16 @@ fn check_hello(identity: &Identity, hello: &Hello) -> Result<(), (RefuseReason, 
     if hello.from == identity.node_id {
         return Err((RefuseReason::DuplicateNode, format!("peer claims our own node id {}", hello.from)));
     }
+    if hello.settings != identity.settings {
+        return Err((
+            RefuseReason::Settings,
+            format!(
+                "node {} has replicated settings {:#018x}, node {} has {:#018x}: they must be equal on every \
+                 replica (each node logs its own at start-up)",
+                hello.from, hello.settings, identity.node_id, identity.settings
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -290,6 +324,15 @@ pub(crate) fn accept(
     };
     let hello_dialer = match (kind, Hello::decode(&payload)) {
         (FrameKind::Hello, Some(hello)) if payload.len() == HELLO_BYTES => hello,
+        (FrameKind::Hello, _) if Hello::version_of(&payload).is_some_and(|v| v < PROTOCOL_VERSION_MIN) => {
+            let version = Hello::version_of(&payload).unwrap_or_default();
+            return Err(refuse(
+                stream,
+                counters,
+                RefuseReason::Version,
+                format!("protocol version {version} is older than {PROTOCOL_VERSION_MIN}"),
+            ));
+        }
         _ => {
             return Err(refuse(stream, counters, RefuseReason::Malformed, format!("expected a hello, got {kind:?}")));
         }
@@ -306,6 +349,7 @@ pub(crate) fn accept(
         from: identity.node_id,
         to: hello_dialer.from,
         nonce: nonce()?,
+        settings: identity.settings,
     };
     let dialer_bytes = hello_dialer.encode();
     let acceptor_bytes = hello_acceptor.encode();
@@ -362,6 +406,7 @@ pub(crate) fn dial(
         from: identity.node_id,
         to: peer,
         nonce: nonce()?,
+        settings: identity.settings,
     };
     let dialer_bytes = hello_dialer.encode();
     send_frame(stream, FrameKind::Hello, &dialer_bytes)?;
@@ -429,13 +474,33 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_rejects_bad_magic() {
-        let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [9; 32] };
+        let hello = Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [9; 32], settings: 0x5e77_1265 };
         let bytes = hello.encode();
         assert_eq!(Hello::decode(&bytes), Some(hello));
         let mut bad = bytes;
         bad[0] = b'X';
         assert_eq!(Hello::decode(&bad), None);
-        assert_eq!(Hello::decode(&bytes[..63]), None);
+        assert_eq!(Hello::decode(&bytes[..HELLO_BYTES - 1]), None);
+    }
+
+    #[test]
+    fn the_version_is_read_from_hellos_of_any_length() {
+        let hello = Hello { version: 2, cluster_id: 7, from: 1, to: 2, nonce: [9; 32], settings: 0 };
+        let bytes = hello.encode();
+        assert_eq!(Hello::version_of(&bytes[..64]), Some(2), "a version 2 hello is 64 bytes");
+        assert_eq!(Hello::version_of(&bytes[..6]), Some(2));
+        assert_eq!(Hello::version_of(&bytes[..5]), None);
+        assert_eq!(Hello::version_of(b"SMRX\x03\x00"), None);
+    }
+
+    #[test]
+    fn a_hello_with_other_settings_is_refused_naming_both() {
+        let identity = Identity { cluster_id: 7, node_id: 2, secret: vec![0; 16], settings: 0xaa };
+        let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [9; 32], settings: 0xbb };
+        let (reason, detail) = check_hello(&identity, &hello).unwrap_err();
+        assert_eq!(reason, RefuseReason::Settings);
+        assert!(detail.contains("0x00000000000000bb") && detail.contains("0x00000000000000aa"), "{detail}");
+        assert_eq!(check_hello(&identity, &Hello { settings: 0xaa, ..hello }), Ok(()));
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! # fn core_step(_: smr_raft::Message) {}
 //! let config = NetConfig::default();
 //! config.validate()?;
-//! let identity = Identity { cluster_id: 0xc1, node_id: 1, secret: b"shared cluster secret".to_vec() };
+//! let identity = Identity { cluster_id: 0xc1, node_id: 1, secret: b"shared cluster secret".to_vec(), settings: 0 };
 //! let peers = [(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)];
 //! let (transport, inbound) =
 //!     PeerTransport::start(config.clone(), identity, TcpListener::bind("0.0.0.0:7000")?, &peers)?;

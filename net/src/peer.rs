@@ -800,7 +800,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let unused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec() };
+        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec(), settings: 0 };
         let (node, inbound) = PeerTransport::start(config(), identity(2), listener, &[(1, unused)]).unwrap();
         let mut stream = TcpStream::connect(address).unwrap();
         let mut reader = FrameReader::new(1 << 16, 1 << 20);
@@ -944,7 +944,7 @@ mod tests {
     fn idle_but_alive_peers_keep_their_connection_through_keepalives() {
         let listeners = [TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()];
         let addresses = [listeners[0].local_addr().unwrap(), listeners[1].local_addr().unwrap()];
-        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec() };
+        let identity = |node_id| Identity { cluster_id: 5, node_id, secret: SECRET.to_vec(), settings: 0 };
         let [l1, l2] = listeners;
         let (n1, _i1) = PeerTransport::start(config(), identity(1), l1, &[(2, addresses[1])]).unwrap();
         let (n2, _i2) = PeerTransport::start(config(), identity(2), l2, &[(1, addresses[0])]).unwrap();

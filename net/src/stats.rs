@@ -72,6 +72,8 @@ counters! {
     handshake_refused_bad_proof,
     handshake_refused_malformed,
     handshake_refused_timeout,
+    /// Peers whose replicated settings differ from ours.
+    handshake_refused_settings,
     /// Our own handshake attempts that the other side refused.
     handshake_refused_by_peer,
     /// Connections closed for bytes that were not a valid frame or message.

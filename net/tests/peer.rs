@@ -12,6 +12,8 @@ use smr_net::{Identity, Inbound, NetConfig, NetStats, PROTOCOL_VERSION, PeerTran
 use smr_raft::{Entry, EntryKind, Message, MessageBody};
 
 const SECRET: &[u8] = b"a cluster secret of some length";
+/// The replicated settings fingerprint every node of these tests has.
+const SETTINGS: u64 = 0x5e77;
 
 fn config() -> NetConfig {
     NetConfig {
@@ -31,7 +33,7 @@ fn listener() -> TcpListener {
 }
 
 fn identity(cluster_id: u64, node_id: u64, secret: &[u8]) -> Identity {
-    Identity { cluster_id, node_id, secret: secret.to_vec() }
+    Identity { cluster_id, node_id, secret: secret.to_vec(), settings: SETTINGS }
 }
 
 fn start(node_id: u64, listener: TcpListener, peers: &[(u64, SocketAddr)]) -> (PeerTransport, Receiver<Inbound>) {
@@ -249,6 +251,21 @@ fn handshake_with_a_wrong_secret_is_refused() {
 }
 
 #[test]
+fn handshake_between_replicas_with_other_settings_is_refused() {
+    let l2 = listener();
+    let a2 = l2.local_addr().unwrap();
+    let (n2, r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
+    let other = Identity { settings: 0x0dd, ..identity(7, 1, SECRET) };
+    let (n1, _r1) = PeerTransport::start(config(), other, listener(), &[(2, a2)]).unwrap();
+    wait_for("the settings refusal", || {
+        n2.stats().handshake_refused_settings >= 1 && n1.stats().handshake_refused_by_peer >= 1
+    });
+    let _ = n1.send(append(1, 2, 1, 1));
+    assert!(r2.recv_timeout(Duration::from_millis(100)).is_err());
+    assert!(n2.connected_peers().is_empty() && n1.connected_peers().is_empty());
+}
+
+#[test]
 fn handshake_from_an_unlisted_node_is_refused() {
     // Node 2 knows only node 3; node 1 (lower ids dial) is not in its list.
     let l2 = listener();
@@ -293,11 +310,11 @@ fn dialer_proof_without_the_secret_is_refused() {
     let a2 = l2.local_addr().unwrap();
     let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
     let mut stream = TcpStream::connect(a2).unwrap();
-    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS };
     let mut frame = Vec::new();
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     stream.write_all(&frame).unwrap();
-    let mut reply = [0u8; 24 + 96];
+    let mut reply = [0u8; 24 + 72 + 32];
     stream.read_exact(&mut reply).unwrap();
     assert_eq!(reply[8], FrameKind::HelloReply as u8);
     frame.clear();
@@ -310,20 +327,48 @@ fn dialer_proof_without_the_secret_is_refused() {
 #[test]
 fn handshake_with_an_old_protocol_version_is_refused() {
     // Version 1 had no RaftBatch frames: a version 1 peer could not read what we send.
-    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] });
+    let stats = raw_hello(Hello { version: 1, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS });
     assert_eq!(stats.handshake_refused_version, 1);
     assert_eq!(stats.connections_established, 0);
 }
 
 #[test]
+fn a_version_2_hello_without_settings_is_refused_for_its_version() {
+    let l2 = listener();
+    let a2 = l2.local_addr().unwrap();
+    let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
+    let mut stream = TcpStream::connect(a2).unwrap();
+    let hello = Hello { version: 2, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS }.encode();
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello[..64], 1 << 20).unwrap();
+    stream.write_all(&frame).unwrap();
+    wait_for("the version refusal", || n2.stats().handshake_refused_version == 1);
+    assert_eq!(n2.stats().handshake_refused_malformed, 0);
+}
+
+#[test]
 fn handshake_claiming_our_own_id_is_refused() {
-    let stats = raw_hello(Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 2, to: 2, nonce: [1; 32] });
+    let stats = raw_hello(Hello {
+        version: PROTOCOL_VERSION,
+        cluster_id: 7,
+        from: 2,
+        to: 2,
+        nonce: [1; 32],
+        settings: SETTINGS,
+    });
     assert_eq!(stats.handshake_refused_duplicate_node, 1);
 }
 
 #[test]
 fn handshake_meant_for_another_node_is_refused() {
-    let stats = raw_hello(Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 5, nonce: [1; 32] });
+    let stats = raw_hello(Hello {
+        version: PROTOCOL_VERSION,
+        cluster_id: 7,
+        from: 1,
+        to: 5,
+        nonce: [1; 32],
+        settings: SETTINGS,
+    });
     assert_eq!(stats.handshake_refused_wrong_target, 1);
 }
 
@@ -359,7 +404,7 @@ fn oversize_frame_header_is_refused_before_allocation() {
 #[test]
 fn corrupted_hello_frame_is_refused() {
     let mut frame = Vec::new();
-    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     frame[40] ^= 0x10;
     let stats = raw_bytes_then_wait(&frame);
@@ -369,7 +414,7 @@ fn corrupted_hello_frame_is_refused() {
 #[test]
 fn truncated_hello_times_out_as_slowloris() {
     let mut frame = Vec::new();
-    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32] };
+    let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS };
     encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
     let stats = raw_bytes_then_wait(&frame[..30]);
     assert_eq!(stats.handshake_refused_timeout, 1);

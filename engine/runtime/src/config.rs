@@ -187,6 +187,34 @@ impl NodeConfig {
         self.log.group_id = self.group_id;
     }
 
+    /// The settings that decide how a committed entry is applied, by the names the TOML file
+    /// gives them. Replicas that differ in one would apply the same log differently (a put one
+    /// accepts and another refuses as too large, a retry one answers from its session window and
+    /// another applies again, a batch one refuses as too long) and diverge without a word, so
+    /// the peer handshake refuses a peer whose [`NodeConfig::settings_fingerprint`] differs.
+    pub fn replicated_settings(&self) -> [(&'static str, u64); 6] {
+        [
+            ("pipeline.batch_commands_max", self.pipeline.batch_commands_max as u64),
+            ("sessions.sessions_max", self.sessions.sessions_max as u64),
+            ("sessions.window_max", self.sessions.window_max),
+            ("sessions.expiry_entries", self.sessions.expiry_entries),
+            ("kv.key_bytes_max", self.kv.key_bytes_max as u64),
+            ("kv.value_bytes_max", self.kv.value_bytes_max as u64),
+        ]
+    }
+
+    /// A 64-bit FNV-1a hash of [`NodeConfig::replicated_settings`] written as `name=value`
+    /// lines: the same on every build and machine, and sent in the peer handshake (whose proof
+    /// covers it, so it needs no cryptographic strength).
+    pub fn settings_fingerprint(&self) -> u64 {
+        let mut text = String::from("smr replicated settings v1\n");
+        for (name, value) in self.replicated_settings() {
+            text.push_str(&format!("{name}={value}\n"));
+        }
+        text.bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    }
+
     /// Checks every field, the parts' configs, and the limits that must agree between parts.
     ///
     /// # Errors
@@ -454,6 +482,46 @@ pub(crate) mod tests {
         let mut config = valid();
         config.sessions.window_max = SESSION_WINDOW_MAX;
         assert!(config.validate().is_ok(), "the bound itself is allowed");
+    }
+
+    #[test]
+    fn every_replicated_setting_moves_the_fingerprint() {
+        let base = valid();
+        let fingerprint = base.settings_fingerprint();
+        assert_eq!(fingerprint, valid().settings_fingerprint(), "a function of the config alone");
+        type Changer = fn(&mut NodeConfig);
+        let changes: [Changer; 6] = [
+            |c| c.pipeline.batch_commands_max += 1,
+            |c| c.sessions.sessions_max += 1,
+            |c| c.sessions.window_max += 1,
+            |c| c.sessions.expiry_entries += 1,
+            |c| c.kv.key_bytes_max += 1,
+            |c| c.kv.value_bytes_max += 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut config = valid();
+            change(&mut config);
+            assert_ne!(config.settings_fingerprint(), fingerprint, "{}", base.replicated_settings()[i].0);
+        }
+        let mut local = valid();
+        local.kv.scan_entries_max += 1;
+        local.pipeline.linger_us_max += 1;
+        local.log.segment_bytes *= 2;
+        assert_eq!(local.settings_fingerprint(), fingerprint, "settings of one node's own are not replicated");
+    }
+
+    #[test]
+    fn the_fingerprint_of_the_defaults_is_stable_across_builds() {
+        // Nodes of different builds compare fingerprints: a change to how it is computed, or to
+        // the default of a replicated setting, changes these figures, and must be released as a
+        // change that old and new nodes cannot be mixed across.
+        let settings = valid().replicated_settings().map(|(name, value)| format!("{name}={value}"));
+        assert_eq!(
+            settings.join(" "),
+            "pipeline.batch_commands_max=4096 sessions.sessions_max=65536 sessions.window_max=1024 \
+             sessions.expiry_entries=10000000 kv.key_bytes_max=4096 kv.value_bytes_max=1048576"
+        );
+        assert_eq!(valid().settings_fingerprint(), 0x4fdf_d4f2_b694_917e, "FNV-1a of the lines, computed apart");
     }
 
     #[test]

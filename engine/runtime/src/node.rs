@@ -213,8 +213,19 @@ impl Node {
         let log_waker = log.waker()?;
         let reader = log.reader();
 
-        let net_identity =
-            smr_net::Identity { cluster_id: config.cluster_id, node_id: config.node_id, secret: config.secret.clone() };
+        let settings = config.settings_fingerprint();
+        tracing::info!(
+            node = config.node_id,
+            fingerprint = format_args!("{settings:#018x}"),
+            settings = ?config.replicated_settings(),
+            "replicated settings (every replica must have the same; a peer with others is refused)"
+        );
+        let net_identity = smr_net::Identity {
+            cluster_id: config.cluster_id,
+            node_id: config.node_id,
+            secret: config.secret.clone(),
+            settings,
+        };
         // The transport's threads inherit the affinity of the thread that starts them.
         let placement = config.placement.clone();
         let net_config = config.net.clone();

@@ -405,3 +405,38 @@ fn a_follower_far_behind_catches_up_through_more_appends_than_one_log_submit_hol
     // answers its status, and this fails.
     cluster.converged(400);
 }
+
+#[test]
+fn a_node_whose_replicated_settings_differ_is_kept_out_until_they_match() {
+    // A replica with another session window would answer a retry that the others apply again:
+    // its state would drift from theirs without a word. The handshake keeps it out instead.
+    let mut cluster = Cluster::configure(3, no_tuning);
+    let mut odd = cluster.config(3).clone();
+    odd.sessions.window_max += 1;
+    cluster.set_config(odd);
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let mut kv = harness::Kv::new(vec![cluster.config(1).client_listen, cluster.config(2).client_listen]);
+    for i in 0..20 {
+        kv.put(&format!("k{i}"), &value(i));
+    }
+    cluster.wait_for("the refusal in node 3's log", || cluster.node_log(3).contains("Settings").then_some(()));
+    let refusals = (1..=2)
+        .map(|id| cluster.node_log(id))
+        .filter(|log| log.contains("Settings") && log.contains("must be equal on every replica"))
+        .count();
+    assert!(refusals >= 1, "node 1 or 2 refused node 3 and said why");
+    let outsider = cluster.status(3).expect("node 3 answers");
+    let applied = outsider["applied_state_index"].as_u64().expect("a number");
+    assert!(applied <= 1, "node 3 holds only its founding entry, none of the puts: {outsider}");
+    // Once its settings match, it joins and catches up to the same state.
+    assert_eq!(cluster.terminate(3), Some(0));
+    let mut fixed = cluster.config(3).clone();
+    fixed.sessions.window_max -= 1;
+    cluster.set_config(fixed);
+    cluster.spawn(3);
+    let (index, _) = cluster.converged(20);
+    assert!(index >= 20);
+    assert_eq!(kv.get("k19").as_deref(), Some(value(19).as_str()));
+}
