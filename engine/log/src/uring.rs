@@ -16,6 +16,11 @@
 //! meanwhile and the next sync covers all of them (group commit), as it would with one sync
 //! job in flight at a time, which the log allows anyway.
 //!
+//! On a file system without non-blocking buffered writes (ext4) io_uring hands every write to an
+//! io-wq worker and the writer sleeps until it is done, so [`crate::IoMode::Auto`] probes for
+//! that at open ([`buffered_writes_complete_inline`]) and writes with `pwrite` on the writer's
+//! thread (`fallback.rs`) where it finds it; `log.rs`, at `choose_io`, gives the figures.
+//!
 //! Registered files and buffers are not used: with buffered writes the per-operation file lookup
 //! and page pinning they save are a few hundred nanoseconds against a 100 µs `fdatasync`, and the
 //! staging buffers change with every batch.
@@ -33,6 +38,54 @@ use crate::io::{Backend, Completion, LogWaker, SyncJob, WakerInner};
 
 /// User data of the eventfd read that a `LogWaker` completes. Write ids stay below it.
 const WAKE_ID: u64 = 1 << 62;
+
+/// Non-blocking writes the probe tries; one that completes is enough (a second try covers a
+/// lock that happened to be held).
+const PROBE_WRITES: u64 = 2;
+/// Bytes of each probe write: one page.
+const PROBE_BYTES: u32 = 4096;
+
+/// Whether io_uring completes a buffered write to a file in `dir` within the submitting call,
+/// as it does on a file system that takes non-blocking buffered writes (XFS), or hands it to an
+/// io-wq worker thread, as it does on one that does not (ext4, btrfs and tmpfs on Linux 6.18:
+/// the kernel checks the file system's `FOP_BUFFER_WASYNC` and punts every buffered write
+/// without it). A punted write costs the writer a sleep until the worker is done, and two thread
+/// wake-ups, per append.
+///
+/// Writes one cached page of an unnamed temporary file (`O_TMPFILE`: gone when closed, so a
+/// crash leaves nothing behind) through io_uring with `RWF_NOWAIT`, which makes io_uring report
+/// `EAGAIN` (or the file system `EOPNOTSUPP`) instead of punting. Timing the completion instead
+/// would race with a worker that is already awake.
+///
+/// # Errors
+/// The OS error when the file or the ring cannot be made (no `O_TMPFILE` here, no io_uring).
+pub(crate) fn buffered_writes_complete_inline(dir: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir)?;
+    let page = vec![0u8; PROBE_BYTES as usize];
+    // Cache the page first: a non-blocking write to a page not yet in memory may be refused for
+    // the allocation alone.
+    file.write_all_at(&page, 0)?;
+    let mut ring = IoUring::new(2)?;
+    for id in 0..PROBE_WRITES {
+        let entry = opcode::Write::new(types::Fd(file.as_raw_fd()), page.as_ptr(), PROBE_BYTES)
+            .offset(0)
+            .rw_flags(libc::RWF_NOWAIT)
+            .build()
+            .user_data(id);
+        // SAFETY: `page` and `file` outlive the write: its completion is collected right below.
+        unsafe { ring.submission().push(&entry) }.map_err(|_| io::Error::other("probe ring is full"))?;
+        ring.submit_and_wait(1)?;
+        let result =
+            ring.completion().next().ok_or_else(|| io::Error::other("probe write has no completion"))?.result();
+        match result {
+            written if written >= 0 => return Ok(true),
+            refused if refused == -libc::EAGAIN || refused == -libc::EOPNOTSUPP => {}
+            error => return Err(io::Error::from_raw_os_error(-error)),
+        }
+    }
+    Ok(false)
+}
 
 /// A write as handed in: kept until its completion, which keeps its file open meanwhile.
 #[derive(Debug)]
@@ -272,5 +325,36 @@ impl Drop for UringIo {
             }
             sink.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `statfs` magic of XFS, whose buffered writes io_uring completes inline since Linux 6.0.
+    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+
+    #[test]
+    fn the_write_probe_is_steady_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = buffered_writes_complete_inline(dir.path()).expect("the probe runs where io_uring does");
+        assert_eq!(buffered_writes_complete_inline(dir.path()).unwrap(), first, "the same answer twice");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the probe's file has no name");
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `statfs` is plain data, valid when zeroed.
+        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `stat` a live struct for statfs to fill.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &raw mut stat) }, 0);
+        if stat.f_type == XFS_SUPER_MAGIC {
+            assert!(first, "XFS takes buffered writes without blocking");
+        }
+        eprintln!("file system {:#x}: buffered writes complete inline: {first}", stat.f_type);
+    }
+
+    #[test]
+    fn the_write_probe_names_a_missing_directory() {
+        let error = buffered_writes_complete_inline(std::path::Path::new("/nonexistent/smr-log")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 }

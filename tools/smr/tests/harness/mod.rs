@@ -94,6 +94,12 @@ pub fn test_defaults(config: &mut NodeConfig) {
     config.log.entry_bytes_max = 4 << 20;
     config.log.submit_bytes_max = 16 << 20;
     config.pipeline.request_timeout_ms = 3_000;
+    // `auto` writes with pwrite on file systems where io_uring would hand every write to a worker
+    // (ext4, as on the development machine): even nodes insist on io_uring, so that both paths
+    // run in every multi-node test.
+    if config.node_id.is_multiple_of(2) {
+        config.log.io_mode = smr_log::IoMode::Uring;
+    }
 }
 
 impl Cluster {
