@@ -89,5 +89,5 @@ pub use frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind};
 pub use handshake::{Identity, PROTOCOL_VERSION, RefuseReason};
 pub use peer::{Inbound, PeerSender, PeerTransport, SendError, StartError};
 pub use server::{ClientRequest, ClientServer, LOCAL_CONNECTION, ResponseBatch};
-pub use stats::NetStats;
+pub use stats::{NetStats, StatsReader};
 pub use wire::{EncodeError, WireError, decode_message, decode_message_batch, encode_message, encode_message_batched};

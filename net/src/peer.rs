@@ -297,6 +297,12 @@ impl PeerTransport {
         self.shared.counters.snapshot()
     }
 
+    /// Reads [`PeerTransport::stats`] from elsewhere (a metrics report).
+    pub fn stats_reader(&self) -> crate::stats::StatsReader {
+        let shared = Arc::clone(&self.shared);
+        crate::stats::StatsReader::new(move || shared.counters.snapshot())
+    }
+
     /// Stops every thread and closes every connection. Also done on drop.
     pub fn shutdown(mut self) {
         self.stop_all();

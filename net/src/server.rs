@@ -360,6 +360,12 @@ impl ClientServer {
         self.shared.counters.snapshot()
     }
 
+    /// Reads [`ClientServer::stats`] from elsewhere (a metrics report).
+    pub fn stats_reader(&self) -> crate::stats::StatsReader {
+        let shared = Arc::clone(&self.shared);
+        crate::stats::StatsReader::new(move || shared.counters.snapshot())
+    }
+
     /// A sender into the same bounded channel that connections hand their requests to, for
     /// requests made in the process itself ([`ClientRequest::local`]).
     pub fn local_sender(&self) -> Sender<ClientRequest> {

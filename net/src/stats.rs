@@ -33,6 +33,10 @@ macro_rules! counters {
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
             }
+
+            fn fields_mut(&mut self) -> Vec<(&'static str, &mut u64)> {
+                vec![$((stringify!($name), &mut self.$name),)*]
+            }
         }
     };
 }
@@ -95,6 +99,42 @@ counters! {
     /// Client requests answered `InvalidRequest`.
     client_invalid,
     client_connections_accepted,
+}
+
+/// Reads a transport's counters from anywhere, for as long as it is held (the counters outlive
+/// the transport's threads). Made by [`crate::PeerTransport::stats_reader`] and
+/// [`crate::ClientServer::stats_reader`].
+#[derive(Clone)]
+pub struct StatsReader(pub(crate) std::sync::Arc<dyn Fn() -> NetStats + Send + Sync>);
+
+impl StatsReader {
+    /// A reader of whatever `read` returns (the transports make their own; tests make others).
+    pub fn new(read: impl Fn() -> NetStats + Send + Sync + 'static) -> StatsReader {
+        StatsReader(std::sync::Arc::new(read))
+    }
+
+    pub fn read(&self) -> NetStats {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsReader").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Add for NetStats {
+    type Output = NetStats;
+
+    /// Counter by counter: the peer transport's and the client server's, for one table.
+    fn add(self, other: NetStats) -> NetStats {
+        let mut sum = self;
+        for ((_, total), (_, value)) in sum.fields_mut().into_iter().zip(other.fields()) {
+            *total += value;
+        }
+        sum
+    }
 }
 
 #[inline]

@@ -413,6 +413,8 @@ pub struct MetricsHub {
     /// same moment do not wait for each other.
     stages: [Mutex<Slots>; STAGE_COUNT],
     counters: Counters,
+    /// The transport's counters (peer links, client connections), once the node has started it.
+    net: std::sync::OnceLock<Vec<smr_net::StatsReader>>,
 }
 
 impl std::fmt::Debug for MetricsHub {
@@ -437,7 +439,13 @@ impl MetricsHub {
             publish_interval: Duration::from_millis(config.publish_interval_ms),
             stages: Default::default(),
             counters: Counters::new(),
+            net: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Adds the transport's counters to every report from now on; the first call counts.
+    pub fn attach_net(&self, readers: Vec<smr_net::StatsReader>) {
+        let _ = self.net.set(readers);
     }
 
     /// A recorder for `stage`; see [`StageRecorder::new`].
@@ -490,6 +498,11 @@ impl MetricsHub {
             uptime_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX),
             stages,
             counters: self.counters.values(),
+            net: self.net.get().map_or_else(Vec::new, |readers| {
+                let total =
+                    readers.iter().map(smr_net::StatsReader::read).fold(smr_net::NetStats::default(), |a, b| a + b);
+                total.fields().into_iter().map(|(name, value)| NetCounter { name: name.to_owned(), value }).collect()
+            }),
         }
     }
 }
@@ -617,6 +630,18 @@ pub struct MetricsReport {
     /// Every stage, in pipeline order, including those that have recorded nothing yet.
     pub stages: Vec<StageReport>,
     pub counters: CounterValues,
+    /// The transport's counters, peer links and client connections together (see
+    /// `smr_net::NetStats`): handshakes refused and why, frames dropped, connections closed.
+    /// Empty in a report from a build before them, or before the node started its transport.
+    #[serde(default)]
+    pub net: Vec<NetCounter>,
+}
+
+/// One transport counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetCounter {
+    pub name: String,
+    pub value: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -751,6 +776,14 @@ impl MetricsReport {
         text.push_str("\ncounters\n");
         for (name, value) in fields {
             let _ = writeln!(text, "{name:<name_width$}  {value:>value_width$}");
+        }
+        if !self.net.is_empty() {
+            let name_width = self.net.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            let value_width = self.net.iter().map(|c| c.value.to_string().len()).max().unwrap_or(0);
+            text.push_str("\nnet counters (peer links and client connections)\n");
+            for NetCounter { name, value } in &self.net {
+                let _ = writeln!(text, "{name:<name_width$}  {value:>value_width$}");
+            }
         }
         text
     }
@@ -995,7 +1028,27 @@ mod tests {
         }
         hub.counters().client_not_leader.add(3);
         hub.counters().entries_applied.add(u64::MAX / 2);
+        hub.attach_net(vec![
+            smr_net::StatsReader::new(|| smr_net::NetStats { messages_sent: 7, ..Default::default() }),
+            smr_net::StatsReader::new(|| smr_net::NetStats {
+                messages_sent: 5,
+                client_requests: 9,
+                ..Default::default()
+            }),
+        ]);
         hub.report(started + Duration::from_millis(123_456))
+    }
+
+    #[test]
+    fn a_report_adds_up_the_transports_counters() {
+        let report = busy_report();
+        let value = |name: &str| report.net.iter().find(|c| c.name == name).map(|c| c.value);
+        assert_eq!(value("messages_sent"), Some(12), "both transports' counters, summed");
+        assert_eq!(value("client_requests"), Some(9));
+        assert_eq!(value("handshake_refused_settings"), Some(0), "every counter is listed");
+        let text = report.to_text();
+        let line = text.lines().find(|l| l.starts_with("messages_sent")).expect("a line per net counter");
+        assert!(line.ends_with(" 12"), "{line}");
     }
 
     #[test]
@@ -1013,6 +1066,7 @@ mod tests {
         let report = MetricsReport::from_json(json).expect("older or newer counter sets parse");
         assert_eq!(report.counters.client_busy, 2);
         assert_eq!(report.counters.reads_served, 0);
+        assert!(report.net.is_empty(), "a report from before net counters has none");
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Node {
                 .join()
                 .expect("the net start-up thread does not panic")
         })?;
+        hub.attach_net(vec![transport.stats_reader(), clients.stats_reader()]);
         let peer_address = transport.local_addr();
         let client_address = clients.local_addr();
         let local = clients.local_sender();

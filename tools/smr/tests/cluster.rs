@@ -308,6 +308,10 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
         (report.counters.entries_applied >= 20 && published).then_some(report)
     });
     let text = stats.to_text();
+    // The transport's counters come with them: the leader sent appends and served the puts.
+    let net = |name: &str| stats.net.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+    assert!(net("messages_sent") > 0 && net("client_requests") >= 20, "{text}");
+    assert!(text.contains("net counters"), "{text}");
     for stage in ["core", "log", "apply"] {
         assert!(text.contains(stage), "{text}");
         let report = stats.stages.iter().find(|s| s.stage == stage).expect("stage reported");
@@ -421,12 +425,17 @@ fn a_node_whose_replicated_settings_differ_is_kept_out_until_they_match() {
     for i in 0..20 {
         kv.put(&format!("k{i}"), &value(i));
     }
-    cluster.wait_for("the refusal in node 3's log", || cluster.node_log(3).contains("Settings").then_some(()));
-    let refusals = (1..=2)
-        .map(|id| cluster.node_log(id))
-        .filter(|log| log.contains("Settings") && log.contains("must be equal on every replica"))
-        .count();
-    assert!(refusals >= 1, "node 1 or 2 refused node 3 and said why");
+    // Node 3 refuses nodes 1 and 2 (lower ids dial), counts it, and says why in its log.
+    let net_counter = |id: u64, name: &str| {
+        let mut admin = harness::Kv::new(vec![cluster.config(id).client_listen]);
+        let ResponseBody::Ok(bytes) = admin.admin(AdminRequest::Stats) else { return 0 };
+        let report = smr_runtime::metrics::MetricsReport::from_json(&bytes).expect("a valid report");
+        report.net.iter().find(|c| c.name == name).map_or(0, |c| c.value)
+    };
+    cluster
+        .wait_for("node 3 to count its refusals", || (net_counter(3, "handshake_refused_settings") >= 2).then_some(()));
+    assert!(net_counter(1, "handshake_refused_by_peer") >= 1);
+    assert!(cluster.node_log(3).contains("must be equal on every replica"), "the refusal is explained in the log");
     let outsider = cluster.status(3).expect("node 3 answers");
     let applied = outsider["applied_state_index"].as_u64().expect("a number");
     assert!(applied <= 1, "node 3 holds only its founding entry, none of the puts: {outsider}");
