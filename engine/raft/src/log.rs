@@ -228,6 +228,25 @@ impl RaftLog {
         }
     }
 
+    /// Replaces the payload of the durable entry at `entry.index` with `entry.data`, the same
+    /// bytes held elsewhere (the caller's mapping of its log), so that this view stops holding a
+    /// copy of its own. Refused (false) unless this view holds that index, durable, with the same
+    /// term, kind and length: by Log Matching an entry of that index and term is the one this view
+    /// holds.
+    pub(crate) fn rebind(&mut self, entry: Entry) -> bool {
+        if entry.index > self.persisted_index {
+            return false;
+        }
+        let Some(offset) = entry.index.checked_sub(self.base_index + 1) else { return false };
+        let Some(held) = self.entries.get_mut(offset as usize) else { return false };
+        if held.term != entry.term || held.kind != entry.kind || held.data.len() != entry.data.len() {
+            return false;
+        }
+        debug_assert_eq!(held.data, entry.data, "entry {} of term {} differs from the log's", entry.index, entry.term);
+        held.data = entry.data;
+        true
+    }
+
     /// Drops entries through `index` (which must be durable and committed) from memory.
     pub(crate) fn compact_through(&mut self, index: Index) {
         assert!(index <= self.commit_index && index <= self.persisted_index, "compacting beyond commit or durability");
@@ -326,6 +345,30 @@ mod tests {
         assert_eq!(log.last_index_with_term_at_most(7, 3), 3);
         assert_eq!(log.last_index_with_term_at_most(7, 4), 7);
         assert_eq!(log.last_index_with_term_at_most(2, 0), 0);
+    }
+
+    #[test]
+    fn only_durable_entries_of_the_same_term_kind_and_length_are_rebound() {
+        let mut log = RaftLog::restore(0, 0, Vec::new(), 0);
+        for index in 1..=4 {
+            log.push(Entry { index, term: 2, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 8]) });
+        }
+        assert!(log.persisted_to(3, 2));
+        let same =
+            |index: Index| Entry { index, term: 2, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 8]) };
+        let elsewhere = same(2);
+        let pointer = elsewhere.data.as_ptr();
+        assert!(log.rebind(elsewhere));
+        assert_eq!(log.entry(2).unwrap().data.as_ptr(), pointer, "the view holds the given bytes now");
+        assert!(!log.rebind(same(4)), "not durable yet");
+        assert!(!log.rebind(Entry { term: 1, ..same(1) }), "another term");
+        assert!(!log.rebind(Entry { kind: EntryKind::ConfChange, ..same(1) }), "another kind");
+        assert!(!log.rebind(Entry { data: Bytes::from(vec![1; 9]), ..same(1) }), "another length");
+        assert!(!log.rebind(same(9)), "beyond the log");
+        let mut log2 = RaftLog::restore(5, 2, vec![same(6)], 6);
+        assert!(!log2.rebind(same(5)), "the base itself holds no entry");
+        assert!(log2.rebind(same(6)));
+        assert_eq!(log.entry(1).unwrap().data, same(1).data, "refused rebinds change nothing");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, select};
 use smr_apply::{BatchBuilder, Command};
-use smr_log::LogWaker;
+use smr_log::{LogReader, LogWaker};
 use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
 use smr_raft::{
     ConfChange, ConfChangeOp, ConfState, Error as RaftError, HardState, Index, Message, NodeId, ReadContext, Replica,
@@ -28,6 +28,7 @@ use crate::config::PipelineConfig;
 use crate::directory::{Addresses, Directory};
 use crate::handoff::{ApplyWork, LogWork, Shared, SnapshotTaken, Waiting};
 use crate::metrics::{Histo, MetricsHub, StageRecorder};
+use crate::rebind::Rebinder;
 
 /// Messages and requests taken per input per round, so that one busy input cannot starve the
 /// others or delay the ready cycle.
@@ -109,6 +110,8 @@ pub(crate) struct CoreStage {
     unready_entry_bytes: u64,
     /// The log's `submit_bytes_max`: the most one ready's entries may take.
     submit_bytes_max: u64,
+    /// Swaps durable entries' heap copies for slices of the mapped log.
+    rebinder: Rebinder,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -139,6 +142,8 @@ pub(crate) struct CoreParts {
     pub(crate) initial_peers: BTreeSet<NodeId>,
     pub(crate) metrics: StageRecorder,
     pub(crate) hub: Arc<MetricsHub>,
+    /// Reads the durable log, for [`Rebinder`].
+    pub(crate) reader: LogReader,
 }
 
 impl CoreStage {
@@ -147,6 +152,7 @@ impl CoreStage {
         let hard_state_written = parts.replica.hard_state();
         let pipeline = parts.pipeline;
         let applied = parts.replica.applied_index();
+        let rebinder = Rebinder::new(parts.reader, &parts.replica);
         let mut stage = CoreStage {
             replica: parts.replica,
             transport: parts.transport,
@@ -186,6 +192,7 @@ impl CoreStage {
             log_woken: now,
             unready_entry_bytes: 0,
             submit_bytes_max: parts.submit_bytes_max,
+            rebinder,
         };
         stage.next_tick = now + stage.tick();
         stage.check_directory();
@@ -225,6 +232,8 @@ impl CoreStage {
                 self.drive_ready();
             }
             self.expire_reads(round);
+            // Last: nothing waits on it.
+            self.rebinder.rebind(&mut self.replica, self.hub.counters());
             self.metrics.record_service(round.elapsed());
             self.metrics.maybe_publish(Instant::now());
         }

@@ -26,6 +26,7 @@ mod log_stage;
 pub mod metrics;
 mod node;
 pub mod placement;
+mod rebind;
 pub mod snapshot;
 mod snapshot_saver;
 mod status;

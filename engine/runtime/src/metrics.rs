@@ -611,6 +611,8 @@ counters! {
     entries_applied,
     /// Linearizable reads served.
     reads_served,
+    /// Durable entries whose in-memory copy in the core gave way to the log's mapping.
+    entries_rebound,
 }
 
 /// Why a report could not be read.
@@ -1004,7 +1006,7 @@ mod tests {
             thread.join().expect("counting thread");
         }
         let fields = hub.counters().fields();
-        assert_eq!(fields.len(), 15);
+        assert_eq!(fields.len(), 16);
         assert_eq!(fields[0], ("client_busy", 4000));
         assert!(fields.contains(&("commands_applied", 40)));
         assert!(fields.contains(&("reads_served", 0)));

@@ -212,6 +212,7 @@ impl Node {
         let (snapshots_out, snapshots_in) = bounded(1);
         let log_waker = log.waker()?;
         let reader = log.reader();
+        let core_reader = log.reader();
 
         let settings = config.settings_fingerprint();
         tracing::info!(
@@ -314,6 +315,7 @@ impl Node {
             initial_peers: initial_peers.iter().map(|&(id, _)| id).collect(),
             metrics: hub.recorder(Stage::Core, &[Histo::CommitLatency], now),
             hub: Arc::clone(&hub),
+            reader: core_reader,
         });
         let node = config.node_id;
         for (stage, run) in [

@@ -305,7 +305,9 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
                 .iter()
                 .any(|s| s.stage == *stage && s.histograms.iter().any(|h| h.name == "batch_items" && h.count > 0))
         });
-        (report.counters.entries_applied >= 20 && published).then_some(report)
+        // The core's copies of durable entries give way to the mapped log.
+        let rebound = report.counters.entries_rebound >= 20;
+        (report.counters.entries_applied >= 20 && published && rebound).then_some(report)
     });
     let text = stats.to_text();
     // The transport's counters come with them: the leader sent appends and served the puts.

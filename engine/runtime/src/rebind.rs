@@ -1,0 +1,63 @@
+//! Points the core's in-memory entries at the log's mapping once they are durable.
+//!
+//! The Raft core keeps every entry since its last compaction (up to `snapshot_log_bytes` of
+//! them), for the followers it replicates to. Until they are rebound those entries are heap
+//! copies: on the leader the batches the core built, on a follower slices of network receive
+//! buffers, each keeping its whole buffer alive. Once the log writer has made an entry durable,
+//! the same bytes sit in the mapped segment file, so the core's entry is swapped for a slice of
+//! the mapping (no copy, no page touched: the pages are read only if a lagging follower needs
+//! them, from the page cache) and the heap copy is freed. Log Matching makes the swap safe: the
+//! core accepts it only for a durable entry of the same index, term, kind and length
+//! ([`smr_raft::Replica::rebind_durable_entry`]).
+//!
+//! A segment file deleted by compaction stays mapped while an entry of it is still held; the
+//! core compacts its view at or beyond the log's compaction point, so that is never for long.
+
+use smr_log::LogReader;
+use smr_raft::{Index, Replica};
+
+use crate::metrics::Counters;
+
+/// Most entry bytes rebound in one call, so that a burst of durable entries costs one round a
+/// bounded time (the rest follow in the next rounds).
+const REBIND_BYTES_MAX: u64 = 8 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Rebinder {
+    reader: LogReader,
+    /// Every entry through this index was rebound, or held no heap copy worth rebinding.
+    through: Index,
+}
+
+impl Rebinder {
+    pub(crate) fn new(reader: LogReader, replica: &Replica) -> Rebinder {
+        // Entries restored at start-up already point into the mapping.
+        Rebinder { reader, through: replica.persisted_index() }
+    }
+
+    /// Rebinds the entries made durable since the last call.
+    pub(crate) fn rebind(&mut self, replica: &mut Replica, counters: &Counters) {
+        let persisted = replica.persisted_index();
+        // A follower's log may have been cut back (a conflicting suffix): its new entries there
+        // are heap copies again.
+        self.through = self.through.min(persisted).max(replica.first_index() - 1);
+        if persisted <= self.through {
+            return;
+        }
+        let Ok(entries) = self.reader.entries(self.through + 1, persisted, REBIND_BYTES_MAX) else {
+            // Not readable (compacted past, or not yet durable in this reader's view): nothing is
+            // lost by keeping the copies; try again after the next persist.
+            return;
+        };
+        let mut rebound = 0;
+        let mut last = self.through;
+        for entry in &entries {
+            if replica.rebind_durable_entry(entry.to_entry()) {
+                rebound += 1;
+            }
+            last = entry.index;
+        }
+        self.through = last;
+        counters.entries_rebound.add(rebound);
+    }
+}
