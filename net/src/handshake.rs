@@ -2,12 +2,11 @@
 //!
 //! ```text
 //! dialer A                                             acceptor B
-//!   Hello{magic, version, cluster, from A, to B, nonce_a,  ─►  check version, cluster, settings,
-//!         settings}                                            A known, A != B, A not connected,
-//!                                                              to == B
+//!   Hello{magic, version, cluster, from A, to B, nonce_a,  ─►  check version, cluster, A known,
+//!         settings}                                            A != B, A not connected, to == B
 //!   ◄─  HelloReply{Hello{.., from B, to A, nonce_b}, proof_b}
-//! check B's hello and proof_b
-//!   Auth{proof_a}  ─►                                          check proof_a
+//! check B's hello, proof_b, settings
+//!   Auth{proof_a}  ─►                                          check proof_a, settings
 //! proof_b = HMAC-SHA256(secret, "smr-net acceptor v1" ‖ hello_a ‖ hello_b)
 //! proof_a = HMAC-SHA256(secret, "smr-net dialer v1"   ‖ hello_a ‖ hello_b)
 //! ```
@@ -16,7 +15,8 @@
 //! and the distinct labels stop a proof from being reflected back to its author. `settings` is a
 //! fingerprint of what every replica must agree on to apply the log alike (limits the state
 //! machine checks, the sessions' window); replicas that differ there would diverge silently, so
-//! a peer with another fingerprint is refused, by both sides. Proofs are
+//! a peer with another fingerprint is refused, by whichever side sees it first once the other has
+//! proven it knows the secret (the dialer, between two nodes of this build). Proofs are
 //! checked by `hmac`'s constant-time `verify_slice`. A refusal sends a `Refuse` frame naming the
 //! reason, logs it, bumps its counter and changes nothing else. The whole exchange must finish
 //! within `handshake_ms`.
@@ -280,6 +280,12 @@ fn check_hello(identity: &Identity, hello: &Hello) -> Result<(), (RefuseReason, 
     if hello.from == identity.node_id {
         return Err((RefuseReason::DuplicateNode, format!("peer claims our own node id {}", hello.from)));
     }
+    Ok(())
+}
+
+/// Checked once the other side has proven it knows the cluster secret, so that a stranger learns
+/// nothing of our settings and is refused for its proof, whatever its settings.
+fn check_settings(identity: &Identity, hello: &Hello) -> Result<(), (RefuseReason, String)> {
     if hello.settings != identity.settings {
         return Err((
             RefuseReason::Settings,
@@ -384,6 +390,9 @@ pub(crate) fn accept(
             format!("node {} does not know the cluster secret", hello_dialer.from),
         ));
     }
+    if let Err((reason, detail)) = check_settings(identity, &hello_dialer) {
+        return Err(refuse(stream, counters, reason, detail));
+    }
     Ok(hello_dialer.from)
 }
 
@@ -451,6 +460,9 @@ pub(crate) fn dial(
             format!("node {peer} does not know the cluster secret"),
         ));
     }
+    if let Err((reason, detail)) = check_settings(identity, &hello_acceptor) {
+        return Err(refuse(stream, counters, reason, detail));
+    }
     let proof_dialer = proof(&identity.secret, LABEL_DIALER, &dialer_bytes, &acceptor_bytes).finalize().into_bytes();
     send_frame(stream, FrameKind::Auth, &proof_dialer)?;
     Ok(())
@@ -497,10 +509,11 @@ mod tests {
     fn a_hello_with_other_settings_is_refused_naming_both() {
         let identity = Identity { cluster_id: 7, node_id: 2, secret: vec![0; 16], settings: 0xaa };
         let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [9; 32], settings: 0xbb };
-        let (reason, detail) = check_hello(&identity, &hello).unwrap_err();
+        assert_eq!(check_hello(&identity, &hello), Ok(()), "settings wait for the proof");
+        let (reason, detail) = check_settings(&identity, &hello).unwrap_err();
         assert_eq!(reason, RefuseReason::Settings);
         assert!(detail.contains("0x00000000000000bb") && detail.contains("0x00000000000000aa"), "{detail}");
-        assert_eq!(check_hello(&identity, &Hello { settings: 0xaa, ..hello }), Ok(()));
+        assert_eq!(check_settings(&identity, &Hello { settings: 0xaa, ..hello }), Ok(()));
     }
 
     #[test]

@@ -74,7 +74,8 @@ const INBOUND_WAIT: Duration = Duration::from_millis(100);
 struct Shared {
     identity: Identity,
     config: NetConfig,
-    counters: Counters,
+    /// Shared with the [`crate::StatsReader`]s handed out, which hold nothing else.
+    counters: Arc<Counters>,
     shutdown: AtomicBool,
     /// Peers by id, for the accept path. Control plane only: the send path never locks it.
     registry: Mutex<HashMap<NodeId, Arc<PeerSlot>>>,
@@ -172,7 +173,7 @@ impl PeerTransport {
         let shared = Arc::new(Shared {
             identity,
             config,
-            counters: Counters::default(),
+            counters: Arc::default(),
             shutdown: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
@@ -299,8 +300,8 @@ impl PeerTransport {
 
     /// Reads [`PeerTransport::stats`] from elsewhere (a metrics report).
     pub fn stats_reader(&self) -> crate::stats::StatsReader {
-        let shared = Arc::clone(&self.shared);
-        crate::stats::StatsReader::new(move || shared.counters.snapshot())
+        let counters = Arc::clone(&self.shared.counters);
+        crate::stats::StatsReader::new(move || counters.snapshot())
     }
 
     /// Stops every thread and closes every connection. Also done on drop.

@@ -292,7 +292,8 @@ impl Connection {
 #[derive(Debug)]
 struct Shared {
     config: NetConfig,
-    counters: Counters,
+    /// Shared with the [`crate::StatsReader`]s handed out, which hold nothing else.
+    counters: Arc<Counters>,
     shutdown: AtomicBool,
     requests: Sender<ClientRequest>,
     connections: AtomicUsize,
@@ -329,7 +330,7 @@ impl ClientServer {
         let (requests_tx, requests_rx) = bounded(requests_max.max(1));
         let shared = Arc::new(Shared {
             config,
-            counters: Counters::default(),
+            counters: Arc::default(),
             shutdown: AtomicBool::new(false),
             requests: requests_tx,
             connections: AtomicUsize::new(0),
@@ -362,8 +363,8 @@ impl ClientServer {
 
     /// Reads [`ClientServer::stats`] from elsewhere (a metrics report).
     pub fn stats_reader(&self) -> crate::stats::StatsReader {
-        let shared = Arc::clone(&self.shared);
-        crate::stats::StatsReader::new(move || shared.counters.snapshot())
+        let counters = Arc::clone(&self.shared.counters);
+        crate::stats::StatsReader::new(move || counters.snapshot())
     }
 
     /// A sender into the same bounded channel that connections hand their requests to, for

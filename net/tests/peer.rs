@@ -257,8 +257,9 @@ fn handshake_between_replicas_with_other_settings_is_refused() {
     let (n2, r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
     let other = Identity { settings: 0x0dd, ..identity(7, 1, SECRET) };
     let (n1, _r1) = PeerTransport::start(config(), other, listener(), &[(2, a2)]).unwrap();
+    // The dialer checks the acceptor's proof, then its settings, and refuses.
     wait_for("the settings refusal", || {
-        n2.stats().handshake_refused_settings >= 1 && n1.stats().handshake_refused_by_peer >= 1
+        n1.stats().handshake_refused_settings >= 1 && n2.stats().handshake_refused_by_peer >= 1
     });
     let _ = n1.send(append(1, 2, 1, 1));
     assert!(r2.recv_timeout(Duration::from_millis(100)).is_err());

@@ -13,9 +13,9 @@ pub const FORCE_FALLBACK_ENV: &str = "SMR_LOG_FORCE_FALLBACK";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
     /// io_uring when the kernel allows it and the file system takes buffered writes without
-    /// blocking (probed at open: XFS, btrfs), else the fallback, said once at open (io_uring
-    /// missing, or ext4, where io_uring would hand every write to a worker thread); the
-    /// fallback is also chosen when [`FORCE_FALLBACK_ENV`] is `1`.
+    /// blocking (probed at open: XFS does), else the fallback, said once at open (io_uring
+    /// missing, or ext4, btrfs or tmpfs on Linux 6.18, where io_uring would hand every write to
+    /// a worker thread); the fallback is also chosen when [`FORCE_FALLBACK_ENV`] is `1`.
     Auto,
     /// io_uring or an error at open.
     Uring,

@@ -204,7 +204,10 @@ impl std::fmt::Debug for EntryRef<'_> {
 
 impl EntryRef<'_> {
     /// An owned [`Entry`] whose `data` points into the mapping (no copy): the `Bytes` holds the
-    /// mapping alive, even after the segment file is deleted.
+    /// mapping alive, even after the segment file is deleted. Its bytes never change: the log
+    /// never writes over a record (a truncated suffix is superseded from a fresh segment) and
+    /// never shortens or reuses a segment file, and the Raft core relies on it when it keeps
+    /// such entries (smr-runtime's `rebind.rs`).
     pub fn to_entry(&self) -> Entry {
         let owner = MappedSlice { map: Arc::clone(self.map), start: self.payload_offset, len: self.data.len() };
         Entry { index: self.index, term: self.term, kind: self.kind, data: Bytes::from_owner(owner) }
@@ -293,6 +296,16 @@ impl LogReader {
         self.shared.first_index.load(Ordering::Acquire)
     }
 
+    /// Catches up with the log's segment list if it changed, dropping this reader's mappings of
+    /// segments deleted since (a read does the same; this is for a reader that may sit idle).
+    pub fn refresh(&mut self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.cache = self.shared.segments.lock().expect("no panics while holding the segment list").clone();
+            self.generation = generation;
+        }
+    }
+
     /// Entries `index_min..=index_max`, at most `bytes_max` of them by [`Entry::size_bytes`]
     /// (at least one), borrowed from the mapping without copying.
     ///
@@ -309,11 +322,7 @@ impl LogReader {
         if index_min < first || index_min > durable {
             return Err(LogError::Unavailable { index: index_min, first, last: durable });
         }
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        if generation != self.generation {
-            self.cache = self.shared.segments.lock().expect("no panics while holding the segment list").clone();
-            self.generation = generation;
-        }
+        self.refresh();
         let mut out = Vec::new();
         collect(&self.cache, index_min, index_max.min(durable), bytes_max, &mut out);
         Ok(out)

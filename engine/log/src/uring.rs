@@ -39,9 +39,9 @@ use crate::io::{Backend, Completion, LogWaker, SyncJob, WakerInner};
 /// User data of the eventfd read that a `LogWaker` completes. Write ids stay below it.
 const WAKE_ID: u64 = 1 << 62;
 
-/// Non-blocking writes the probe tries; one that completes is enough (a second try covers a
-/// lock that happened to be held).
-const PROBE_WRITES: u64 = 2;
+/// Non-blocking writes the probe tries; one that completes is enough (more tries cover a lock
+/// that happened to be held, or a timestamp tick between the page's caching write and the try).
+const PROBE_WRITES: u64 = 3;
 /// Bytes of each probe write: one page.
 const PROBE_BYTES: u32 = 4096;
 
@@ -54,8 +54,9 @@ const PROBE_BYTES: u32 = 4096;
 ///
 /// Writes one cached page of an unnamed temporary file (`O_TMPFILE`: gone when closed, so a
 /// crash leaves nothing behind) through io_uring with `RWF_NOWAIT`, which makes io_uring report
-/// `EAGAIN` (or the file system `EOPNOTSUPP`) instead of punting. Timing the completion instead
-/// would race with a worker that is already awake.
+/// `EAGAIN` (or the file system `EOPNOTSUPP`) instead of punting, right after writing the same
+/// page with `pwrite`. Timing the completion instead would race with a worker that is already
+/// awake.
 ///
 /// # Errors
 /// The OS error when the file or the ring cannot be made (no `O_TMPFILE` here, no io_uring).
@@ -63,11 +64,12 @@ pub(crate) fn buffered_writes_complete_inline(dir: &std::path::Path) -> io::Resu
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir)?;
     let page = vec![0u8; PROBE_BYTES as usize];
-    // Cache the page first: a non-blocking write to a page not yet in memory may be refused for
-    // the allocation alone.
-    file.write_all_at(&page, 0)?;
     let mut ring = IoUring::new(2)?;
     for id in 0..PROBE_WRITES {
+        // Cache the page, and bring the file's times up to date, right before each try: a
+        // non-blocking write is refused for a page not in memory, or when it would have to
+        // update the modification time (a clock tick since the last write), blocking or not.
+        file.write_all_at(&page, 0)?;
         let entry = opcode::Write::new(types::Fd(file.as_raw_fd()), page.as_ptr(), PROBE_BYTES)
             .offset(0)
             .rw_flags(libc::RWF_NOWAIT)

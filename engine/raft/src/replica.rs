@@ -622,8 +622,8 @@ impl Replica {
 
     /// Lets the in-memory copy of a durable entry give way to `entry`: the same bytes as the
     /// caller holds them, typically a slice of its mapped log file, so that the core's view costs
-    /// no heap of its own once its entries are on disk (a follower's view would otherwise keep
-    /// whole network receive buffers alive, a leader's every batch it built, until compaction).
+    /// no heap of its own once its entries are on disk (it would otherwise hold a copy of every
+    /// entry since its last compaction).
     /// Returns false, and changes nothing, unless this replica holds a durable entry of that
     /// index with the same term, kind and length.
     pub fn rebind_durable_entry(&mut self, entry: Entry) -> bool {

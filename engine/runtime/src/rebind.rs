@@ -2,13 +2,20 @@
 //!
 //! The Raft core keeps every entry since its last compaction (up to `snapshot_log_bytes` of
 //! them), for the followers it replicates to. Until they are rebound those entries are heap
-//! copies: on the leader the batches the core built, on a follower slices of network receive
-//! buffers, each keeping its whole buffer alive. Once the log writer has made an entry durable,
-//! the same bytes sit in the mapped segment file, so the core's entry is swapped for a slice of
-//! the mapping (no copy, no page touched: the pages are read only if a lagging follower needs
-//! them, from the page cache) and the heap copy is freed. Log Matching makes the swap safe: the
-//! core accepts it only for a durable entry of the same index, term, kind and length
-//! ([`smr_raft::Replica::rebind_durable_entry`]).
+//! copies: on the leader the batches the core built, on a follower the copy each entry gets as it
+//! arrives (`own_entry_data`). Once the log writer has made an entry durable, the same bytes sit
+//! in the mapped segment file, so the core's entry is swapped for a slice of the mapping and the
+//! heap copy is freed. Nothing is copied; finding the records reads their headers, in pages the
+//! log just wrote (page cache), and the payloads are read again only if a lagging follower needs
+//! them. Log Matching makes the swap safe: the core accepts it only for a durable entry of the
+//! same index, term, kind and length ([`smr_raft::Replica::rebind_durable_entry`]).
+//!
+//! What makes a slice of the mapping as good as a copy: smr-log never writes a record's bytes
+//! twice. A truncated suffix stays where it was (readers stop seeing it; the new records go into a
+//! fresh segment), a snapshot install starts a fresh segment, and segments are never reused or
+//! shortened, only deleted whole. So a slice held by the core, or by a message queued for a peer
+//! long after, reads the bytes that entry had when it was written, whatever became of the log
+//! since.
 //!
 //! A segment file deleted by compaction stays mapped while an entry of it is still held; the
 //! core compacts its view at or beyond the log's compaction point, so that is never for long.
@@ -39,9 +46,15 @@ impl Rebinder {
     pub(crate) fn rebind(&mut self, replica: &mut Replica, counters: &Counters) {
         let persisted = replica.persisted_index();
         // A follower's log may have been cut back (a conflicting suffix): its new entries there
-        // are heap copies again.
-        self.through = self.through.min(persisted).max(replica.first_index() - 1);
+        // are heap copies again. (If it was cut and made durable again between two calls, those
+        // entries keep their copies until the next compaction: memory, never correctness.)
+        let first = replica.first_index().max(self.reader.first_index());
+        self.through = self.through.min(persisted).max(first - 1);
         if persisted <= self.through {
+            // Let go of the mappings of segments a compaction deleted, which the reader would
+            // otherwise keep until its next read (the disk space of a deleted file is only freed
+            // once nothing maps it).
+            self.reader.refresh();
             return;
         }
         let Ok(entries) = self.reader.entries(self.through + 1, persisted, REBIND_BYTES_MAX) else {

@@ -427,17 +427,22 @@ fn a_node_whose_replicated_settings_differ_is_kept_out_until_they_match() {
     for i in 0..20 {
         kv.put(&format!("k{i}"), &value(i));
     }
-    // Node 3 refuses nodes 1 and 2 (lower ids dial), counts it, and says why in its log.
+    // Nodes 1 and 2 dial node 3 (lower ids dial) and refuse it once it has proven it knows the
+    // secret; each counts it and says why in its log.
     let net_counter = |id: u64, name: &str| {
         let mut admin = harness::Kv::new(vec![cluster.config(id).client_listen]);
         let ResponseBody::Ok(bytes) = admin.admin(AdminRequest::Stats) else { return 0 };
         let report = smr_runtime::metrics::MetricsReport::from_json(&bytes).expect("a valid report");
         report.net.iter().find(|c| c.name == name).map_or(0, |c| c.value)
     };
-    cluster
-        .wait_for("node 3 to count its refusals", || (net_counter(3, "handshake_refused_settings") >= 2).then_some(()));
-    assert!(net_counter(1, "handshake_refused_by_peer") >= 1);
-    assert!(cluster.node_log(3).contains("must be equal on every replica"), "the refusal is explained in the log");
+    cluster.wait_for("nodes 1 and 2 to count their refusals", || {
+        (net_counter(1, "handshake_refused_settings") >= 1 && net_counter(2, "handshake_refused_settings") >= 1)
+            .then_some(())
+    });
+    assert!(net_counter(3, "handshake_refused_by_peer") >= 2);
+    for id in 1..=3 {
+        assert!(cluster.node_log(id).contains("must be equal on every replica"), "node {id} says why");
+    }
     let outsider = cluster.status(3).expect("node 3 answers");
     let applied = outsider["applied_state_index"].as_u64().expect("a number");
     assert!(applied <= 1, "node 3 holds only its founding entry, none of the puts: {outsider}");

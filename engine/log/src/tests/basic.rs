@@ -285,3 +285,32 @@ fn reader_racing_truncations_only_ever_sees_intact_entries() {
     let reads = handle.join().expect("reader never saw a damaged entry");
     assert!(reads > 0);
 }
+
+#[test]
+fn entries_held_from_the_mapping_keep_their_bytes_through_truncation_install_and_compaction() {
+    // The Raft core keeps durable entries as slices of the mapping (smr-runtime's rebind.rs),
+    // and a message queued for a peer may hold one long after: the log must never write over a
+    // record, nor shorten or reuse a segment file.
+    for mode in io_modes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = small_config(mode);
+        let (mut log, _) = open(dir.path(), &config);
+        let old: Vec<_> = (1..=60).map(|i| entry(i, 1, 900)).collect();
+        log.submit(1, &old, None).expect("submit");
+        log.sync_all().expect("sync");
+        let held: Vec<_> = log.entries(1, 60, u64::MAX).expect("entries").iter().map(|e| e.to_entry()).collect();
+        // A conflicting suffix from 31, then more than a segment of new entries after it.
+        let new: Vec<_> = (31..=150).map(|i| entry(i, 2, 900)).collect();
+        log.submit(2, &new, None).expect("submit");
+        log.sync_all().expect("sync");
+        log.compact(100).expect("compact");
+        log.install_snapshot(&SnapshotMeta { index: 1000, term: 3, ..SnapshotMeta::default() }).expect("install");
+        let more: Vec<_> = (1001..=1100).map(|i| entry(i, 3, 900)).collect();
+        log.submit(3, &more, None).expect("submit");
+        log.sync_all().expect("sync");
+        drop(log);
+        for (held, want) in held.iter().zip(&old) {
+            assert_eq!(held, want, "entry {} changed under its holder ({mode:?})", want.index);
+        }
+    }
+}
