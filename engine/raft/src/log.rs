@@ -21,6 +21,9 @@ pub(crate) struct RaftLog {
     base_term: Term,
     entries: VecDeque<Entry>,
     bytes: u64,
+    /// The lowest index whose entry was dropped or replaced (a truncated suffix, a snapshot
+    /// reset) since [`RaftLog::take_replaced_from`] last asked.
+    replaced_from: Option<Index>,
     /// Entries from here on have not yet been handed out in a `Ready`.
     unstable_from: Index,
     /// The highest index this replica knows to be durable in its current log.
@@ -36,6 +39,7 @@ impl RaftLog {
             base_term,
             entries: VecDeque::with_capacity(entries.len()),
             bytes: 0,
+            replaced_from: None,
             unstable_from: base_index + 1,
             persisted_index: base_index,
             commit_index: commit_index.max(base_index),
@@ -190,6 +194,16 @@ impl RaftLog {
         }
         self.unstable_from = self.unstable_from.min(index);
         self.persisted_index = self.persisted_index.min(index - 1);
+        self.note_replaced_from(index);
+    }
+
+    fn note_replaced_from(&mut self, index: Index) {
+        self.replaced_from = Some(self.replaced_from.map_or(index, |from| from.min(index)));
+    }
+
+    /// The lowest index whose entry was dropped or replaced since the last call, if any.
+    pub(crate) fn take_replaced_from(&mut self) -> Option<Index> {
+        self.replaced_from.take()
     }
 
     pub(crate) fn commit_to(&mut self, index: Index) -> bool {
@@ -260,6 +274,7 @@ impl RaftLog {
 
     /// Replaces the whole log by a snapshot base (a snapshot received from the leader).
     pub(crate) fn reset_to_snapshot(&mut self, index: Index, term: Term) {
+        self.note_replaced_from(self.base_index + 1);
         self.entries.clear();
         self.bytes = 0;
         self.base_index = index;
@@ -369,6 +384,21 @@ mod tests {
         assert!(!log2.rebind(same(5)), "the base itself holds no entry");
         assert!(log2.rebind(same(6)));
         assert_eq!(log.entry(1).unwrap().data, same(1).data, "refused rebinds change nothing");
+    }
+
+    #[test]
+    fn the_lowest_replaced_index_is_reported_once() {
+        let mut log = log_of(&[1, 1, 1, 1, 1]);
+        assert_eq!(log.take_replaced_from(), None);
+        let entry = |index, term| Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() };
+        log.append_from_leader(3, &[entry(4, 2), entry(5, 2)]);
+        log.append_from_leader(2, &[entry(3, 3)]);
+        assert_eq!(log.take_replaced_from(), Some(3), "the lower of two truncations");
+        assert_eq!(log.take_replaced_from(), None, "reported once");
+        log.append_from_leader(3, &[entry(4, 3)]);
+        assert_eq!(log.take_replaced_from(), None, "appending past the end replaces nothing");
+        log.reset_to_snapshot(10, 4);
+        assert_eq!(log.take_replaced_from(), Some(1));
     }
 
     #[test]

@@ -630,6 +630,13 @@ impl Replica {
         self.log.rebind(entry)
     }
 
+    /// The lowest index whose in-memory entry was dropped or replaced (a conflicting suffix cut
+    /// off, a snapshot installed) since the last call, if any: a caller that rebinds entries
+    /// starts again from there.
+    pub fn take_replaced_from(&mut self) -> Option<Index> {
+        self.log.take_replaced_from()
+    }
+
     /// Reports that the state machine has applied every entry through `index`.
     pub fn on_applied(&mut self, index: Index) {
         debug_assert!(index <= self.log.commit_index(), "applied {index} beyond commit");

@@ -45,9 +45,11 @@ impl Rebinder {
     /// Rebinds the entries made durable since the last call.
     pub(crate) fn rebind(&mut self, replica: &mut Replica, counters: &Counters) {
         let persisted = replica.persisted_index();
-        // A follower's log may have been cut back (a conflicting suffix): its new entries there
-        // are heap copies again. (If it was cut and made durable again between two calls, those
-        // entries keep their copies until the next compaction: memory, never correctness.)
+        // A follower's log may have been cut back (a conflicting suffix) or replaced by a
+        // snapshot: its new entries there are heap copies again.
+        if let Some(from) = replica.take_replaced_from() {
+            self.through = self.through.min(from - 1);
+        }
         let first = replica.first_index().max(self.reader.first_index());
         self.through = self.through.min(persisted).max(first - 1);
         if persisted <= self.through {
