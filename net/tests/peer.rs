@@ -288,15 +288,24 @@ fn second_node_with_the_same_id_is_refused_as_duplicate() {
     assert_eq!(n2.connected_peers(), vec![1]);
 }
 
-/// A raw dialer that sends `hello` and returns what node 2 did with it.
-fn raw_hello(hello: Hello) -> NetStats {
+/// Node 2 of cluster 7, knowing node 1, and a plain TCP connection to it that has sent nothing.
+fn node_2_and_a_raw_dialer() -> (PeerTransport, Receiver<Inbound>, TcpStream) {
     let l2 = listener();
     let a2 = l2.local_addr().unwrap();
-    let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
-    let mut stream = TcpStream::connect(a2).unwrap();
+    let (n2, r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
+    (n2, r2, TcpStream::connect(a2).unwrap())
+}
+
+fn send_frame(stream: &mut TcpStream, kind: FrameKind, payload: &[u8]) {
     let mut frame = Vec::new();
-    encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
+    encode_frame(&mut frame, kind, 0, 0, payload, 1 << 20).unwrap();
     stream.write_all(&frame).unwrap();
+}
+
+/// A raw dialer that sends `hello` and returns what node 2 did with it.
+fn raw_hello(hello: Hello) -> NetStats {
+    let (n2, _r2, mut stream) = node_2_and_a_raw_dialer();
+    send_frame(&mut stream, FrameKind::Hello, &hello.encode());
     // Node 2 answers with a Refuse frame and closes.
     let mut answer = Vec::new();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -307,20 +316,13 @@ fn raw_hello(hello: Hello) -> NetStats {
 
 #[test]
 fn dialer_proof_without_the_secret_is_refused() {
-    let l2 = listener();
-    let a2 = l2.local_addr().unwrap();
-    let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
-    let mut stream = TcpStream::connect(a2).unwrap();
+    let (n2, _r2, mut stream) = node_2_and_a_raw_dialer();
     let hello = Hello { version: PROTOCOL_VERSION, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS };
-    let mut frame = Vec::new();
-    encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello.encode(), 1 << 20).unwrap();
-    stream.write_all(&frame).unwrap();
+    send_frame(&mut stream, FrameKind::Hello, &hello.encode());
     let mut reply = [0u8; 24 + 72 + 32];
     stream.read_exact(&mut reply).unwrap();
     assert_eq!(reply[8], FrameKind::HelloReply as u8);
-    frame.clear();
-    encode_frame(&mut frame, FrameKind::Auth, 0, 0, &[0u8; 32], 1 << 20).unwrap();
-    stream.write_all(&frame).unwrap();
+    send_frame(&mut stream, FrameKind::Auth, &[0u8; 32]);
     wait_for("bad proof refusal", || n2.stats().handshake_refused_bad_proof == 1);
     assert!(n2.connected_peers().is_empty());
 }
@@ -335,14 +337,9 @@ fn handshake_with_an_old_protocol_version_is_refused() {
 
 #[test]
 fn a_version_2_hello_without_settings_is_refused_for_its_version() {
-    let l2 = listener();
-    let a2 = l2.local_addr().unwrap();
-    let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
-    let mut stream = TcpStream::connect(a2).unwrap();
+    let (n2, _r2, mut stream) = node_2_and_a_raw_dialer();
     let hello = Hello { version: 2, cluster_id: 7, from: 1, to: 2, nonce: [1; 32], settings: SETTINGS }.encode();
-    let mut frame = Vec::new();
-    encode_frame(&mut frame, FrameKind::Hello, 0, 0, &hello[..64], 1 << 20).unwrap();
-    stream.write_all(&frame).unwrap();
+    send_frame(&mut stream, FrameKind::Hello, &hello[..64]);
     wait_for("the version refusal", || n2.stats().handshake_refused_version == 1);
     assert_eq!(n2.stats().handshake_refused_malformed, 0);
 }
@@ -374,10 +371,7 @@ fn handshake_meant_for_another_node_is_refused() {
 }
 
 fn raw_bytes_then_wait(bytes: &[u8]) -> NetStats {
-    let l2 = listener();
-    let a2 = l2.local_addr().unwrap();
-    let (n2, _r2) = start(2, l2, &[(1, listener().local_addr().unwrap())]);
-    let mut stream = TcpStream::connect(a2).unwrap();
+    let (n2, _r2, mut stream) = node_2_and_a_raw_dialer();
     stream.write_all(bytes).unwrap();
     let mut answer = Vec::new();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
