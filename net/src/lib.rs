@@ -59,6 +59,7 @@
 //!
 //! Benchmarks: `cargo bench -p smr-net --bench net`. Fuzzing: see `net/fuzz/README.md`.
 
+mod arrival;
 pub mod batch;
 pub mod client;
 pub mod client_proto;

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use smr_raft::{Message, NodeId};
 use thiserror::Error;
 
+use crate::arrival::ArrivalHook;
 use crate::config::{ConfigError, NetConfig};
 use crate::conn::{ConnError, FrameReader};
 use crate::frame::{FrameError, FrameKind, RECORD_HEADER_BYTES};
@@ -80,6 +81,8 @@ struct Shared {
     /// Peers by id, for the accept path. Control plane only: the send path never locks it.
     registry: Mutex<HashMap<NodeId, Arc<PeerSlot>>>,
     inbound: Sender<Inbound>,
+    /// Called by a reader after each batch it puts into `inbound`.
+    on_inbound: ArrivalHook,
     /// Connections the listener holds: in handshake, or adopted by a link.
     accepted_connections: AtomicUsize,
     handshakes: AtomicUsize,
@@ -177,6 +180,7 @@ impl PeerTransport {
             shutdown: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
+            on_inbound: ArrivalHook::default(),
             accepted_connections: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
         });
@@ -223,6 +227,14 @@ impl PeerTransport {
     /// added or removed later are seen by every handle.
     pub fn sender(&self) -> PeerSender {
         self.sender.clone()
+    }
+
+    /// Has every reader call `hook` right after it puts a batch into the inbound channel, on
+    /// the reader's thread (see `arrival.rs`). Set once; a second call is ignored and returns
+    /// false. The hook must not wait for anything the transport does, and must not add,
+    /// remove or shut down peers: the reader calling it would wait for itself.
+    pub fn on_inbound(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
+        self.shared.on_inbound.set(hook)
     }
 
     /// Adds a peer (a node that joined the configuration). Its link starts at once.
@@ -753,6 +765,7 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
                     Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
                 }
             }
+            shared.on_inbound.call();
             if waited {
                 // Time spent waiting on the consumer is not the peer's silence.
                 reader.note_alive();

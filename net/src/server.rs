@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use smr_raft::GroupId;
 
+use crate::arrival::ArrivalHook;
 use crate::batch::SendBatch;
 use crate::client_proto::{Request, Response, ResponseBody, decode_request, encode_response};
 use crate::config::NetConfig;
@@ -296,6 +297,10 @@ struct Shared {
     counters: Arc<Counters>,
     shutdown: AtomicBool,
     requests: Sender<ClientRequest>,
+    /// Called by the event loop after a turn that put requests into `requests`.
+    on_requests: ArrivalHook,
+    /// Set when a request goes into `requests`; the loop takes it at the end of its turn.
+    delivered: AtomicBool,
     connections: AtomicUsize,
 }
 
@@ -333,6 +338,8 @@ impl ClientServer {
             counters: Arc::default(),
             shutdown: AtomicBool::new(false),
             requests: requests_tx,
+            on_requests: ArrivalHook::default(),
+            delivered: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
         });
         let waker = Arc::new(EventFd::new()?);
@@ -371,6 +378,14 @@ impl ClientServer {
     /// requests made in the process itself ([`ClientRequest::local`]).
     pub fn local_sender(&self) -> Sender<ClientRequest> {
         self.shared.requests.clone()
+    }
+
+    /// Has the event loop call `hook` after each turn in which it handed requests on, once per
+    /// turn, on the loop's thread (see `arrival.rs`). Requests sent through
+    /// [`ClientServer::local_sender`] do not call it. Set once; a second call is ignored and
+    /// returns false. The hook must not wait for anything the client server does.
+    pub fn on_requests(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
+        self.shared.on_requests.set(hook)
     }
 
     /// Client connections open now.
@@ -454,6 +469,9 @@ impl EventLoop {
             }
             if self.paused > 0 {
                 self.resume_drained();
+            }
+            if self.shared.delivered.swap(false, Ordering::Relaxed) {
+                self.shared.on_requests.call();
             }
             let now = Instant::now();
             if now >= next_sweep {
@@ -682,7 +700,7 @@ fn dispatch_frames(shared: &Shared, reading: &mut Reading, replied: &mut bool) -
         let client_request =
             ClientRequest { connection: connection.id, request, received: Instant::now(), responder: Some(responder) };
         match shared.requests.try_send(client_request) {
-            Ok(()) => {}
+            Ok(()) => shared.delivered.store(true, Ordering::Relaxed),
             Err(TrySendError::Full(mut refused) | TrySendError::Disconnected(mut refused)) => {
                 // Not handed on: released here and answered by the loop.
                 drop(refused.responder.take());

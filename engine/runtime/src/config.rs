@@ -90,6 +90,12 @@ pub struct PipelineConfig {
     /// Spin instead of blocking when a stage is idle. Only for dedicated cores: with stages
     /// sharing cores (the default), spinning starves the others.
     pub busy_poll: bool,
+    /// Let the thread that receives work for the Raft core (a peer reader, the client event
+    /// loop) run the core's round itself when the core is idle, rather than wake the core's
+    /// thread (see `core_runner.rs`). Saves a thread wake-up per hand-off where stages share
+    /// cores (the default). With dedicated cores, turn it off so that the core runs only on
+    /// its own pinned thread.
+    pub inline_core: bool,
 }
 
 impl Default for PipelineConfig {
@@ -109,6 +115,7 @@ impl Default for PipelineConfig {
             snapshot_keep_entries: 1024,
             snapshot_bytes_max: 4 << 30,
             busy_poll: false,
+            inline_core: true,
         }
     }
 }

@@ -460,6 +460,7 @@ part_table!(PipelineFile for PipelineConfig {
     snapshot_keep_entries: Int<u64>,
     snapshot_bytes_max: Int<u64>,
     busy_poll: bool,
+    inline_core: bool,
 } not_in_file {});
 
 part_table!(SessionsFile for SessionConfig {
@@ -801,6 +802,7 @@ mod tests {
             snapshot_keep_entries: 10,
             snapshot_bytes_max: 8 << 30,
             busy_poll: true,
+            inline_core: false,
         };
         config.placement = Placement { core: Some(0), log: Some(1), apply: Some(2), net: Some(3) };
         config.sessions = SessionConfig { sessions_max: 10, window_max: 20, expiry_entries: 30 };

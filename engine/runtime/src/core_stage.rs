@@ -1,4 +1,4 @@
-//! The core stage: the sequencer and the Raft core on one thread.
+//! The core stage: the sequencer and the Raft core, one round at a time.
 //!
 //! It takes client requests and peer messages as they arrive, packs commands into one entry per
 //! batch (bounded by `batch_bytes_max`, `batch_commands_max` and `linger_us_max`), drives the
@@ -6,8 +6,9 @@
 //! own disk in parallel), persistence to the log writer, commits and reads to the apply stage.
 //! Messages that promise durability leave only once the log writer reports their ready durable.
 //!
-//! It blocks in one `select` over its inputs with a deadline at the next tick (or the end of a
-//! linger), so an idle node costs nothing but its tick.
+//! Its rounds run on its own thread, or on the transport thread that brought it work
+//! (`core_runner.rs` says who runs them and how its thread sleeps); an idle node costs nothing
+//! but its tick.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender};
 use smr_apply::{BatchBuilder, Command};
 use smr_log::{LogReader, LogWaker};
 use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
@@ -42,9 +43,6 @@ const TICKS_CATCH_UP_MAX: u32 = 100;
 /// state file) in the ready's sync; so it goes with term and vote changes, and once per this
 /// many commits.
 const COMMIT_HINT_LAG_MAX: u64 = 4096;
-/// How long a stopping node keeps serving proposals already made, so that their clients get
-/// answers rather than `ShuttingDown`.
-const DRAIN_MS_MAX: u64 = 2_000;
 
 /// A ready the core has not yet been told is durable.
 #[derive(Debug)]
@@ -59,7 +57,6 @@ pub(crate) struct CoreStage {
     pub(crate) transport: PeerTransport,
     pub(crate) inbound: Receiver<Inbound>,
     pub(crate) clients: Receiver<ClientRequest>,
-    pub(crate) wakes: Receiver<()>,
     pub(crate) snapshots: Receiver<SnapshotTaken>,
     pub(crate) to_log: Sender<LogWork>,
     pub(crate) log_waker: LogWaker,
@@ -112,6 +109,12 @@ pub(crate) struct CoreStage {
     submit_bytes_max: u64,
     /// Swaps durable entries' heap copies for slices of the mapped log.
     rebinder: Rebinder,
+    /// Whether the round running now is on the core's own thread. Only that thread adds and
+    /// removes peers: the transport joins a removed peer's reader, which may be the thread
+    /// running an inline round.
+    on_core_thread: bool,
+    /// A membership change seen in an inline round: the core's thread reconciles the peers.
+    reconcile_due: bool,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -127,7 +130,6 @@ pub(crate) struct CoreParts {
     pub(crate) transport: PeerTransport,
     pub(crate) inbound: Receiver<Inbound>,
     pub(crate) clients: Receiver<ClientRequest>,
-    pub(crate) wakes: Receiver<()>,
     pub(crate) snapshots: Receiver<SnapshotTaken>,
     pub(crate) to_log: Sender<LogWork>,
     pub(crate) log_waker: LogWaker,
@@ -158,7 +160,6 @@ impl CoreStage {
             transport: parts.transport,
             inbound: parts.inbound,
             clients: parts.clients,
-            wakes: parts.wakes,
             snapshots: parts.snapshots,
             to_log: parts.to_log,
             log_waker: parts.log_waker,
@@ -193,6 +194,8 @@ impl CoreStage {
             unready_entry_bytes: 0,
             submit_bytes_max: parts.submit_bytes_max,
             rebinder,
+            on_core_thread: true,
+            reconcile_due: false,
         };
         stage.next_tick = now + stage.tick();
         stage.check_directory();
@@ -203,73 +206,58 @@ impl CoreStage {
         Duration::from_millis(self.pipeline.tick_ms)
     }
 
-    pub(crate) fn run(mut self) {
-        let mut drain_until: Option<Instant> = None;
-        loop {
-            if self.shared.stopping() {
-                let now = Instant::now();
-                let until = *drain_until.get_or_insert(now + Duration::from_millis(DRAIN_MS_MAX));
-                let outstanding = self.shared.fatal_code.load(Ordering::Acquire) == 0
-                    && self.replica.is_leader()
-                    && self.replica.commit_index() < self.replica.last_index();
-                if !outstanding || now >= until {
-                    break;
-                }
-            }
-            self.wait_for_input();
-            let round = Instant::now();
-            self.take_inputs(drain_until.is_some());
-            self.complete_persisted();
-            self.check_applied();
-            self.check_directory();
-            self.tick_if_due(round);
-            self.flush_reads();
-            self.flush_batch_if_due(round);
-            self.drive_ready();
-            if self.batch_opened.is_some() {
-                // Commits in this round may have made room in the pipeline for the held batch.
-                self.flush_batch_if_due(Instant::now());
-                self.drive_ready();
-            }
-            self.expire_reads(round);
-            // Last: nothing waits on it.
-            self.rebinder.rebind(&mut self.replica, self.hub.counters());
-            self.metrics.record_service(round.elapsed());
-            self.metrics.maybe_publish(Instant::now());
+    /// One round: takes what arrived, ticks, proposes, drives the ready cycle and hands on
+    /// what it made. Runs on the core's thread or, with `pipeline.inline_core`, on a transport
+    /// thread that brought work (`on_core_thread` false; see `core_runner.rs`). Returns whether
+    /// inputs are left over (a round takes at most [`INPUT_PER_ROUND_MAX`] from each).
+    pub(crate) fn round(&mut self, on_core_thread: bool) -> bool {
+        self.on_core_thread = on_core_thread;
+        if !on_core_thread {
+            self.hub.counters().core_rounds_inline.bump();
         }
-        self.stop();
+        let round = Instant::now();
+        if on_core_thread && self.reconcile_due {
+            self.reconcile_due = false;
+            let conf = self.replica.conf().clone();
+            self.reconcile_peers(&conf);
+        }
+        self.take_inputs(self.shared.stopping());
+        self.complete_persisted();
+        self.check_applied();
+        self.check_directory();
+        self.tick_if_due(round);
+        self.flush_reads();
+        self.flush_batch_if_due(round);
+        self.drive_ready();
+        if self.batch_opened.is_some() {
+            // Commits in this round may have made room in the pipeline for the held batch.
+            self.flush_batch_if_due(Instant::now());
+            self.drive_ready();
+        }
+        self.expire_reads(round);
+        // Last: nothing waits on it.
+        self.rebinder.rebind(&mut self.replica, self.hub.counters());
+        self.metrics.record_service(round.elapsed());
+        self.metrics.maybe_publish(Instant::now());
+        !self.inbound.is_empty() || !self.clients.is_empty()
     }
 
-    /// Blocks until an input arrives or the next deadline (tick or linger) passes.
-    fn wait_for_input(&mut self) {
-        if self.pipeline.busy_poll {
-            return;
-        }
-        let now = Instant::now();
+    /// When the next round is due with no input: the next tick, or the end of an open batch's
+    /// hold.
+    pub(crate) fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_tick;
         if let Some(opened) = self.batch_opened {
             deadline = deadline.min(opened + self.batch_hold_max());
         }
-        let timeout = deadline.saturating_duration_since(now);
-        select! {
-            recv(self.inbound) -> batch => {
-                if let Ok(batch) = batch {
-                    self.on_inbound(batch);
-                }
-            }
-            recv(self.clients) -> request => {
-                if let Ok(request) = request {
-                    self.on_client(request, false);
-                }
-            }
-            recv(self.wakes) -> _ => {}
-            recv(self.snapshots) -> taken => {
-                if let Ok(taken) = taken {
-                    self.on_snapshot_taken(taken);
-                }
-            }
-            default(timeout) => {}
-        }
+        deadline
+    }
+
+    /// Whether a stopping node should keep serving: it leads, and proposals already made are
+    /// not yet committed (their clients would rather have answers than `ShuttingDown`).
+    pub(crate) fn has_uncommitted_proposals(&self) -> bool {
+        self.shared.fatal_code.load(Ordering::Acquire) == 0
+            && self.replica.is_leader()
+            && self.replica.commit_index() < self.replica.last_index()
     }
 
     fn take_inputs(&mut self, draining: bool) {
@@ -705,6 +693,11 @@ impl CoreStage {
     /// Connects to every member (and every member the config names) not yet connected, and
     /// disconnects from those that left.
     fn reconcile_peers(&mut self, conf: &ConfState) {
+        if !self.on_core_thread {
+            self.reconcile_due = true;
+            self.shared.wake_core();
+            return;
+        }
         let me = self.replica.id();
         let wanted: BTreeSet<NodeId> =
             conf.members().into_iter().chain(self.config_members.iter().copied()).filter(|&id| id != me).collect();
@@ -825,7 +818,7 @@ impl CoreStage {
         }
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         // Unanswered requests are answered `ShuttingDown` as they drop.
         self.batch_waiting.clear();
         self.proposals_unsent.clear();

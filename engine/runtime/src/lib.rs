@@ -15,8 +15,10 @@
 //!   whether to found a cluster or join one.
 
 mod apply_stage;
+mod combining;
 pub mod config;
 pub mod config_file;
+mod core_runner;
 mod core_stage;
 pub mod directory;
 mod events;

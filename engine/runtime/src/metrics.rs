@@ -613,6 +613,9 @@ counters! {
     reads_served,
     /// Durable entries whose in-memory copy in the core gave way to the log's mapping.
     entries_rebound,
+    /// Core rounds run by the transport thread that brought the work (`pipeline.inline_core`),
+    /// not by the core's own thread (the core's `service` histogram counts every round).
+    core_rounds_inline,
 }
 
 /// Why a report could not be read.
@@ -1006,7 +1009,7 @@ mod tests {
             thread.join().expect("counting thread");
         }
         let fields = hub.counters().fields();
-        assert_eq!(fields.len(), 16);
+        assert_eq!(fields.len(), 17);
         assert_eq!(fields[0], ("client_busy", 4000));
         assert!(fields.contains(&("commands_applied", 40)));
         assert!(fields.contains(&("reads_served", 0)));

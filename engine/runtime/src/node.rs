@@ -23,6 +23,7 @@ use smr_raft::{ConfChange, ConfState, EntryKind, Replica, Restore};
 
 use crate::apply_stage::{ApplyStage, announced_member};
 use crate::config::{ConfigError, InitialState, NodeConfig};
+use crate::core_runner::CoreRunner;
 use crate::core_stage::{CoreParts, CoreStage};
 use crate::directory::Directory;
 use crate::events::NodeEvents;
@@ -302,7 +303,6 @@ impl Node {
             transport,
             inbound,
             clients: requests,
-            wakes,
             snapshots: snapshots_in,
             to_log,
             log_waker: log_waker.clone(),
@@ -317,11 +317,13 @@ impl Node {
             hub: Arc::clone(&hub),
             reader: core_reader,
         });
+        let runner = CoreRunner::new(core_stage, wakes, pipeline.inline_core, pipeline.busy_poll);
+        runner.install_arrival_hooks(&clients);
         let node = config.node_id;
         for (stage, run) in [
             (Stage::Log, Box::new(move || log_stage.run()) as Box<dyn FnOnce() + Send>),
             (Stage::Apply, Box::new(move || apply_stage.run())),
-            (Stage::Core, Box::new(move || core_stage.run())),
+            (Stage::Core, Box::new(move || runner.run())),
         ] {
             let placement = config.placement.clone();
             let handle = std::thread::Builder::new()
@@ -358,7 +360,8 @@ impl Node {
             return request.respond(smr_net::ResponseBody::ShuttingDown);
         }
         match self.local.try_send(request) {
-            Ok(()) => {}
+            // With `inline_core` the core's thread waits only for its doorbell.
+            Ok(()) => self.shared.wake_core(),
             Err(crossbeam_channel::TrySendError::Full(request)) => {
                 self.hub.counters().client_busy.bump();
                 request.respond(smr_net::ResponseBody::Busy);

@@ -314,6 +314,14 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
     let net = |name: &str| stats.net.iter().find(|c| c.name == name).map_or(0, |c| c.value);
     assert!(net("messages_sent") > 0 && net("client_requests") >= 20, "{text}");
     assert!(text.contains("net counters"), "{text}");
+    // The harness runs every third node's core on its own thread only; the others' rounds run
+    // where the work arrives, as long as it is idle, which it is at one put at a time.
+    let inline = stats.counters.core_rounds_inline;
+    if cluster.config(leader).pipeline.inline_core {
+        assert!(inline >= 20, "node {leader} ran {inline} rounds inline for 20 puts: {text}");
+    } else {
+        assert_eq!(inline, 0, "node {leader} has inline_core off: {text}");
+    }
     for stage in ["core", "log", "apply"] {
         assert!(text.contains(stage), "{text}");
         let report = stats.stages.iter().find(|s| s.stage == stage).expect("stage reported");

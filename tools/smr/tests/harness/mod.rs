@@ -100,6 +100,10 @@ pub fn test_defaults(config: &mut NodeConfig) {
     if config.node_id.is_multiple_of(2) {
         config.log.io_mode = smr_log::IoMode::Uring;
     }
+    // Likewise the core: every third node runs its rounds only on its own thread.
+    if config.node_id.is_multiple_of(3) {
+        config.pipeline.inline_core = false;
+    }
 }
 
 impl Cluster {
