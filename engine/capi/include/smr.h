@@ -251,8 +251,10 @@ typedef void (*smr_fatal_fn)(void *user_data,
 
 /**
  * This node's role or term, or the leader it knows, changed. `role` is 0 follower,
- * 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called on
- * the node's core thread, in order; it must return quickly (the node waits for it).
+ * 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called by
+ * the node's Raft core, in order and never concurrently with itself, on the core's thread or
+ * (with `pipeline.inline_core`) on the node's network thread running the core's round; it
+ * must return quickly (the node waits for it).
  */
 typedef void (*smr_role_fn)(void *user_data,
                             int32_t role,
@@ -262,7 +264,8 @@ typedef void (*smr_role_fn)(void *user_data,
 /**
  * The membership in force changed: `voters` (`voter_count` ids) and `learners`
  * (`learner_count` ids), valid during the call only. During a joint change `voters` holds the
- * incoming voters. Called on the node's core thread, in order; it must return quickly.
+ * incoming voters. Called like `smr_role_fn`: by the Raft core, in order, on one of the node's
+ * threads; it must return quickly.
  */
 typedef void (*smr_membership_fn)(void *user_data,
                                   const uint64_t *voters,

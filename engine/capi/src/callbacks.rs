@@ -92,13 +92,16 @@ pub type smr_state_hash_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)
 pub type smr_fatal_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, exit_code: i32, message: *const c_char)>;
 
 /// This node's role or term, or the leader it knows, changed. `role` is 0 follower,
-/// 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called on
-/// the node's core thread, in order; it must return quickly (the node waits for it).
+/// 1 pre-candidate, 2 candidate, 3 leader; `leader_id` is 0 when no leader is known. Called by
+/// the node's Raft core, in order and never concurrently with itself, on the core's thread or
+/// (with `pipeline.inline_core`) on the node's network thread running the core's round; it
+/// must return quickly (the node waits for it).
 pub type smr_role_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, role: i32, term: u64, leader_id: u64)>;
 
 /// The membership in force changed: `voters` (`voter_count` ids) and `learners`
 /// (`learner_count` ids), valid during the call only. During a joint change `voters` holds the
-/// incoming voters. Called on the node's core thread, in order; it must return quickly.
+/// incoming voters. Called like `smr_role_fn`: by the Raft core, in order, on one of the node's
+/// threads; it must return quickly.
 pub type smr_membership_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,

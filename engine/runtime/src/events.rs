@@ -6,8 +6,9 @@ use crate::handoff::Fatal;
 
 /// Notifications for an embedding application (the C ABI forwards them to C callbacks).
 ///
-/// Role and membership changes are delivered on the core stage's thread, in the order they
-/// happen; `fatal` on whichever stage failed. Each must return quickly and must not wait for the
+/// Role and membership changes are delivered by the core stage, in the order they happen and
+/// never concurrently, on the core's thread or (with `pipeline.inline_core`) on the transport
+/// thread running the core's round; `fatal` on whichever stage failed. Each must return quickly and must not wait for the
 /// node (a blocking request from here would wait for the thread it runs on).
 pub trait NodeEvents: Send + std::fmt::Debug {
     /// This node's role, term or known leader changed.
