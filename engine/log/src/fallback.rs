@@ -87,4 +87,8 @@ impl Backend for FallbackIo {
     fn name(&self) -> &'static str {
         "pwrite+fdatasync"
     }
+
+    fn synchronous(&self) -> bool {
+        true
+    }
 }

@@ -93,6 +93,12 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
 
     /// A short name for logs and benchmark tables.
     fn name(&self) -> &'static str;
+
+    /// Whether every write and sync completes within the call that issues it (nothing is ever
+    /// in flight between calls).
+    fn synchronous(&self) -> bool {
+        false
+    }
 }
 
 /// How a waker reaches its backend.

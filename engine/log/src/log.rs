@@ -470,6 +470,13 @@ impl Log {
         self.io.name()
     }
 
+    /// Whether the I/O path does every write and sync within the call that issues it (the
+    /// `pwrite` path): then [`Log::sync_all`] right after a submit is one group commit done on
+    /// the caller's thread, with nothing left in flight.
+    pub fn io_is_synchronous(&self) -> bool {
+        self.io.synchronous()
+    }
+
     /// What is durable.
     pub fn durable(&self) -> Durable {
         self.durable

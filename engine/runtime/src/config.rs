@@ -92,9 +92,10 @@ pub struct PipelineConfig {
     pub busy_poll: bool,
     /// Let the thread that receives work for the Raft core (a peer reader, the client event
     /// loop) run the core's round itself when the core is idle, rather than wake the core's
-    /// thread (see `core_runner.rs`). Saves a thread wake-up per hand-off where stages share
-    /// cores (the default). With dedicated cores, turn it off so that the core runs only on
-    /// its own pinned thread.
+    /// thread (see `core_runner.rs`); on the `pwrite` log path, the log writer's round too
+    /// (`log_runner.rs`). Saves a thread wake-up per hand-off where stages share cores (the
+    /// default). With dedicated cores, turn it off so that each stage runs only on its own
+    /// pinned thread.
     pub inline_core: bool,
 }
 

@@ -31,6 +31,7 @@ use smr_net::{ClientRequest, ClientServer, Inbound};
 use crate::combining::Combining;
 use crate::core_stage::CoreStage;
 use crate::handoff::{Shared, SnapshotTaken};
+use crate::log_runner::LogRunner;
 
 /// How long a stopping node keeps serving proposals already made, so that their clients get
 /// answers rather than `ShuttingDown`.
@@ -41,6 +42,8 @@ const EXIT_CODE_PANIC: i32 = 70;
 /// The core stage and who may run it. See the module docs.
 pub(crate) struct CoreRunner {
     stage: Combining<CoreStage>,
+    /// The log writer, when its rounds run inline.
+    log: Option<Arc<LogRunner>>,
     /// Whether transport threads run rounds (`pipeline.inline_core`).
     inline: bool,
     busy_poll: bool,
@@ -75,6 +78,7 @@ impl CoreRunner {
             snapshots: stage.snapshots.clone(),
             shared: Arc::clone(&stage.shared),
             stage: Combining::new(stage),
+            log: None,
             inline,
             busy_poll,
             wakes,
@@ -82,6 +86,12 @@ impl CoreRunner {
             deadline_ns: AtomicU64::new(nanos_since(epoch, deadline)),
             sleeping_until_ns: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Runs the log writer's rounds inline after core rounds that queued log work (see
+    /// `log_runner.rs`). Set before the node starts.
+    pub(crate) fn set_log_runner(self: &mut Arc<Self>, log: Arc<LogRunner>) {
+        Arc::get_mut(self).expect("set before the runner is shared").log = Some(log);
     }
 
     /// With `pipeline.inline_core`: has the peer readers and the client event loop call
@@ -102,9 +112,30 @@ impl CoreRunner {
     /// Called by a transport thread once it has put work into one of the core's channels: runs
     /// the round here when no other thread is running one.
     pub(crate) fn arrived(&self) {
-        if self.stage.deliver(|stage| self.round(stage, false)).is_err() {
-            self.shared.fail(EXIT_CODE_PANIC, "the core stage panicked".into());
+        loop {
+            let mut log_due = false;
+            let ran = self.stage.deliver(|stage| {
+                let more = self.round(stage, false);
+                log_due |= stage.take_log_queued();
+                more
+            });
+            if ran.is_err() {
+                self.shared.fail(EXIT_CODE_PANIC, "the core stage panicked".into());
+                return;
+            }
+            // The log round, when this thread's core rounds queued log work; and once that is
+            // durable, another core round here when the core must hear of it (the leader's own
+            // entries count toward its commit), rather than a wake-up of the core's thread.
+            if !(log_due && self.write_log()) {
+                return;
+            }
         }
+    }
+
+    /// Runs the log writer's round here (inline log rounds only). Returns whether the core
+    /// should look at the durable token.
+    fn write_log(&self) -> bool {
+        self.log.as_ref().is_some_and(|log| log.arrived())
     }
 
     /// The core's own thread, until the node stops.
@@ -128,7 +159,16 @@ impl CoreRunner {
             self.wait();
             // The core's thread waits for the lock rather than passing: only it reconciles
             // peers, and a round it was woken for (a deadline) must not be skipped.
-            match self.stage.run_owned(|stage| self.round(stage, true)) {
+            let mut log_due = false;
+            let ran = self.stage.run_owned(|stage| {
+                let more = self.round(stage, true);
+                log_due |= stage.take_log_queued();
+                more
+            });
+            if log_due && self.write_log() {
+                self.shared.wake_core();
+            }
+            match ran {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(super::combining::Poisoned) => {

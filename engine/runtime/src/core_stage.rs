@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use smr_apply::{BatchBuilder, Command};
-use smr_log::{LogReader, LogWaker};
+use smr_log::LogReader;
 use smr_net::{AdminRequest, ClientRequest, Consistency, Inbound, PeerTransport, RequestBody, ResponseBody};
 use smr_raft::{
     ConfChange, ConfChangeOp, ConfState, Error as RaftError, HardState, Index, Message, NodeId, ReadContext, Replica,
@@ -27,9 +27,10 @@ use smr_raft::{
 
 use crate::config::PipelineConfig;
 use crate::directory::{Addresses, Directory};
-use crate::handoff::{ApplyWork, LogWork, Shared, SnapshotTaken, Waiting};
+use crate::handoff::{ApplyWork, LogBell, LogWork, Shared, SnapshotTaken, Waiting};
 use crate::metrics::{Histo, MetricsHub, StageRecorder};
 use crate::rebind::Rebinder;
+use crate::status::PipelineMode;
 
 /// Messages and requests taken per input per round, so that one busy input cannot starve the
 /// others or delay the ready cycle.
@@ -59,7 +60,7 @@ pub(crate) struct CoreStage {
     pub(crate) clients: Receiver<ClientRequest>,
     pub(crate) snapshots: Receiver<SnapshotTaken>,
     pub(crate) to_log: Sender<LogWork>,
-    pub(crate) log_waker: LogWaker,
+    pub(crate) log_bell: LogBell,
     pub(crate) to_apply: Sender<ApplyWork>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pipeline: PipelineConfig,
@@ -115,6 +116,12 @@ pub(crate) struct CoreStage {
     on_core_thread: bool,
     /// A membership change seen in an inline round: the core's thread reconciles the peers.
     reconcile_due: bool,
+    /// Whether the log writer's rounds run inline (`log_runner.rs`) rather than on its thread.
+    log_inline: bool,
+    /// How the pipeline runs, for the status.
+    mode: PipelineMode,
+    /// Work was queued for the log writer since [`CoreStage::take_log_queued`] (inline only).
+    log_queued: bool,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -132,7 +139,9 @@ pub(crate) struct CoreParts {
     pub(crate) clients: Receiver<ClientRequest>,
     pub(crate) snapshots: Receiver<SnapshotTaken>,
     pub(crate) to_log: Sender<LogWork>,
-    pub(crate) log_waker: LogWaker,
+    pub(crate) log_bell: LogBell,
+    /// How the pipeline runs: the log's I/O path, and which rounds run inline.
+    pub(crate) mode: PipelineMode,
     pub(crate) to_apply: Sender<ApplyWork>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pipeline: PipelineConfig,
@@ -162,7 +171,10 @@ impl CoreStage {
             clients: parts.clients,
             snapshots: parts.snapshots,
             to_log: parts.to_log,
-            log_waker: parts.log_waker,
+            log_bell: parts.log_bell,
+            log_inline: parts.mode.inline_log,
+            mode: parts.mode,
+            log_queued: false,
             to_apply: parts.to_apply,
             shared: parts.shared,
             snapshot_keep_entries: pipeline.snapshot_keep_entries,
@@ -524,9 +536,27 @@ impl CoreStage {
             ticks += 1;
         }
         if now.duration_since(self.log_woken) >= self.hub.publish_interval() {
-            self.log_waker.wake();
+            self.log_bell.wake();
             self.log_woken = now;
         }
+    }
+
+    /// Work went to the log writer: wake its thread, or, when the log's rounds run inline,
+    /// leave it to the thread running this round, once the round is over
+    /// ([`CoreStage::take_log_queued`]).
+    fn log_work_queued(&mut self) {
+        if self.log_inline {
+            self.log_queued = true;
+        } else {
+            self.log_bell.wake();
+            self.log_woken = Instant::now();
+        }
+    }
+
+    /// Whether rounds since the last call queued work for the log writer (inline log rounds
+    /// only).
+    pub(crate) fn take_log_queued(&mut self) -> bool {
+        std::mem::take(&mut self.log_queued)
     }
 
     /// Makes room in the next ready for entries taking `bytes` of log records: when they would
@@ -592,8 +622,7 @@ impl CoreStage {
                     self.shared.fail(0, "the log stage stopped".into());
                     return;
                 }
-                self.log_waker.wake();
-                self.log_woken = Instant::now();
+                self.log_work_queued();
             } else {
                 send_now.extend(rd.persisted_messages);
             }
@@ -739,7 +768,7 @@ impl CoreStage {
                 // snapshot file is already durable, so a crash in between loses nothing).
                 let _ = self.replica.compact(compact.min(self.replica.persisted_index()));
                 if compact > 0 && self.to_log.send(LogWork::Compact { index: compact }).is_ok() {
-                    self.log_waker.wake();
+                    self.log_work_queued();
                 }
             }
             Err(error) => tracing::debug!("snapshot at {} not used: {error}", taken.index),
@@ -749,7 +778,13 @@ impl CoreStage {
     fn on_admin(&mut self, admin: AdminRequest, request: ClientRequest, now: Instant) {
         match admin {
             AdminRequest::Status => {
-                let status = crate::status::status_json(&self.replica, self.cluster_id, &self.directory, self.started);
+                let status = crate::status::status_json(
+                    &self.replica,
+                    self.cluster_id,
+                    &self.directory,
+                    self.started,
+                    &self.mode,
+                );
                 self.send_apply(ApplyWork::Status { status, request });
             }
             AdminRequest::Stats => {
@@ -825,11 +860,11 @@ impl CoreStage {
         self.reads_batch.clear();
         self.reads.clear();
         self.metrics.publish_now();
-        let CoreStage { transport, to_log, to_apply, log_waker, .. } = self;
+        let CoreStage { transport, to_log, to_apply, log_bell, .. } = self;
         // The log writer stops once its queue is empty and disconnected; wake it to notice.
         drop(to_log);
         drop(to_apply);
-        log_waker.wake();
+        log_bell.wake();
         transport.shutdown();
     }
 }

@@ -71,6 +71,26 @@ pub(crate) enum ApplyWork {
     Restore { snapshot: Snapshot, done: Sender<Result<(), String>> },
 }
 
+/// Wakes the log writer's thread: the log's own waker when that thread sleeps in the log (its
+/// I/O path keeps work in flight), else the doorbell its runner sleeps on (`log_runner.rs`).
+#[derive(Clone, Debug)]
+pub(crate) enum LogBell {
+    Waker(smr_log::LogWaker),
+    Doorbell(Sender<()>),
+}
+
+impl LogBell {
+    pub(crate) fn wake(&self) {
+        match self {
+            LogBell::Waker(waker) => waker.wake(),
+            // Full: a ring is pending. Disconnected: the log stage has stopped.
+            LogBell::Doorbell(doorbell) => {
+                let _ = doorbell.try_send(());
+            }
+        }
+    }
+}
+
 /// A snapshot the apply stage took and saved: the core hands the bytes to the Raft core.
 #[derive(Debug)]
 pub(crate) struct SnapshotTaken {

@@ -24,6 +24,7 @@ pub mod directory;
 mod events;
 mod handoff;
 pub mod identity;
+mod log_runner;
 mod log_stage;
 pub mod metrics;
 mod node;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
-use smr_log::{Log, LogError};
+use smr_log::{Durable, Log, LogError};
 use smr_net::PeerSender;
 use smr_raft::Message;
 
@@ -52,6 +52,13 @@ pub(crate) struct LogStage {
     /// ready whose messages this stage sends needs no wake-up: the acknowledgement has left,
     /// and the core sees the durable token at its next round. Bounded like `unsent`.
     pub(crate) silent: VecDeque<u64>,
+    /// The highest ready number reported durable.
+    pub(crate) reported: u64,
+    /// The log's sync and entry counts at the last report (for entries per fsync).
+    pub(crate) syncs_seen: u64,
+    pub(crate) entries_seen: u64,
+    /// Set once the stage has nothing more to do (inline rounds only; see `inline_round`).
+    pub(crate) stopped: bool,
 }
 
 impl std::fmt::Debug for LogStage {
@@ -84,64 +91,112 @@ impl LogStage {
     }
 
     fn run_loop(&mut self) -> Result<(), Stop> {
-        let mut reported = 0u64;
-        let mut syncs_seen = self.log.stats().syncs_completed;
-        let mut entries_seen = self.log.stats().entries_submitted;
         loop {
-            let mut disconnected = false;
-            for _ in 0..SUBMITS_PER_ROUND_MAX {
-                match self.work.try_recv() {
-                    Ok(work) => self.handle(work)?,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
-                }
-            }
-            if disconnected {
-                // The core stopped: make everything it handed over durable, then stop.
-                let durable = self.log.sync_all().map_err(log_stop)?;
-                self.send_durable_messages(durable.token);
-                self.shared.durable_token.store(durable.token, Ordering::Release);
-                return Ok(());
+            if self.take_work()? {
+                return self.finish();
             }
             let durable = if self.busy_poll || !self.work.is_empty() { self.log.poll() } else { self.log.wait() }
                 .map_err(log_stop)?;
-            let metrics = &mut self.metrics;
-            self.log.take_sync_durations(|ns| metrics.record(Histo::Fsync, ns));
-            let stats = self.log.stats();
-            if stats.syncs_completed > syncs_seen {
-                // Entries per fsync: what the group commit achieved. Completions are collected a
-                // few at a time, so the entries submitted since the last look are spread over
-                // the syncs that completed since, one sample per sync; the remainder goes to the
-                // first, so the samples add up to the entries.
-                let entries = stats.entries_submitted - entries_seen;
-                let syncs = stats.syncs_completed - syncs_seen;
-                let (each, remainder) = (entries / syncs, entries % syncs);
-                self.metrics.record(Histo::BatchItems, each + remainder);
-                for _ in 1..syncs.min(SYNC_SAMPLES_MAX) {
-                    self.metrics.record(Histo::BatchItems, each);
-                }
-                syncs_seen = stats.syncs_completed;
-                entries_seen = stats.entries_submitted;
+            if self.report(durable) {
+                self.shared.wake_core();
             }
-            tracing::trace!(token = durable.token, index = durable.index, "log durable");
-            if durable.token > reported {
-                reported = durable.token;
-                self.send_durable_messages(durable.token);
-                self.shared.durable_token.store(durable.token, Ordering::Release);
-                let mut core_waits = false;
-                while self.silent.front().is_some_and(|&number| number <= durable.token) {
-                    self.silent.pop_front();
-                    core_waits = true;
-                }
-                if core_waits {
-                    self.shared.wake_core();
-                }
-            }
-            self.metrics.maybe_publish(std::time::Instant::now());
         }
+    }
+
+    /// One round run inline, by the thread that queued the work (see `log_runner.rs`): submits
+    /// what is queued, waits until it is durable (the `pwrite` path does its I/O right here)
+    /// and reports it. Returns whether the core should look at the durable token (a ready
+    /// without persisted messages became durable). On a failure the node fails and the stage
+    /// is `stopped`; once the core has stopped, everything is made durable and the stage too.
+    pub(crate) fn inline_round(&mut self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let result = self.take_work().and_then(|disconnected| {
+            if disconnected {
+                self.finish()?;
+                self.stopped = true;
+                return Ok(false);
+            }
+            let durable = self.log.sync_all().map_err(log_stop)?;
+            Ok(self.report(durable))
+        });
+        match result {
+            Ok(core_due) => core_due,
+            Err(stop) => {
+                self.stopped = true;
+                self.shared.fail(stop.exit_code, stop.message);
+                false
+            }
+        }
+    }
+
+    /// Whether the stage has stopped (the core stopped, or the log failed).
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Publishes the stage's metrics, once it has stopped.
+    pub(crate) fn publish_now(&mut self) {
+        self.metrics.publish_now();
+    }
+
+    /// Submits the work queued now (at most [`SUBMITS_PER_ROUND_MAX`] readies). Returns whether
+    /// the core has stopped (its queue is disconnected).
+    fn take_work(&mut self) -> Result<bool, Stop> {
+        for _ in 0..SUBMITS_PER_ROUND_MAX {
+            match self.work.try_recv() {
+                Ok(work) => self.handle(work)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The core stopped: make everything it handed over durable.
+    fn finish(&mut self) -> Result<(), Stop> {
+        let durable = self.log.sync_all().map_err(log_stop)?;
+        self.send_durable_messages(durable.token);
+        self.shared.durable_token.store(durable.token, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records what the group commit achieved and reports what became durable: sends the
+    /// persisted messages and publishes the durable token. Returns whether the core should be
+    /// woken (a ready without persisted messages became durable).
+    fn report(&mut self, durable: Durable) -> bool {
+        let metrics = &mut self.metrics;
+        self.log.take_sync_durations(|ns| metrics.record(Histo::Fsync, ns));
+        let stats = self.log.stats();
+        if stats.syncs_completed > self.syncs_seen {
+            // Entries per fsync: what the group commit achieved. Completions are collected a
+            // few at a time, so the entries submitted since the last look are spread over
+            // the syncs that completed since, one sample per sync; the remainder goes to the
+            // first, so the samples add up to the entries.
+            let entries = stats.entries_submitted - self.entries_seen;
+            let syncs = stats.syncs_completed - self.syncs_seen;
+            let (each, remainder) = (entries / syncs, entries % syncs);
+            self.metrics.record(Histo::BatchItems, each + remainder);
+            for _ in 1..syncs.min(SYNC_SAMPLES_MAX) {
+                self.metrics.record(Histo::BatchItems, each);
+            }
+            self.syncs_seen = stats.syncs_completed;
+            self.entries_seen = stats.entries_submitted;
+        }
+        tracing::trace!(token = durable.token, index = durable.index, "log durable");
+        let mut core_waits = false;
+        if durable.token > self.reported {
+            self.reported = durable.token;
+            self.send_durable_messages(durable.token);
+            self.shared.durable_token.store(durable.token, Ordering::Release);
+            while self.silent.front().is_some_and(|&number| number <= durable.token) {
+                self.silent.pop_front();
+                core_waits = true;
+            }
+        }
+        self.metrics.maybe_publish(std::time::Instant::now());
+        core_waits
     }
 
     /// Sends the persisted messages of every ready through `token`: the acknowledgements and

@@ -616,6 +616,9 @@ counters! {
     /// Core rounds run by the transport thread that brought the work (`pipeline.inline_core`),
     /// not by the core's own thread (the core's `service` histogram counts every round).
     core_rounds_inline,
+    /// Log writer rounds (submit, write, `fdatasync`) run by the thread whose core round queued
+    /// the work (`status.inline_log`), not by the log writer's own thread.
+    log_rounds_inline,
 }
 
 /// Why a report could not be read.
@@ -1009,7 +1012,7 @@ mod tests {
             thread.join().expect("counting thread");
         }
         let fields = hub.counters().fields();
-        assert_eq!(fields.len(), 17);
+        assert_eq!(fields.len(), 18);
         assert_eq!(fields[0], ("client_busy", 4000));
         assert!(fields.contains(&("commands_applied", 40)));
         assert!(fields.contains(&("reads_served", 0)));

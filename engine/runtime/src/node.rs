@@ -27,13 +27,15 @@ use crate::core_runner::CoreRunner;
 use crate::core_stage::{CoreParts, CoreStage};
 use crate::directory::Directory;
 use crate::events::NodeEvents;
-use crate::handoff::{Fatal, Shared};
+use crate::handoff::{Fatal, LogBell, Shared};
 use crate::identity::{Identity, IdentityError};
+use crate::log_runner::LogRunner;
 use crate::log_stage::{EXIT_CODE_BAD_SNAPSHOT, LogStage};
 use crate::metrics::{Histo, MetricsConfig, MetricsHub};
 use crate::placement::Stage;
 use crate::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use crate::snapshot_saver::SnapshotSaver;
+use crate::status::PipelineMode;
 
 /// Exit code for a config the node refuses (also used for an empty data directory without an
 /// initial state, and a data directory of another node).
@@ -105,7 +107,7 @@ pub struct Node {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     clients: Option<ClientServer>,
-    log_waker: smr_log::LogWaker,
+    log_waker: LogBell,
     client_address: SocketAddr,
     peer_address: SocketAddr,
     mode: StartMode,
@@ -211,7 +213,17 @@ impl Node {
         let (to_log, log_work) = bounded(pipeline.log_queue_max);
         let (to_apply, apply_work) = bounded(pipeline.apply_queue_max);
         let (snapshots_out, snapshots_in) = bounded(1);
-        let log_waker = log.waker()?;
+        // On the `pwrite` path the log's rounds run on the thread that queued the work (see
+        // `log_runner.rs`), and the log's thread sleeps on a doorbell, not in the log.
+        let log_inline = pipeline.inline_core && !pipeline.busy_poll && log.io_is_synchronous();
+        let (log_waker, log_doorbell) = if log_inline {
+            let (doorbell, rings) = bounded(1);
+            (LogBell::Doorbell(doorbell), Some(rings))
+        } else {
+            (LogBell::Waker(log.waker()?), None)
+        };
+        let log_stats = log.stats();
+        let log_io = log.io_name();
         let reader = log.reader();
         let core_reader = log.reader();
 
@@ -276,6 +288,10 @@ impl Node {
             peers: transport.sender(),
             unsent: VecDeque::new(),
             silent: VecDeque::new(),
+            reported: 0,
+            syncs_seen: log_stats.syncs_completed,
+            entries_seen: log_stats.entries_submitted,
+            stopped: false,
         };
         let apply_placement = config.placement.clone();
         let (saver, saver_thread) =
@@ -305,7 +321,8 @@ impl Node {
             clients: requests,
             snapshots: snapshots_in,
             to_log,
-            log_waker: log_waker.clone(),
+            log_bell: log_waker.clone(),
+            mode: PipelineMode { log_io, inline_core: pipeline.inline_core, inline_log: log_inline },
             to_apply,
             shared: Arc::clone(&shared),
             pipeline: pipeline.clone(),
@@ -317,11 +334,19 @@ impl Node {
             hub: Arc::clone(&hub),
             reader: core_reader,
         });
-        let runner = CoreRunner::new(core_stage, wakes, pipeline.inline_core, pipeline.busy_poll);
+        let mut runner = CoreRunner::new(core_stage, wakes, pipeline.inline_core, pipeline.busy_poll);
+        let run_log: Box<dyn FnOnce() + Send> = match log_doorbell {
+            Some(doorbell) => {
+                let log_runner = LogRunner::new(log_stage, doorbell, hub.publish_interval());
+                runner.set_log_runner(Arc::clone(&log_runner));
+                Box::new(move || log_runner.run())
+            }
+            None => Box::new(move || log_stage.run()),
+        };
         runner.install_arrival_hooks(&clients);
         let node = config.node_id;
         for (stage, run) in [
-            (Stage::Log, Box::new(move || log_stage.run()) as Box<dyn FnOnce() + Send>),
+            (Stage::Log, run_log),
             (Stage::Apply, Box::new(move || apply_stage.run())),
             (Stage::Core, Box::new(move || runner.run())),
         ] {

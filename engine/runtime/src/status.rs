@@ -23,6 +23,7 @@ pub(crate) fn status_json(
     cluster_id: u64,
     directory: &Directory,
     started: Instant,
+    pipeline: &PipelineMode,
 ) -> serde_json::Value {
     let status = replica.status();
     let peers: Vec<serde_json::Value> = status
@@ -64,5 +65,19 @@ pub(crate) fn status_json(
         "peers": peers,
         "members": members,
         "uptime_ms": started.elapsed().as_millis() as u64,
+        "log_io": pipeline.log_io,
+        "inline_core": pipeline.inline_core,
+        "inline_log": pipeline.inline_log,
     })
+}
+
+/// How this node's pipeline runs, as decided at start-up: reported in the status.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PipelineMode {
+    /// The log's I/O path ("io_uring" or "pwrite+fdatasync").
+    pub(crate) log_io: &'static str,
+    /// Whether transport threads run the core's rounds (`pipeline.inline_core`).
+    pub(crate) inline_core: bool,
+    /// Whether the log writer's rounds run inline too (`log_runner.rs`).
+    pub(crate) inline_log: bool,
 }

@@ -317,10 +317,24 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
     // The harness runs every third node's core on its own thread only; the others' rounds run
     // where the work arrives, as long as it is idle, which it is at one put at a time.
     let inline = stats.counters.core_rounds_inline;
-    if cluster.config(leader).pipeline.inline_core {
+    let inline_core = cluster.config(leader).pipeline.inline_core;
+    if inline_core {
         assert!(inline >= 20, "node {leader} ran {inline} rounds inline for 20 puts: {text}");
     } else {
         assert_eq!(inline, 0, "node {leader} has inline_core off: {text}");
+    }
+    // So do the log writer's, on the `pwrite` path; the status says which path and mode.
+    client.submit(RequestBody::Admin(AdminRequest::Status)).unwrap();
+    let ResponseBody::Ok(bytes) = client.recv().unwrap().body else { panic!("no status") };
+    let status: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status["inline_core"], inline_core, "{status}");
+    let inline_log = status["inline_log"].as_bool().unwrap();
+    assert_eq!(inline_log, inline_core && status["log_io"] == "pwrite+fdatasync", "{status}");
+    let log_inline = stats.counters.log_rounds_inline;
+    if inline_log {
+        assert!(log_inline >= 10, "node {leader} wrote {log_inline} times inline for 20 puts: {text}");
+    } else {
+        assert_eq!(log_inline, 0, "node {leader} writes on its log thread: {text}");
     }
     for stage in ["core", "log", "apply"] {
         assert!(text.contains(stage), "{text}");
