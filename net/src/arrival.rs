@@ -4,8 +4,9 @@
 //! consumer (the runtime's core) learns of them by blocking on those channels, which costs a
 //! thread wake-up per hand-off. With one, the thread that delivered the work calls it right
 //! after, so that the runtime can run the consumer there and then when it is idle (see the
-//! runtime's `core_runner`). The hook must not block on the transport: it runs on a reader
-//! thread or the client event loop.
+//! runtime's `core_runner`). The hook must not wait for the transport (it runs on a reader
+//! thread or the client event loop); the time it takes (the runtime's rounds, a disk write) is
+//! not counted against the peer's idle deadline.
 
 use std::sync::{Arc, OnceLock};
 

@@ -231,8 +231,8 @@ impl PeerTransport {
 
     /// Has every reader call `hook` right after it puts a batch into the inbound channel, on
     /// the reader's thread (see `arrival.rs`). Set once; a second call is ignored and returns
-    /// false. The hook must not wait for anything the transport does, and must not add,
-    /// remove or shut down peers: the reader calling it would wait for itself.
+    /// false. The hook must not wait for anything the transport does, and must not remove
+    /// peers or shut the transport down: the reader calling it would wait for itself.
     pub fn on_inbound(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
         self.shared.on_inbound.set(hook)
     }
@@ -766,10 +766,9 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
                 }
             }
             shared.on_inbound.call();
-            if waited {
-                // Time spent waiting on the consumer is not the peer's silence.
-                reader.note_alive();
-            }
+            // Time spent waiting on a full queue, or in the hook (the runtime may run its
+            // rounds there), is not the peer's silence.
+            reader.note_alive();
         }
         if let Err(error) =
             reader.fill_with_deadlines(stream, config.peer_idle_timeout(), config.frame_receive_max(), None)

@@ -120,6 +120,15 @@ pub trait StateMachine {
     fn state_hash_later(&mut self) -> StateHash {
         StateHash::Now(self.state_hash())
     }
+
+    /// Whether the engine may call this state machine from any of its threads (one call at a
+    /// time, never two at once), rather than only from its apply thread. The runtime then runs
+    /// an apply round on the thread that learned of the commit, when the apply stage is idle,
+    /// instead of waking the apply thread (`pipeline.inline_core`). A state machine tied to one
+    /// thread (thread-local state, a library that checks its caller's thread) returns false.
+    fn any_thread(&self) -> bool {
+        true
+    }
 }
 
 /// A state hash for a status request: see [`StateMachine::state_hash_later`].

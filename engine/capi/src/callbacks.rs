@@ -297,6 +297,11 @@ impl StateMachine for CStateMachine {
             None => 0,
         }
     }
+
+    /// The C callbacks are promised the node's apply thread (`smr_apply_fn`).
+    fn any_thread(&self) -> bool {
+        false
+    }
 }
 
 /// Checks a (data, len) pair from C and makes it a slice.

@@ -24,6 +24,7 @@ use crate::log_stage::EXIT_CODE_BAD_SNAPSHOT;
 use crate::metrics::Histo;
 use crate::snapshot::{self, Snapshot};
 use crate::snapshot_saver::{Saved, SnapshotSaver, StatusRequests, WriteSnapshot, answer_statuses};
+use crate::stage_runner::InlineStage;
 
 /// Exit code when a committed entry cannot be applied (it fails validation): the log holds
 /// something no replica should have accepted.
@@ -75,6 +76,10 @@ pub(crate) struct ApplyStage<S> {
     outcomes: Vec<CommandOutcome>,
     /// Answers of the entries applied in one read from the log, written together.
     responses: ResponseBatch,
+    /// Set once the stage has nothing more to do (inline rounds only; see `stage_runner.rs`).
+    stopped: bool,
+    /// The core held its batch for answers this round gave: it must run a round.
+    core_due: bool,
 }
 
 impl<S> std::fmt::Debug for ApplyStage<S> {
@@ -131,6 +136,8 @@ impl<S: StateMachine> ApplyStage<S> {
             saving_wanted: false,
             outcomes: Vec::new(),
             responses: ResponseBatch::new(),
+            stopped: false,
+            core_due: false,
         }
     }
 
@@ -142,8 +149,7 @@ impl<S: StateMachine> ApplyStage<S> {
     }
 
     fn run_loop(&mut self) -> Result<(), Stop> {
-        // Deadlines are checked at least this often.
-        let sweep = (self.request_timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let sweep = self.sweep();
         loop {
             let next = if self.busy_poll {
                 self.work.try_recv().map_err(|e| match e {
@@ -156,30 +162,54 @@ impl<S: StateMachine> ApplyStage<S> {
             match next {
                 Ok(work) => {
                     self.handle(work)?;
-                    for _ in 0..WORK_PER_ROUND_MAX {
-                        match self.work.try_recv() {
-                            Ok(work) => self.handle(work)?,
-                            Err(_) => break,
-                        }
-                    }
+                    // A disconnect is seen by the next receive, once the queue is empty.
+                    self.take_work()?;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            let started = Instant::now();
-            self.apply_committed()?;
-            self.serve_reads();
-            self.expire(started);
-            self.collect_saved();
-            if self.hashed_last {
-                self.maybe_snapshot();
-                self.hash_for_status();
-            } else {
-                self.hash_for_status();
-                self.maybe_snapshot();
+            self.after_work()?;
+            if std::mem::take(&mut self.core_due) {
+                self.shared.wake_core();
             }
-            self.metrics.maybe_publish(Instant::now());
         }
+    }
+
+    /// How often deadlines are checked, at least.
+    pub(crate) fn sweep(&self) -> Duration {
+        (self.request_timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
+    }
+
+    /// Takes the work queued now (at most [`WORK_PER_ROUND_MAX`] items). Returns whether the
+    /// queue is closed and empty (the core and the log writer stopped).
+    fn take_work(&mut self) -> Result<bool, Stop> {
+        for _ in 0..WORK_PER_ROUND_MAX {
+            match self.work.try_recv() {
+                Ok(work) => self.handle(work)?,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Everything a round does after taking its work: apply what committed, serve reads,
+    /// time out what waited too long, snapshots and hashes.
+    fn after_work(&mut self) -> Result<(), Stop> {
+        let started = Instant::now();
+        self.apply_committed()?;
+        self.serve_reads();
+        self.expire(started);
+        self.collect_saved();
+        if self.hashed_last {
+            self.maybe_snapshot();
+            self.hash_for_status();
+        } else {
+            self.hash_for_status();
+            self.maybe_snapshot();
+        }
+        self.metrics.maybe_publish(Instant::now());
+        Ok(())
     }
 
     fn handle(&mut self, work: ApplyWork) -> Result<(), Stop> {
@@ -325,7 +355,9 @@ impl<S: StateMachine> ApplyStage<S> {
             // snapshot path checks it).
             self.shared.applied_index.store(self.applier.applied_index(), Ordering::SeqCst);
             if self.shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
-                self.shared.wake_core();
+                // Woken at the end of the round (or, inline, the core's round runs next on
+                // this thread).
+                self.core_due = true;
             }
         }
         Ok(())
@@ -549,5 +581,41 @@ fn answer_proposal(
             )),
         };
         w.request.respond_batched(body, responses);
+    }
+}
+
+impl<S: StateMachine + Send> InlineStage for ApplyStage<S> {
+    fn inline_round(&mut self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let result = self.take_work().and_then(|closed| {
+            if closed {
+                self.stopped = true;
+                return Ok(());
+            }
+            self.after_work()
+        });
+        if let Err(stop) = result {
+            self.stopped = true;
+            self.shared.fail(stop.exit_code, stop.message);
+        }
+        std::mem::take(&mut self.core_due)
+    }
+
+    fn has_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn count_inline_round(&self) {
+        self.metrics.counters().apply_rounds_inline.bump();
+    }
+
+    fn publish_now(&mut self) {
+        self.metrics.publish_now();
     }
 }

@@ -22,34 +22,65 @@ pub(crate) struct Combining<T> {
     pending: AtomicBool,
 }
 
+/// What a round asks for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Nothing of its own left: another round only if work was delivered meanwhile.
+    Done,
+    /// Work is left over: another round.
+    More,
+    /// Let go now, pending work or not: the caller has something to do first (the rounds of
+    /// the stages this round handed work to), and delivers again after.
+    Yield,
+}
+
+impl From<bool> for After {
+    fn from(more: bool) -> After {
+        if more { After::More } else { After::Done }
+    }
+}
+
+/// How a call that runs rounds ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// No work pending, or another thread holds the value and will run it.
+    Idle,
+    /// A round yielded ([`After::Yield`]): the caller must deliver again.
+    Yielded,
+    /// The value was taken out.
+    Stopped,
+}
+
 impl<T> Combining<T> {
     pub(crate) fn new(value: T) -> Combining<T> {
         Combining { value: Mutex::new(Some(value)), pending: AtomicBool::new(false) }
     }
 
     /// Called after delivering work: runs `round` here, as often as work is pending, unless
-    /// another thread holds the value (it then runs the rounds). `round` returns whether work
-    /// is left over for another round. Does nothing once the value is taken out.
-    pub(crate) fn deliver(&self, round: impl FnMut(&mut T) -> bool) -> Result<(), Poisoned> {
+    /// another thread holds the value (it then runs the rounds) or a round yields.
+    pub(crate) fn deliver(&self, round: impl FnMut(&mut T) -> After) -> Result<Ran, Poisoned> {
         self.pending.store(true, Ordering::SeqCst);
         self.run_pending(round)
     }
 
     /// For the value's own thread: waits for the lock and runs one round whether or not work is
     /// pending (it was woken for a deadline, say), then goes on as [`Combining::deliver`].
-    /// Returns false once the value is taken out.
-    pub(crate) fn run_owned(&self, mut round: impl FnMut(&mut T) -> bool) -> Result<bool, Poisoned> {
+    pub(crate) fn run_owned(&self, mut round: impl FnMut(&mut T) -> After) -> Result<Ran, Poisoned> {
         let mut guard = self.value.lock().map_err(|_| Poisoned)?;
-        let Some(value) = guard.as_mut() else { return Ok(false) };
+        let Some(value) = guard.as_mut() else { return Ok(Ran::Stopped) };
         self.pending.store(false, Ordering::SeqCst);
-        let more = round(value);
+        let after = round(value);
         drop(guard);
-        if more {
-            self.pending.store(true, Ordering::SeqCst);
+        match after {
+            After::Done => {}
+            After::More => self.pending.store(true, Ordering::SeqCst),
+            After::Yield => {
+                self.pending.store(true, Ordering::SeqCst);
+                return Ok(Ran::Yielded);
+            }
         }
         // Work delivered while this thread held the lock was left to it.
-        self.run_pending(round)?;
-        Ok(true)
+        self.run_pending(round)
     }
 
     /// The value, waiting for the lock (poisoned or not: for stopping it).
@@ -57,22 +88,45 @@ impl<T> Combining<T> {
         self.value.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run_pending(&self, mut round: impl FnMut(&mut T) -> bool) -> Result<(), Poisoned> {
+    /// A guard that, if this thread unwinds from a panic while it lives, takes the value out and
+    /// drops it: a stage's channels then close, and the stages downstream of it end, rather than
+    /// wait forever on a value no thread will run again.
+    pub(crate) fn drop_on_unwind(&self) -> DropOnUnwind<'_, T> {
+        DropOnUnwind(self)
+    }
+
+    fn run_pending(&self, mut round: impl FnMut(&mut T) -> After) -> Result<Ran, Poisoned> {
         while self.pending.load(Ordering::SeqCst) {
             let mut guard = match self.value.try_lock() {
                 Ok(guard) => guard,
-                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::WouldBlock) => return Ok(Ran::Idle),
                 Err(TryLockError::Poisoned(_)) => return Err(Poisoned),
             };
-            let Some(value) = guard.as_mut() else { return Ok(()) };
+            let Some(value) = guard.as_mut() else { return Ok(Ran::Stopped) };
             self.pending.store(false, Ordering::SeqCst);
-            let more = round(value);
+            let after = round(value);
             drop(guard);
-            if more {
-                self.pending.store(true, Ordering::SeqCst);
+            match after {
+                After::Done => {}
+                After::More => self.pending.store(true, Ordering::SeqCst),
+                After::Yield => {
+                    self.pending.store(true, Ordering::SeqCst);
+                    return Ok(Ran::Yielded);
+                }
             }
         }
-        Ok(())
+        Ok(Ran::Idle)
+    }
+}
+
+/// See [`Combining::drop_on_unwind`].
+pub(crate) struct DropOnUnwind<'a, T>(&'a Combining<T>);
+
+impl<T> Drop for DropOnUnwind<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            drop(self.0.lock().take());
+        }
     }
 }
 
@@ -92,13 +146,13 @@ mod tests {
         rounds: usize,
     }
 
-    fn round(consumer: &mut Consumer) -> bool {
+    fn round(consumer: &mut Consumer) -> After {
         consumer.rounds += 1;
         for _ in 0..consumer.per_round {
             let Ok(item) = consumer.items.try_recv() else { break };
             consumer.taken.push(item);
         }
-        !consumer.items.is_empty()
+        (!consumer.items.is_empty()).into()
     }
 
     const THREADS: u64 = 4;
@@ -115,7 +169,7 @@ mod tests {
             let combining = Arc::clone(&combining);
             std::thread::spawn(move || {
                 for _ in 0..owner_rounds {
-                    assert!(combining.run_owned(round).unwrap());
+                    assert_ne!(combining.run_owned(round).unwrap(), Ran::Stopped);
                     std::thread::yield_now();
                 }
             })
@@ -168,26 +222,51 @@ mod tests {
     #[test]
     fn a_stopped_value_runs_no_more_rounds() {
         let combining = Combining::new(0u32);
-        combining
-            .deliver(|n| {
-                *n += 1;
-                false
-            })
-            .unwrap();
+        let ran = combining.deliver(|n| {
+            *n += 1;
+            After::Done
+        });
+        assert_eq!(ran.unwrap(), Ran::Idle);
         assert_eq!(*combining.lock(), Some(1));
         combining.lock().take();
-        combining.deliver(|_| panic!("no round once stopped")).unwrap();
-        assert!(!combining.run_owned(|_| panic!("no round once stopped")).unwrap());
+        assert_eq!(combining.deliver(|_| panic!("no round once stopped")).unwrap(), Ran::Stopped);
+        assert_eq!(combining.run_owned(|_| panic!("no round once stopped")).unwrap(), Ran::Stopped);
     }
 
     #[test]
-    fn a_round_that_panicked_is_reported_to_the_next_deliverer() {
+    fn a_round_that_yields_leaves_the_work_pending_for_the_next_delivery() {
+        let combining = Combining::new(0u32);
+        let ran = combining.deliver(|n| {
+            *n += 1;
+            After::Yield
+        });
+        assert_eq!(ran.unwrap(), Ran::Yielded);
+        // The work stays pending: a thread that finds the value idle runs a round for it.
+        let ran = combining.run_pending(|n| {
+            *n += 1;
+            After::Done
+        });
+        assert_eq!(ran.unwrap(), Ran::Idle);
+        assert_eq!(*combining.lock(), Some(2));
+    }
+
+    #[test]
+    fn a_round_that_panicked_is_reported_and_its_value_dropped_by_the_guard() {
         let combining = Arc::new(Combining::new(0u32));
         let panicking = Arc::clone(&combining);
         let result = std::thread::spawn(move || panicking.deliver(|_| panic!("a round panics"))).join();
         assert!(result.is_err());
-        assert!(combining.deliver(|_| false).is_err());
-        assert!(combining.run_owned(|_| false).is_err());
+        assert!(combining.deliver(|_| After::Done).is_err());
+        assert!(combining.run_owned(|_| After::Done).is_err());
         assert_eq!(*combining.lock(), Some(0), "the value can still be taken out to stop it");
+        // A thread that holds the guard drops the value as it unwinds.
+        let guarded = Arc::clone(&combining);
+        let result = std::thread::spawn(move || {
+            let _guard = guarded.drop_on_unwind();
+            panic!("the owner's thread panics");
+        })
+        .join();
+        assert!(result.is_err());
+        assert_eq!(*combining.lock(), None);
     }
 }

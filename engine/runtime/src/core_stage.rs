@@ -110,18 +110,20 @@ pub(crate) struct CoreStage {
     submit_bytes_max: u64,
     /// Swaps durable entries' heap copies for slices of the mapped log.
     rebinder: Rebinder,
-    /// Whether the round running now is on the core's own thread. Only that thread adds and
-    /// removes peers: the transport joins a removed peer's reader, which may be the thread
-    /// running an inline round.
+    /// Whether the round running now is on the core's own thread. Only that thread reconciles
+    /// the peers with the membership: the transport joins a removed peer's reader, which may be
+    /// the thread running an inline round. (Adding one, as `AddNode` does, joins nothing.)
     on_core_thread: bool,
     /// A membership change seen in an inline round: the core's thread reconciles the peers.
     reconcile_due: bool,
-    /// Whether the log writer's rounds run inline (`log_runner.rs`) rather than on its thread.
+    /// Whether the log writer's rounds run inline (`stage_runner.rs`) rather than on its thread.
     log_inline: bool,
     /// How the pipeline runs, for the status.
     mode: PipelineMode,
     /// Work was queued for the log writer since [`CoreStage::take_log_queued`] (inline only).
     log_queued: bool,
+    /// Work was handed to the apply stage since [`CoreStage::take_apply_queued`] (inline only).
+    apply_queued: bool,
 }
 
 impl std::fmt::Debug for CoreStage {
@@ -175,6 +177,7 @@ impl CoreStage {
             log_inline: parts.mode.inline_log,
             mode: parts.mode,
             log_queued: false,
+            apply_queued: false,
             to_apply: parts.to_apply,
             shared: parts.shared,
             snapshot_keep_entries: pipeline.snapshot_keep_entries,
@@ -377,6 +380,13 @@ impl CoreStage {
         if self.to_apply.send(work).is_err() {
             self.shared.fail(0, "the apply stage stopped".into());
         }
+        // Inline, the thread running this round runs the apply round after it.
+        self.apply_queued |= self.mode.inline_apply;
+    }
+
+    /// Whether rounds since the last call handed the apply stage work (inline apply only).
+    pub(crate) fn take_apply_queued(&mut self) -> bool {
+        std::mem::take(&mut self.apply_queued)
     }
 
     /// Hands the proposals made since the last commit to the apply stage.
@@ -543,9 +553,11 @@ impl CoreStage {
 
     /// Work went to the log writer: wake its thread, or, when the log's rounds run inline,
     /// leave it to the thread running this round, once the round is over
-    /// ([`CoreStage::take_log_queued`]).
-    fn log_work_queued(&mut self) {
-        if self.log_inline {
+    /// ([`CoreStage::take_log_queued`]). Work that takes long (`heavy`: a snapshot to save and
+    /// install, a compaction) goes to the log's thread even then, so that no peer reader is
+    /// held up by it; a round run inline before that thread gets to it still does it.
+    fn log_work_queued(&mut self, heavy: bool) {
+        if self.log_inline && !heavy {
             self.log_queued = true;
         } else {
             self.log_bell.wake();
@@ -610,6 +622,7 @@ impl CoreStage {
             let pending = self.unpersisted.iter().any(|ready| ready.needs_log);
             let needs_log = writes || (pending && !rd.persisted_messages.is_empty());
             if needs_log {
+                let installs = !rd.snapshot_chunks.is_empty();
                 let work = LogWork::Persist {
                     queued: Instant::now(),
                     number: rd.number,
@@ -618,11 +631,15 @@ impl CoreStage {
                     hard_state: hard_state_to_write(&mut self.hard_state_written, rd.sync, rd.hard_state),
                     messages: rd.persisted_messages,
                 };
+                if self.to_log.is_full() {
+                    // The send below waits for room: make sure the log's thread is making it.
+                    self.log_bell.wake();
+                }
                 if self.to_log.send(work).is_err() {
                     self.shared.fail(0, "the log stage stopped".into());
                     return;
                 }
-                self.log_work_queued();
+                self.log_work_queued(installs);
             } else {
                 send_now.extend(rd.persisted_messages);
             }
@@ -768,7 +785,7 @@ impl CoreStage {
                 // snapshot file is already durable, so a crash in between loses nothing).
                 let _ = self.replica.compact(compact.min(self.replica.persisted_index()));
                 if compact > 0 && self.to_log.send(LogWork::Compact { index: compact }).is_ok() {
-                    self.log_work_queued();
+                    self.log_work_queued(true);
                 }
             }
             Err(error) => tracing::debug!("snapshot at {} not used: {error}", taken.index),
@@ -860,11 +877,12 @@ impl CoreStage {
         self.reads_batch.clear();
         self.reads.clear();
         self.metrics.publish_now();
-        let CoreStage { transport, to_log, to_apply, log_bell, .. } = self;
+        let CoreStage { transport, to_log, to_apply, log_bell, shared, .. } = self;
         // The log writer stops once its queue is empty and disconnected; wake it to notice.
         drop(to_log);
         drop(to_apply);
         log_bell.wake();
+        shared.wake_apply();
         transport.shutdown();
     }
 }

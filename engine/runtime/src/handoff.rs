@@ -12,7 +12,7 @@
 //! wake-up that is dropped when one is already pending, or a `try_send` that may be retried.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -72,7 +72,7 @@ pub(crate) enum ApplyWork {
 }
 
 /// Wakes the log writer's thread: the log's own waker when that thread sleeps in the log (its
-/// I/O path keeps work in flight), else the doorbell its runner sleeps on (`log_runner.rs`).
+/// I/O path keeps work in flight), else the doorbell its runner sleeps on (`stage_runner.rs`).
 #[derive(Clone, Debug)]
 pub(crate) enum LogBell {
     Waker(smr_log::LogWaker),
@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     pub(crate) events: Mutex<Option<Box<dyn crate::events::NodeEvents>>>,
     /// Wakes the core. Capacity 1: one pending wake-up is as good as many.
     core_wake: Sender<()>,
+    /// Wakes the apply stage's thread when its rounds run inline (it then sleeps on this, not
+    /// on its queue): for work handed over without a core round behind it. Set at start-up.
+    apply_wake: OnceLock<Sender<()>>,
 }
 
 impl Shared {
@@ -147,6 +150,7 @@ impl Shared {
             fatal: Mutex::new(None),
             events: Mutex::new(events),
             core_wake,
+            apply_wake: OnceLock::new(),
         });
         (shared, wakes)
     }
@@ -154,6 +158,19 @@ impl Shared {
     pub(crate) fn wake_core(&self) {
         // Full: a wake-up is already pending. Disconnected: the core has stopped.
         let _ = self.core_wake.try_send(());
+    }
+
+    /// Has [`Shared::wake_apply`] ring `doorbell`.
+    pub(crate) fn set_apply_doorbell(&self, doorbell: Sender<()>) {
+        let _ = self.apply_wake.set(doorbell);
+    }
+
+    /// Wakes the apply stage's thread when it sleeps on a doorbell; otherwise the work put in
+    /// its queue wakes it.
+    pub(crate) fn wake_apply(&self) {
+        if let Some(doorbell) = self.apply_wake.get() {
+            let _ = doorbell.try_send(());
+        }
     }
 
     pub(crate) fn stopping(&self) -> bool {

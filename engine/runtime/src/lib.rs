@@ -24,7 +24,6 @@ pub mod directory;
 mod events;
 mod handoff;
 pub mod identity;
-mod log_runner;
 mod log_stage;
 pub mod metrics;
 mod node;
@@ -32,6 +31,7 @@ pub mod placement;
 mod rebind;
 pub mod snapshot;
 mod snapshot_saver;
+mod stage_runner;
 mod status;
 
 pub use apply_stage::EXIT_CODE_BAD_ENTRY;

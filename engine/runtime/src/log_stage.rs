@@ -17,6 +17,7 @@ use smr_raft::Message;
 use crate::handoff::{ApplyWork, LogWork, Shared};
 use crate::metrics::Histo;
 use crate::snapshot::{Incoming, SnapshotStore};
+use crate::stage_runner::InlineStage;
 
 /// Exit code when the disk is full: the node stops rather than acknowledge anything it cannot
 /// store; nothing acknowledged is lost, and it restarts once space is freed.
@@ -57,7 +58,7 @@ pub(crate) struct LogStage {
     /// The log's sync and entry counts at the last report (for entries per fsync).
     pub(crate) syncs_seen: u64,
     pub(crate) entries_seen: u64,
-    /// Set once the stage has nothing more to do (inline rounds only; see `inline_round`).
+    /// Set once the stage has nothing more to do (inline rounds only; see `stage_runner.rs`).
     pub(crate) stopped: bool,
 }
 
@@ -101,44 +102,6 @@ impl LogStage {
                 self.shared.wake_core();
             }
         }
-    }
-
-    /// One round run inline, by the thread that queued the work (see `log_runner.rs`): submits
-    /// what is queued, waits until it is durable (the `pwrite` path does its I/O right here)
-    /// and reports it. Returns whether the core should look at the durable token (a ready
-    /// without persisted messages became durable). On a failure the node fails and the stage
-    /// is `stopped`; once the core has stopped, everything is made durable and the stage too.
-    pub(crate) fn inline_round(&mut self) -> bool {
-        if self.stopped {
-            return false;
-        }
-        let result = self.take_work().and_then(|disconnected| {
-            if disconnected {
-                self.finish()?;
-                self.stopped = true;
-                return Ok(false);
-            }
-            let durable = self.log.sync_all().map_err(log_stop)?;
-            Ok(self.report(durable))
-        });
-        match result {
-            Ok(core_due) => core_due,
-            Err(stop) => {
-                self.stopped = true;
-                self.shared.fail(stop.exit_code, stop.message);
-                false
-            }
-        }
-    }
-
-    /// Whether the stage has stopped (the core stopped, or the log failed).
-    pub(crate) fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// Publishes the stage's metrics, once it has stopped.
-    pub(crate) fn publish_now(&mut self) {
-        self.metrics.publish_now();
     }
 
     /// Submits the work queued now (at most [`SUBMITS_PER_ROUND_MAX`] readies). Returns whether
@@ -241,6 +204,7 @@ impl LogStage {
                         if self.to_apply.send(ApplyWork::Restore { snapshot, done: done_tx }).is_err() {
                             return Err(Stop { exit_code: 0, message: "apply stage stopped".into() });
                         }
+                        self.shared.wake_apply();
                         match done_rx.recv() {
                             Ok(Ok(())) => {}
                             Ok(Err(reason)) => {
@@ -275,5 +239,48 @@ impl LogStage {
         }
         self.metrics.record_service(started.elapsed());
         Ok(())
+    }
+}
+
+impl InlineStage for LogStage {
+    /// Submits what is queued, waits until it is durable (the `pwrite` path does its I/O right
+    /// here) and reports it. Once the core has stopped, makes everything durable and stops.
+    fn inline_round(&mut self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let result = self.take_work().and_then(|disconnected| {
+            if disconnected {
+                self.finish()?;
+                self.stopped = true;
+                return Ok(false);
+            }
+            let durable = self.log.sync_all().map_err(log_stop)?;
+            Ok(self.report(durable))
+        });
+        match result {
+            Ok(core_due) => core_due,
+            Err(stop) => {
+                self.stopped = true;
+                self.shared.fail(stop.exit_code, stop.message);
+                false
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn count_inline_round(&self) {
+        self.metrics.counters().log_rounds_inline.bump();
+    }
+
+    fn publish_now(&mut self) {
+        self.metrics.publish_now();
     }
 }

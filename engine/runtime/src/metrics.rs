@@ -619,6 +619,9 @@ counters! {
     /// Log writer rounds (submit, write, `fdatasync`) run by the thread whose core round queued
     /// the work (`status.inline_log`), not by the log writer's own thread.
     log_rounds_inline,
+    /// Apply rounds run by the thread whose core round committed the entries
+    /// (`status.inline_apply`), not by the apply stage's own thread.
+    apply_rounds_inline,
 }
 
 /// Why a report could not be read.
@@ -1012,7 +1015,7 @@ mod tests {
             thread.join().expect("counting thread");
         }
         let fields = hub.counters().fields();
-        assert_eq!(fields.len(), 18);
+        assert_eq!(fields.len(), 19);
         assert_eq!(fields[0], ("client_busy", 4000));
         assert!(fields.contains(&("commands_applied", 40)));
         assert!(fields.contains(&("reads_served", 0)));

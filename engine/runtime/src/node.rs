@@ -29,12 +29,12 @@ use crate::directory::Directory;
 use crate::events::NodeEvents;
 use crate::handoff::{Fatal, LogBell, Shared};
 use crate::identity::{Identity, IdentityError};
-use crate::log_runner::LogRunner;
 use crate::log_stage::{EXIT_CODE_BAD_SNAPSHOT, LogStage};
 use crate::metrics::{Histo, MetricsConfig, MetricsHub};
 use crate::placement::Stage;
 use crate::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use crate::snapshot_saver::SnapshotSaver;
+use crate::stage_runner::{StageThread, inline_stage};
 use crate::status::PipelineMode;
 
 /// Exit code for a config the node refuses (also used for an empty data directory without an
@@ -214,7 +214,7 @@ impl Node {
         let (to_apply, apply_work) = bounded(pipeline.apply_queue_max);
         let (snapshots_out, snapshots_in) = bounded(1);
         // On the `pwrite` path the log's rounds run on the thread that queued the work (see
-        // `log_runner.rs`), and the log's thread sleeps on a doorbell, not in the log.
+        // `stage_runner.rs`), and the log's thread sleeps on a doorbell, not in the log.
         let log_inline = pipeline.inline_core && !pipeline.busy_poll && log.io_is_synchronous();
         let (log_waker, log_doorbell) = if log_inline {
             let (doorbell, rings) = bounded(1);
@@ -293,6 +293,8 @@ impl Node {
             entries_seen: log_stats.entries_submitted,
             stopped: false,
         };
+        // So do the apply stage's, unless the state machine must stay on its thread.
+        let apply_inline = pipeline.inline_core && !pipeline.busy_poll && applier.state_machine().any_thread();
         let apply_placement = config.placement.clone();
         let (saver, saver_thread) =
             SnapshotSaver::start(config.node_id, store, snapshots_out, Arc::clone(&shared), move || {
@@ -322,7 +324,12 @@ impl Node {
             snapshots: snapshots_in,
             to_log,
             log_bell: log_waker.clone(),
-            mode: PipelineMode { log_io, inline_core: pipeline.inline_core, inline_log: log_inline },
+            mode: PipelineMode {
+                log_io,
+                inline_core: pipeline.inline_core,
+                inline_log: log_inline,
+                inline_apply: apply_inline,
+            },
             to_apply,
             shared: Arc::clone(&shared),
             pipeline: pipeline.clone(),
@@ -335,21 +342,24 @@ impl Node {
             reader: core_reader,
         });
         let mut runner = CoreRunner::new(core_stage, wakes, pipeline.inline_core, pipeline.busy_poll);
-        let run_log: Box<dyn FnOnce() + Send> = match log_doorbell {
-            Some(doorbell) => {
-                let log_runner = LogRunner::new(log_stage, doorbell, hub.publish_interval());
-                runner.set_log_runner(Arc::clone(&log_runner));
-                Box::new(move || log_runner.run())
-            }
-            None => Box::new(move || log_stage.run()),
+        let (run_log, log_inline): StageThread = match log_doorbell {
+            Some(doorbell) => inline_stage("log", log_stage, doorbell, hub.publish_interval(), Arc::clone(&shared)),
+            None => (Box::new(move || log_stage.run()), None),
         };
+        let (run_apply, apply_inline): StageThread = if apply_inline {
+            let (doorbell, rings) = bounded(1);
+            shared.set_apply_doorbell(doorbell);
+            let sweep = apply_stage.sweep();
+            inline_stage("apply", apply_stage, rings, sweep, Arc::clone(&shared))
+        } else {
+            (Box::new(move || apply_stage.run()), None)
+        };
+        runner.set_inline_stages(log_inline, apply_inline);
         runner.install_arrival_hooks(&clients);
         let node = config.node_id;
-        for (stage, run) in [
-            (Stage::Log, run_log),
-            (Stage::Apply, Box::new(move || apply_stage.run())),
-            (Stage::Core, Box::new(move || runner.run())),
-        ] {
+        for (stage, run) in
+            [(Stage::Log, run_log), (Stage::Apply, run_apply), (Stage::Core, Box::new(move || runner.run()))]
+        {
             let placement = config.placement.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("smr-{}-{node}", stage.name()))

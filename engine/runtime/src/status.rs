@@ -68,6 +68,7 @@ pub(crate) fn status_json(
         "log_io": pipeline.log_io,
         "inline_core": pipeline.inline_core,
         "inline_log": pipeline.inline_log,
+        "inline_apply": pipeline.inline_apply,
     })
 }
 
@@ -78,6 +79,8 @@ pub(crate) struct PipelineMode {
     pub(crate) log_io: &'static str,
     /// Whether transport threads run the core's rounds (`pipeline.inline_core`).
     pub(crate) inline_core: bool,
-    /// Whether the log writer's rounds run inline too (`log_runner.rs`).
+    /// Whether the log writer's rounds run inline too (`stage_runner.rs`).
     pub(crate) inline_log: bool,
+    /// Whether the apply stage's rounds run inline too (`stage_runner.rs`).
+    pub(crate) inline_apply: bool,
 }

@@ -330,6 +330,14 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
     assert_eq!(status["inline_core"], inline_core, "{status}");
     let inline_log = status["inline_log"].as_bool().unwrap();
     assert_eq!(inline_log, inline_core && status["log_io"] == "pwrite+fdatasync", "{status}");
+    // The built-in KV store may be applied from any thread, so its apply rounds run inline too.
+    assert_eq!(status["inline_apply"], inline_core, "{status}");
+    let apply_inline = stats.counters.apply_rounds_inline;
+    if inline_core {
+        assert!(apply_inline >= 10, "node {leader} applied {apply_inline} times inline for 20 puts: {text}");
+    } else {
+        assert_eq!(apply_inline, 0, "node {leader} applies on its apply thread: {text}");
+    }
     let log_inline = stats.counters.log_rounds_inline;
     if inline_log {
         assert!(log_inline >= 10, "node {leader} wrote {log_inline} times inline for 20 puts: {text}");

@@ -1,0 +1,159 @@
+//! Who runs the log writer's and the apply stage's rounds: the thread whose core round handed
+//! them work, when no other thread is running one (with `pipeline.inline_core`).
+//!
+//! After a core round, the thread that ran it (a peer reader, the client loop; see
+//! `core_runner.rs`) runs the rounds of the stages that round handed work to, instead of waking
+//! their threads: on a follower, an append goes from the socket to the disk and its
+//! acknowledgement back out on one thread; on the leader, the acknowledgement that commits an
+//! entry also applies it and answers its clients. Meanwhile, threads that hand a stage more work
+//! find it taken and leave the work to the holder (the [`Combining`] lock), whose next round
+//! takes all of it: for the log, one `fdatasync` for everything queued (group commit), as its
+//! own thread did.
+//!
+//! Which stages run so:
+//! - the log writer, on the `pwrite` path only: its round submits, writes, syncs and sends the
+//!   acknowledgements, all within the call. The io_uring path keeps I/O in flight between calls
+//!   and sleeps in the ring for completions, on its own thread.
+//! - the apply stage, unless the state machine must stay on one thread
+//!   ([`smr_apply::StateMachine::any_thread`]; the C ABI promises its callbacks the apply thread).
+//!
+//! Each stage keeps its thread for the rest: it sleeps on a doorbell, wakes at least every
+//! `sleep_max` for its timed work (publishing metrics, request timeouts, snapshots), runs work
+//! handed over without a round behind it (a snapshot for the apply stage to restore; the log
+//! writer's snapshot installs and compactions, which take long enough that a peer reader must
+//! not be held up by them), and takes the stage down once it has stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::combining::{Combining, Poisoned, Ran};
+use crate::handoff::Shared;
+
+/// Exit code when a round panicked (as for any stage thread that panics).
+const EXIT_CODE_PANIC: i32 = 70;
+
+/// A stage whose rounds may run on any thread, one at a time.
+pub(crate) trait InlineStage: Send {
+    /// One round: takes the work queued and does it. Returns whether the core should run a
+    /// round for what moved: the log's durable token, when a ready without persisted messages
+    /// became durable; the applied index, when the core held its batch for the answers given.
+    /// A failure fails the node and leaves the stage stopped.
+    fn inline_round(&mut self) -> bool;
+    /// Whether work is queued for another round.
+    fn has_work(&self) -> bool;
+    /// Whether the stage has nothing more to do: its input is closed, or it failed.
+    fn stopped(&self) -> bool;
+    /// Counts a round run inline (not by the stage's own thread).
+    fn count_inline_round(&self);
+    /// Publishes the stage's metrics, once it has stopped.
+    fn publish_now(&mut self);
+}
+
+/// What the core's runner calls after a core round that handed a stage work.
+pub(crate) trait Arrived: Send + Sync {
+    /// Runs the stage's round here unless another thread is running one. Returns whether the
+    /// core should look (see [`InlineStage::inline_round`]).
+    fn arrived(&self) -> bool;
+}
+
+/// A stage's thread body, and the runner the core's runner calls when the stage's rounds run
+/// inline (`None`: they run on that thread only).
+pub(crate) type StageThread = (Box<dyn FnOnce() + Send>, Option<Arc<dyn Arrived>>);
+
+/// A stage whose rounds run inline: its runner, and a thread body that runs what is left.
+pub(crate) fn inline_stage<T: InlineStage + 'static>(
+    name: &'static str,
+    stage: T,
+    doorbell: Receiver<()>,
+    sleep_max: Duration,
+    shared: Arc<Shared>,
+) -> StageThread {
+    let runner = StageRunner::new(name, stage, doorbell, sleep_max, shared);
+    let thread = Arc::clone(&runner);
+    (Box::new(move || thread.run()), Some(runner))
+}
+
+/// A stage and who may run it. See the module docs.
+pub(crate) struct StageRunner<T> {
+    stage: Combining<T>,
+    /// Rung to have the stage's thread look (its queue closing, work without a round behind it).
+    doorbell: Receiver<()>,
+    /// How long the stage's thread sleeps at most.
+    sleep_max: Duration,
+    shared: Arc<Shared>,
+    name: &'static str,
+}
+
+impl<T> std::fmt::Debug for StageRunner<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageRunner").field("stage", &self.name).finish()
+    }
+}
+
+impl<T: InlineStage> StageRunner<T> {
+    pub(crate) fn new(
+        name: &'static str,
+        stage: T,
+        doorbell: Receiver<()>,
+        sleep_max: Duration,
+        shared: Arc<Shared>,
+    ) -> Arc<StageRunner<T>> {
+        Arc::new(StageRunner { stage: Combining::new(stage), doorbell, sleep_max, shared, name })
+    }
+
+    /// The stage's own thread, until the stage stops.
+    pub(crate) fn run(&self) {
+        // If this thread panics, the stage is dropped with it, so that its queues close and the
+        // stages after it end.
+        let _guard = self.stage.drop_on_unwind();
+        loop {
+            let _ = self.doorbell.recv_timeout(self.sleep_max);
+            let mut core_due = false;
+            let ran = self.stage.run_owned(|stage| {
+                core_due |= stage.inline_round();
+                (!stage.stopped() && stage.has_work()).into()
+            });
+            if core_due {
+                self.shared.wake_core();
+            }
+            match ran {
+                Ok(Ran::Idle | Ran::Yielded) => {}
+                Ok(Ran::Stopped) => return,
+                Err(Poisoned) => {
+                    // A round panicked on another thread: drop the stage, as above.
+                    self.panicked();
+                    drop(self.stage.lock().take());
+                    return;
+                }
+            }
+            let mut guard = self.stage.lock();
+            if guard.as_ref().is_some_and(T::stopped) {
+                if let Some(mut stage) = guard.take() {
+                    stage.publish_now();
+                }
+                return;
+            }
+        }
+    }
+
+    fn panicked(&self) {
+        self.shared.fail(EXIT_CODE_PANIC, format!("the {} stage panicked", self.name));
+    }
+}
+
+impl<T: InlineStage> Arrived for StageRunner<T> {
+    fn arrived(&self) -> bool {
+        let mut core_due = false;
+        let ran = self.stage.deliver(|stage| {
+            stage.count_inline_round();
+            core_due |= stage.inline_round();
+            (!stage.stopped() && stage.has_work()).into()
+        });
+        if ran.is_err() {
+            self.panicked();
+        }
+        core_due
+    }
+}
