@@ -71,13 +71,8 @@ impl<T> Combining<T> {
         self.pending.store(false, Ordering::SeqCst);
         let after = round(value);
         drop(guard);
-        match after {
-            After::Done => {}
-            After::More => self.pending.store(true, Ordering::SeqCst),
-            After::Yield => {
-                self.pending.store(true, Ordering::SeqCst);
-                return Ok(Ran::Yielded);
-            }
+        if self.note(after) {
+            return Ok(Ran::Yielded);
         }
         // Work delivered while this thread held the lock was left to it.
         self.run_pending(round)
@@ -106,16 +101,20 @@ impl<T> Combining<T> {
             self.pending.store(false, Ordering::SeqCst);
             let after = round(value);
             drop(guard);
-            match after {
-                After::Done => {}
-                After::More => self.pending.store(true, Ordering::SeqCst),
-                After::Yield => {
-                    self.pending.store(true, Ordering::SeqCst);
-                    return Ok(Ran::Yielded);
-                }
+            if self.note(after) {
+                return Ok(Ran::Yielded);
             }
         }
         Ok(Ran::Idle)
+    }
+
+    /// Records what a round asked for, once the lock is let go: work left over stays pending.
+    /// Returns whether the round yielded.
+    fn note(&self, after: After) -> bool {
+        if after != After::Done {
+            self.pending.store(true, Ordering::SeqCst);
+        }
+        after == After::Yield
     }
 }
 
@@ -219,14 +218,18 @@ mod tests {
         }
     }
 
+    /// A round that counts itself and asks for `after`.
+    fn counting(after: After) -> impl FnMut(&mut u32) -> After {
+        move |n| {
+            *n += 1;
+            after
+        }
+    }
+
     #[test]
     fn a_stopped_value_runs_no_more_rounds() {
         let combining = Combining::new(0u32);
-        let ran = combining.deliver(|n| {
-            *n += 1;
-            After::Done
-        });
-        assert_eq!(ran.unwrap(), Ran::Idle);
+        assert_eq!(combining.deliver(counting(After::Done)).unwrap(), Ran::Idle);
         assert_eq!(*combining.lock(), Some(1));
         combining.lock().take();
         assert_eq!(combining.deliver(|_| panic!("no round once stopped")).unwrap(), Ran::Stopped);
@@ -236,17 +239,9 @@ mod tests {
     #[test]
     fn a_round_that_yields_leaves_the_work_pending_for_the_next_delivery() {
         let combining = Combining::new(0u32);
-        let ran = combining.deliver(|n| {
-            *n += 1;
-            After::Yield
-        });
-        assert_eq!(ran.unwrap(), Ran::Yielded);
+        assert_eq!(combining.deliver(counting(After::Yield)).unwrap(), Ran::Yielded);
         // The work stays pending: a thread that finds the value idle runs a round for it.
-        let ran = combining.run_pending(|n| {
-            *n += 1;
-            After::Done
-        });
-        assert_eq!(ran.unwrap(), Ran::Idle);
+        assert_eq!(combining.run_pending(counting(After::Done)).unwrap(), Ran::Idle);
         assert_eq!(*combining.lock(), Some(2));
     }
 
