@@ -76,6 +76,8 @@ mod poll;
 mod rng;
 pub mod server;
 mod stats;
+#[doc(hidden)]
+pub mod test_ports;
 pub mod wire;
 
 pub use batch::SendBatch;

@@ -2,7 +2,6 @@
 //! stopped node: each must answer the documented status code, never crash.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::net::TcpListener;
 use std::ptr::{null, null_mut};
 use std::time::{Duration, Instant};
 
@@ -31,8 +30,10 @@ fn callbacks() -> smr_callbacks {
     }
 }
 
+/// A loopback port for a test node: below the ephemeral range, so that no other node's
+/// outgoing connection takes it before this one binds it (see `smr_net::test_ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    smr_net::test_ports::free_port()
 }
 
 fn config(dir: &std::path::Path) -> String {

@@ -6,7 +6,6 @@
 //! gcc is required: `.ci/run` installs it. Without it these tests say so loudly and pass, so
 //! that `cargo test` works on a machine without a C compiler.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -55,8 +54,10 @@ fn compile(name: &str) -> PathBuf {
     out
 }
 
+/// A loopback port for a test node: below the ephemeral range, so that no other node's
+/// outgoing connection takes it before this one binds it (see `smr_net::test_ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    smr_net::test_ports::free_port()
 }
 
 /// A one-node cluster's config, without a `[raft]` table (errors.c appends a wrong one), that

@@ -3,7 +3,6 @@
 //! leadership transfer), and a restore callback that refuses its snapshot.
 
 use std::ffi::{CStr, c_int, c_void};
-use std::net::TcpListener;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -72,8 +71,10 @@ const CALLBACKS: smr_callbacks = smr_callbacks {
     on_membership_change: None,
 };
 
+/// A loopback port for a test node: below the ephemeral range, so that no other node's
+/// outgoing connection takes it before this one binds it (see `smr_net::test_ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    smr_net::test_ports::free_port()
 }
 
 fn last_error() -> String {

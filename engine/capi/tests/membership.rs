@@ -5,7 +5,6 @@
 //! each membership in force, and the cluster must go on committing.
 
 use std::ffi::{CStr, CString, c_int, c_void};
-use std::net::TcpListener;
 use std::ptr::null_mut;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,8 +128,10 @@ const CALLBACKS: smr_callbacks = smr_callbacks {
     on_membership_change: Some(on_membership_change),
 };
 
+/// A loopback port for a test node: below the ephemeral range, so that no other node's
+/// outgoing connection takes it before this one binds it (see `smr_net::test_ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    smr_net::test_ports::free_port()
 }
 
 fn last_error() -> String {

@@ -7,7 +7,6 @@
 //! says so loudly and passes, so that `cargo test` works on a machine without them.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -73,8 +72,10 @@ fn compile() -> PathBuf {
     out
 }
 
+/// A loopback port for a test node: below the ephemeral range, so that no other node's
+/// outgoing connection takes it before this one binds it (see `smr_net::test_ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    smr_net::test_ports::free_port()
 }
 
 /// Configs of three founding members in `dir`, each with its data directory beside it, that

@@ -78,8 +78,10 @@ pub(crate) struct ApplyStage<S> {
     responses: ResponseBatch,
     /// Set once the stage has nothing more to do (inline rounds only; see `stage_runner.rs`).
     stopped: bool,
-    /// The core held its batch for answers this round gave: it must run a round.
+    /// The core held its batch for answers this round gave: it must run a round (inline only).
     core_due: bool,
+    /// Whether the stage's rounds run inline (`stage_runner.rs`); set before it starts.
+    pub(crate) inline: bool,
 }
 
 impl<S> std::fmt::Debug for ApplyStage<S> {
@@ -138,6 +140,7 @@ impl<S: StateMachine> ApplyStage<S> {
             responses: ResponseBatch::new(),
             stopped: false,
             core_due: false,
+            inline: false,
         }
     }
 
@@ -169,9 +172,6 @@ impl<S: StateMachine> ApplyStage<S> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             self.after_work()?;
-            if std::mem::take(&mut self.core_due) {
-                self.shared.wake_core();
-            }
         }
     }
 
@@ -239,6 +239,7 @@ impl<S: StateMachine> ApplyStage<S> {
             }
             ApplyWork::Restore { snapshot, done } => {
                 let result = self.restore(snapshot);
+                self.shared.apply_heavy.done();
                 let failed = result.as_ref().err().cloned();
                 let _ = done.send(result);
                 if let Some(reason) = failed {
@@ -355,9 +356,13 @@ impl<S: StateMachine> ApplyStage<S> {
             // snapshot path checks it).
             self.shared.applied_index.store(self.applier.applied_index(), Ordering::SeqCst);
             if self.shared.core_waits_for_answers.swap(false, Ordering::SeqCst) {
-                // Woken at the end of the round (or, inline, the core's round runs next on
-                // this thread).
-                self.core_due = true;
+                if self.inline {
+                    // The core's round runs once this one is over: next on this thread, or
+                    // woken by the apply's thread (`stage_runner.rs`).
+                    self.core_due = true;
+                } else {
+                    self.shared.wake_core();
+                }
             }
         }
         Ok(())

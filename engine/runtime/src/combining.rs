@@ -83,11 +83,12 @@ impl<T> Combining<T> {
         self.value.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A guard that, if this thread unwinds from a panic while it lives, takes the value out and
-    /// drops it: a stage's channels then close, and the stages downstream of it end, rather than
-    /// wait forever on a value no thread will run again.
-    pub(crate) fn drop_on_unwind(&self) -> DropOnUnwind<'_, T> {
-        DropOnUnwind(self)
+    /// A guard that, if this thread unwinds from a panic while it lives, calls `on_unwind` (to
+    /// fail the node), then takes the value out and drops it: a stage's channels then close, and
+    /// the stages downstream of it end, rather than wait forever on a value no thread will run
+    /// again.
+    pub(crate) fn drop_on_unwind<F: FnMut()>(&self, on_unwind: F) -> DropOnUnwind<'_, T, F> {
+        DropOnUnwind { combining: self, on_unwind }
     }
 
     fn run_pending(&self, mut round: impl FnMut(&mut T) -> After) -> Result<Ran, Poisoned> {
@@ -119,12 +120,16 @@ impl<T> Combining<T> {
 }
 
 /// See [`Combining::drop_on_unwind`].
-pub(crate) struct DropOnUnwind<'a, T>(&'a Combining<T>);
+pub(crate) struct DropOnUnwind<'a, T, F: FnMut()> {
+    combining: &'a Combining<T>,
+    on_unwind: F,
+}
 
-impl<T> Drop for DropOnUnwind<'_, T> {
+impl<T, F: FnMut()> Drop for DropOnUnwind<'_, T, F> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            drop(self.0.lock().take());
+            (self.on_unwind)();
+            drop(self.combining.lock().take());
         }
     }
 }
@@ -256,12 +261,15 @@ mod tests {
         assert_eq!(*combining.lock(), Some(0), "the value can still be taken out to stop it");
         // A thread that holds the guard drops the value as it unwinds.
         let guarded = Arc::clone(&combining);
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tell = Arc::clone(&told);
         let result = std::thread::spawn(move || {
-            let _guard = guarded.drop_on_unwind();
+            let _guard = guarded.drop_on_unwind(|| tell.store(true, Ordering::SeqCst));
             panic!("the owner's thread panics");
         })
         .join();
         assert!(result.is_err());
+        assert!(told.load(Ordering::SeqCst), "the guard reports the panic");
         assert_eq!(*combining.lock(), None);
     }
 }

@@ -169,7 +169,7 @@ impl CoreRunner {
     pub(crate) fn run(&self) {
         // If this thread panics, the stage is dropped with it, so that its queues close and the
         // other stages end.
-        let _guard = self.stage.drop_on_unwind();
+        let _guard = self.stage.drop_on_unwind(|| self.shared.fail(EXIT_CODE_PANIC, "the core stage panicked".into()));
         // The inputs this thread waits on, held only as long as it runs: once the stage has
         // stopped, the channels close and their senders get an error, not silence.
         let Some(inputs) = self.stage.lock().as_ref().map(Inputs::of) else { return };
@@ -209,6 +209,10 @@ impl CoreRunner {
                         }
                         return;
                     }
+                }
+                if self.shared.stopping() {
+                    // The outer loop drains and stops; work left pending waits for its rounds.
+                    break;
                 }
                 ran = self.stage.deliver(|stage| self.round_handing(stage, true, &mut handed));
             }

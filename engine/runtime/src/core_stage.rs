@@ -377,6 +377,10 @@ impl CoreStage {
     fn send_apply(&mut self, work: ApplyWork) {
         // Never full in practice: client work is refused as busy once the queue is half full,
         // and everything else is bounded by the core's own limits (one item per ready).
+        if self.to_apply.is_full() {
+            // The send below waits for room: make sure the apply stage's thread is making it.
+            self.shared.wake_apply();
+        }
         if self.to_apply.send(work).is_err() {
             self.shared.fail(0, "the apply stage stopped".into());
         }
@@ -554,8 +558,8 @@ impl CoreStage {
     /// Work went to the log writer: wake its thread, or, when the log's rounds run inline,
     /// leave it to the thread running this round, once the round is over
     /// ([`CoreStage::take_log_queued`]). Work that takes long (`heavy`: a snapshot to save and
-    /// install, a compaction) goes to the log's thread even then, so that no peer reader is
-    /// held up by it; a round run inline before that thread gets to it still does it.
+    /// install, a compaction) goes to the log's thread even then, counted in
+    /// `Shared::log_heavy` before it is queued, so that no inline round takes it.
     fn log_work_queued(&mut self, heavy: bool) {
         if self.log_inline && !heavy {
             self.log_queued = true;
@@ -634,6 +638,9 @@ impl CoreStage {
                 if self.to_log.is_full() {
                     // The send below waits for room: make sure the log's thread is making it.
                     self.log_bell.wake();
+                }
+                if installs {
+                    self.shared.log_heavy.queued();
                 }
                 if self.to_log.send(work).is_err() {
                     self.shared.fail(0, "the log stage stopped".into());
@@ -784,8 +791,11 @@ impl CoreStage {
                 // The in-memory log now; the durable log once the log writer gets there (the
                 // snapshot file is already durable, so a crash in between loses nothing).
                 let _ = self.replica.compact(compact.min(self.replica.persisted_index()));
-                if compact > 0 && self.to_log.send(LogWork::Compact { index: compact }).is_ok() {
-                    self.log_work_queued(true);
+                if compact > 0 {
+                    self.shared.log_heavy.queued();
+                    if self.to_log.send(LogWork::Compact { index: compact }).is_ok() {
+                        self.log_work_queued(true);
+                    }
                 }
             }
             Err(error) => tracing::debug!("snapshot at {} not used: {error}", taken.index),

@@ -71,6 +71,27 @@ pub(crate) enum ApplyWork {
     Restore { snapshot: Snapshot, done: Sender<Result<(), String>> },
 }
 
+/// Work queued for a stage that takes long (a snapshot to save and install, a compaction, a
+/// state to restore): counted up by the sender before it queues the work, and down by the stage
+/// once it has done it. While any is queued, the stage's rounds run on its own thread only
+/// (`stage_runner.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct HeavyWork(AtomicU64);
+
+impl HeavyWork {
+    pub(crate) fn queued(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn done(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn pending(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
 /// Wakes the log writer's thread: the log's own waker when that thread sleeps in the log (its
 /// I/O path keeps work in flight), else the doorbell its runner sleeps on (`stage_runner.rs`).
 #[derive(Clone, Debug)]
@@ -131,6 +152,10 @@ pub(crate) struct Shared {
     /// Wakes the apply stage's thread when its rounds run inline (it then sleeps on this, not
     /// on its queue): for work handed over without a core round behind it. Set at start-up.
     apply_wake: OnceLock<Sender<()>>,
+    /// Heavy work queued for the log writer (snapshot installs, compactions) and for the apply
+    /// stage (restores).
+    pub(crate) log_heavy: HeavyWork,
+    pub(crate) apply_heavy: HeavyWork,
 }
 
 impl Shared {
@@ -151,6 +176,8 @@ impl Shared {
             events: Mutex::new(events),
             core_wake,
             apply_wake: OnceLock::new(),
+            log_heavy: HeavyWork::default(),
+            apply_heavy: HeavyWork::default(),
         });
         (shared, wakes)
     }

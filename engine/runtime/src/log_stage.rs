@@ -180,6 +180,7 @@ impl LogStage {
         match work {
             LogWork::Persist { queued, number, chunks, entries, hard_state, messages } => {
                 self.metrics.record_queue_wait(started.duration_since(queued));
+                let installs = !chunks.is_empty();
                 for chunk in chunks {
                     let whole = self
                         .incoming
@@ -201,6 +202,10 @@ impl LogStage {
                         // The state machine must hold the snapshot before the log forgets the
                         // entries it replaces, and before the core hears the ready is durable.
                         let (done_tx, done_rx) = bounded(1);
+                        self.shared.apply_heavy.queued();
+                        if self.to_apply.is_full() {
+                            self.shared.wake_apply();
+                        }
                         if self.to_apply.send(ApplyWork::Restore { snapshot, done: done_tx }).is_err() {
                             return Err(Stop { exit_code: 0, message: "apply stage stopped".into() });
                         }
@@ -224,6 +229,9 @@ impl LogStage {
                 } else {
                     self.unsent.push_back((number, messages));
                 }
+                if installs {
+                    self.shared.log_heavy.done();
+                }
             }
             LogWork::Compact { index } => {
                 let index = index.min(self.log.durable_through());
@@ -235,6 +243,7 @@ impl LogStage {
                         Err(e) => tracing::warn!("log compaction through {index} refused: {e}"),
                     }
                 }
+                self.shared.log_heavy.done();
             }
         }
         self.metrics.record_service(started.elapsed());

@@ -218,7 +218,7 @@ impl Node {
         let log_inline = pipeline.inline_core && !pipeline.busy_poll && log.io_is_synchronous();
         let (log_waker, log_doorbell) = if log_inline {
             let (doorbell, rings) = bounded(1);
-            (LogBell::Doorbell(doorbell), Some(rings))
+            (LogBell::Doorbell(doorbell.clone()), Some((doorbell, rings)))
         } else {
             (LogBell::Waker(log.waker()?), None)
         };
@@ -302,7 +302,7 @@ impl Node {
             })
             .map_err(StartError::Thread)?;
         threads.push(saver_thread);
-        let apply_stage = ApplyStage::new(
+        let mut apply_stage = ApplyStage::new(
             applier,
             reader,
             apply_work,
@@ -343,14 +343,17 @@ impl Node {
         });
         let mut runner = CoreRunner::new(core_stage, wakes, pipeline.inline_core, pipeline.busy_poll);
         let (run_log, log_inline): StageThread = match log_doorbell {
-            Some(doorbell) => inline_stage("log", log_stage, doorbell, hub.publish_interval(), Arc::clone(&shared)),
+            Some(doorbell) => {
+                inline_stage("log", log_stage, doorbell, hub.publish_interval(), Arc::clone(&shared), |s| &s.log_heavy)
+            }
             None => (Box::new(move || log_stage.run()), None),
         };
         let (run_apply, apply_inline): StageThread = if apply_inline {
             let (doorbell, rings) = bounded(1);
-            shared.set_apply_doorbell(doorbell);
+            shared.set_apply_doorbell(doorbell.clone());
             let sweep = apply_stage.sweep();
-            inline_stage("apply", apply_stage, rings, sweep, Arc::clone(&shared))
+            apply_stage.inline = true;
+            inline_stage("apply", apply_stage, (doorbell, rings), sweep, Arc::clone(&shared), |s| &s.apply_heavy)
         } else {
             (Box::new(move || apply_stage.run()), None)
         };

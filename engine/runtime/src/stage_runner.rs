@@ -19,17 +19,18 @@
 //!
 //! Each stage keeps its thread for the rest: it sleeps on a doorbell, wakes at least every
 //! `sleep_max` for its timed work (publishing metrics, request timeouts, snapshots), runs work
-//! handed over without a round behind it (a snapshot for the apply stage to restore; the log
-//! writer's snapshot installs and compactions, which take long enough that a peer reader must
-//! not be held up by them), and takes the stage down once it has stopped.
+//! handed over without a round behind it, and takes the stage down once it has stopped. Work
+//! that takes long ([`HeavyWork`]: a snapshot to save and install, a compaction, a state to
+//! restore) is counted as it is queued; while any is, only the stage's thread runs the stage's
+//! rounds, so that no peer reader or client loop is held up by it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::combining::{Combining, Poisoned, Ran};
-use crate::handoff::Shared;
+use crate::handoff::{HeavyWork, Shared};
 
 /// Exit code when a round panicked (as for any stage thread that panics).
 const EXIT_CODE_PANIC: i32 = 70;
@@ -66,11 +67,12 @@ pub(crate) type StageThread = (Box<dyn FnOnce() + Send>, Option<Arc<dyn Arrived>
 pub(crate) fn inline_stage<T: InlineStage + 'static>(
     name: &'static str,
     stage: T,
-    doorbell: Receiver<()>,
+    doorbell: (Sender<()>, Receiver<()>),
     sleep_max: Duration,
     shared: Arc<Shared>,
+    heavy: fn(&Shared) -> &HeavyWork,
 ) -> StageThread {
-    let runner = StageRunner::new(name, stage, doorbell, sleep_max, shared);
+    let runner = StageRunner::new(name, stage, doorbell, sleep_max, shared, heavy);
     let thread = Arc::clone(&runner);
     (Box::new(move || thread.run()), Some(runner))
 }
@@ -78,8 +80,13 @@ pub(crate) fn inline_stage<T: InlineStage + 'static>(
 /// A stage and who may run it. See the module docs.
 pub(crate) struct StageRunner<T> {
     stage: Combining<T>,
-    /// Rung to have the stage's thread look (its queue closing, work without a round behind it).
+    /// Rung to have the stage's thread look (its queue closing, work without a round behind it,
+    /// heavy work).
+    ring: Sender<()>,
     doorbell: Receiver<()>,
+    /// Heavy work queued for this stage: while there is some, only the stage's thread runs its
+    /// rounds.
+    heavy: fn(&Shared) -> &HeavyWork,
     /// How long the stage's thread sleeps at most.
     sleep_max: Duration,
     shared: Arc<Shared>,
@@ -96,18 +103,19 @@ impl<T: InlineStage> StageRunner<T> {
     pub(crate) fn new(
         name: &'static str,
         stage: T,
-        doorbell: Receiver<()>,
+        (ring, doorbell): (Sender<()>, Receiver<()>),
         sleep_max: Duration,
         shared: Arc<Shared>,
+        heavy: fn(&Shared) -> &HeavyWork,
     ) -> Arc<StageRunner<T>> {
-        Arc::new(StageRunner { stage: Combining::new(stage), doorbell, sleep_max, shared, name })
+        Arc::new(StageRunner { stage: Combining::new(stage), ring, doorbell, heavy, sleep_max, shared, name })
     }
 
     /// The stage's own thread, until the stage stops.
     pub(crate) fn run(&self) {
         // If this thread panics, the stage is dropped with it, so that its queues close and the
         // stages after it end.
-        let _guard = self.stage.drop_on_unwind();
+        let _guard = self.stage.drop_on_unwind(|| self.panicked());
         loop {
             let _ = self.doorbell.recv_timeout(self.sleep_max);
             let mut core_due = false;
@@ -145,6 +153,12 @@ impl<T: InlineStage> StageRunner<T> {
 
 impl<T: InlineStage> Arrived for StageRunner<T> {
     fn arrived(&self) -> bool {
+        if (self.heavy)(&self.shared).pending() {
+            // Work that takes long is queued: the stage's thread runs it, and what was queued
+            // with it, so that no peer reader or client loop is held up.
+            let _ = self.ring.try_send(());
+            return false;
+        }
         let mut core_due = false;
         let ran = self.stage.deliver(|stage| {
             stage.count_inline_round();

@@ -6,7 +6,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,38 +22,10 @@ pub const SECRET: &str = "multi-process-test-cluster-secret";
 /// timeouts; generous, because CI runs several nodes on two shared cores.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Picks `n` loopback ports for test nodes. A port picked by binding `:0` and released could be
-/// handed out again before the node binds it: as the source port of some client's connection, or
-/// to another cluster of the same test binary, whose nodes would then talk to this cluster's.
-/// So ports come from below the kernel's ephemeral range, where no connection's source port
-/// lands, and from a counter of this process, so that no two clusters of one binary share one.
+/// Picks `n` loopback ports for test nodes: below the ephemeral range, none twice in this
+/// binary (see `smr_net::test_ports`).
 fn free_ports(n: usize) -> Vec<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let (low, high) = (10_000_u32, ephemeral_low.clamp(10_000, 65_536));
-    let span = high - low;
-    if span < 1_000 {
-        // No room below the ephemeral range: fall back to the kernel's pick.
-        let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-        return listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
-    }
-    // Test binaries run one after another; each starts at its own place in the range.
-    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
-    let mut ports = Vec::with_capacity(n);
-    while ports.len() < n {
-        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(taken < span, "the test binary used up every port below {high}");
-        let port = (low + (start + taken) % span) as u16;
-        // In use by something else on this machine: skip it.
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            ports.push(port);
-        }
-    }
-    ports
+    smr_net::test_ports::free_ports(n)
 }
 
 /// A cluster id of its own for each cluster: a node that reaches another cluster's node (a port
