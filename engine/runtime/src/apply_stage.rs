@@ -620,6 +620,10 @@ impl<S: StateMachine + Send> InlineStage for ApplyStage<S> {
         self.metrics.counters().apply_rounds_inline.bump();
     }
 
+    fn count_slow_round(&self) {
+        self.metrics.counters().inline_rounds_slow.bump();
+    }
+
     fn publish_now(&mut self) {
         self.metrics.publish_now();
     }

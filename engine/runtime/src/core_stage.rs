@@ -560,8 +560,15 @@ impl CoreStage {
     /// ([`CoreStage::take_log_queued`]). Work that takes long (`heavy`: a snapshot to save and
     /// install, a compaction) goes to the log's thread even then, counted in
     /// `Shared::log_heavy` before it is queued, so that no inline round takes it.
+    ///
+    /// A follower's log rounds stay on the log's thread too: the thread that would run them is
+    /// its reader of the leader's connection, and while it waits in `fdatasync` (100 ms and
+    /// more while the disk saves snapshots) nothing from the leader is read, and the follower's
+    /// election timer runs out (pre-votes at every few snapshots in a 5-minute run at 256
+    /// outstanding, against none with the log on its thread). A leader has a reader per
+    /// follower, and only one of them can be in the log's round at a time.
     fn log_work_queued(&mut self, heavy: bool) {
-        if self.log_inline && !heavy {
+        if self.log_inline && !heavy && self.replica.is_leader() {
             self.log_queued = true;
         } else {
             self.log_bell.wake();

@@ -289,6 +289,10 @@ impl InlineStage for LogStage {
         self.metrics.counters().log_rounds_inline.bump();
     }
 
+    fn count_slow_round(&self) {
+        self.metrics.counters().inline_rounds_slow.bump();
+    }
+
     fn publish_now(&mut self) {
         self.metrics.publish_now();
     }

@@ -25,12 +25,22 @@
 //! rounds, so that no peer reader or client loop is held up by it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::combining::{Combining, Poisoned, Ran};
+use crate::combining::{After, Combining, Poisoned, Ran};
 use crate::handoff::{HeavyWork, Shared};
+
+/// An inline round that took longer than this (a slow `fdatasync` while the disk is busy with
+/// snapshots, say) sends the stage's rounds back to its own thread for [`SLOW_BACKOFF`]: a
+/// peer reader held up that long stops hearing its leader (and the leader its followers'
+/// acknowledgements) for as long, which costs pre-votes, or a leader's step-down under
+/// CheckQuorum, at the election timeout.
+const SLOW_ROUND: Duration = Duration::from_millis(10);
+/// How long the stage's rounds stay on its own thread after a slow inline round.
+const SLOW_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Exit code when a round panicked (as for any stage thread that panics).
 const EXIT_CODE_PANIC: i32 = 70;
@@ -48,6 +58,8 @@ pub(crate) trait InlineStage: Send {
     fn stopped(&self) -> bool;
     /// Counts a round run inline (not by the stage's own thread).
     fn count_inline_round(&self);
+    /// Counts an inline round slow enough to send the stage's rounds back to its own thread.
+    fn count_slow_round(&self);
     /// Publishes the stage's metrics, once it has stopped.
     fn publish_now(&mut self);
 }
@@ -87,6 +99,10 @@ pub(crate) struct StageRunner<T> {
     /// Heavy work queued for this stage: while there is some, only the stage's thread runs its
     /// rounds.
     heavy: fn(&Shared) -> &HeavyWork,
+    /// Until when (nanoseconds since `epoch`) the stage's rounds stay on its own thread, after
+    /// a slow inline round.
+    slow_until_ns: AtomicU64,
+    epoch: Instant,
     /// How long the stage's thread sleeps at most.
     sleep_max: Duration,
     shared: Arc<Shared>,
@@ -108,7 +124,17 @@ impl<T: InlineStage> StageRunner<T> {
         shared: Arc<Shared>,
         heavy: fn(&Shared) -> &HeavyWork,
     ) -> Arc<StageRunner<T>> {
-        Arc::new(StageRunner { stage: Combining::new(stage), ring, doorbell, heavy, sleep_max, shared, name })
+        Arc::new(StageRunner {
+            stage: Combining::new(stage),
+            ring,
+            doorbell,
+            heavy,
+            slow_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            sleep_max,
+            shared,
+            name,
+        })
     }
 
     /// The stage's own thread, until the stage stops.
@@ -153,16 +179,26 @@ impl<T: InlineStage> StageRunner<T> {
 
 impl<T: InlineStage> Arrived for StageRunner<T> {
     fn arrived(&self) -> bool {
-        if (self.heavy)(&self.shared).pending() {
-            // Work that takes long is queued: the stage's thread runs it, and what was queued
-            // with it, so that no peer reader or client loop is held up.
+        let now_ns = nanos(self.epoch.elapsed());
+        if (self.heavy)(&self.shared).pending() || now_ns < self.slow_until_ns.load(Ordering::Relaxed) {
+            // Work that takes long is queued, or the last inline round was slow: the stage's
+            // thread runs the rounds, so that no peer reader or client loop is held up.
             let _ = self.ring.try_send(());
             return false;
         }
         let mut core_due = false;
         let ran = self.stage.deliver(|stage| {
+            let started = Instant::now();
             stage.count_inline_round();
             core_due |= stage.inline_round();
+            if started.elapsed() > SLOW_ROUND {
+                let until = nanos(self.epoch.elapsed() + SLOW_BACKOFF);
+                self.slow_until_ns.store(until, Ordering::Relaxed);
+                stage.count_slow_round();
+                // What is left goes to the stage's thread.
+                let _ = self.ring.try_send(());
+                return After::Yield;
+            }
             (!stage.stopped() && stage.has_work()).into()
         });
         if ran.is_err() {
@@ -170,4 +206,8 @@ impl<T: InlineStage> Arrived for StageRunner<T> {
         }
         core_due
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
