@@ -93,10 +93,10 @@ pub struct PipelineConfig {
     /// Let the thread that receives work for the Raft core (a peer reader, the client event
     /// loop) run the core's round itself when the core is idle, rather than wake the core's
     /// thread (see `core_runner.rs`); then the rounds of the stages that round handed work
-    /// to: the log writer's on the `pwrite` path, and the apply stage's unless the state
-    /// machine must stay on one thread (`stage_runner.rs`). Saves a thread wake-up per hand-off where stages share cores (the
-    /// default). With dedicated cores, turn it off so that each stage runs only on its own
-    /// pinned thread.
+    /// to: the log writer's (on a leader, on the `pwrite` path) and the apply stage's (unless
+    /// the state machine must stay on one thread; `stage_runner.rs`). Saves a thread wake-up
+    /// per hand-off where stages share cores (the default). With dedicated cores, turn it off
+    /// so that each stage runs only on its own pinned thread.
     pub inline_core: bool,
 }
 

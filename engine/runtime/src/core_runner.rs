@@ -147,8 +147,8 @@ impl CoreRunner {
         if handed.any() { After::Yield } else { more.into() }
     }
 
-    /// Runs the rounds of the stages a core round handed work to: the log writer first (a
-    /// follower's acknowledgement waits on it), then the apply stage. Returns whether the core
+    /// Runs the rounds of the stages a core round handed work to: the log writer first (the
+    /// leader's own write counts toward the commit), then the apply stage. Returns whether the core
     /// should look at the log's durable token.
     fn run_handed(&self, handed: Handed) -> bool {
         let mut core_due = false;

@@ -3,9 +3,9 @@
 //!
 //! After a core round, the thread that ran it (a peer reader, the client loop; see
 //! `core_runner.rs`) runs the rounds of the stages that round handed work to, instead of waking
-//! their threads: on a follower, an append goes from the socket to the disk and its
-//! acknowledgement back out on one thread; on the leader, the acknowledgement that commits an
-//! entry also applies it and answers its clients. Meanwhile, threads that hand a stage more work
+//! their threads: on the leader, the acknowledgement that commits an entry also applies it and
+//! answers its clients, and a client's request is written to the leader's disk on the thread
+//! that read it. Meanwhile, threads that hand a stage more work
 //! find it taken and leave the work to the holder (the [`Combining`] lock), whose next round
 //! takes all of it: for the log, one `fdatasync` for everything queued (group commit), as its
 //! own thread did.
