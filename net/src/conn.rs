@@ -176,6 +176,15 @@ impl FrameReader {
         self.last_received = Instant::now();
     }
 
+    /// Restarts both clocks, the idle one and that of a frame begun: the caller stopped reading
+    /// for a while, so a frame left half-read in the meantime is not the peer's slowness.
+    pub(crate) fn restart_clocks(&mut self) {
+        self.last_received = Instant::now();
+        if self.partial_since.is_some() {
+            self.partial_since = Some(self.last_received);
+        }
+    }
+
     /// Reads once from `stream` (blocking up to the socket's read timeout).
     ///
     /// Returns the bytes read; `Err(Closed)` at end of stream (`Truncated` inside a frame).

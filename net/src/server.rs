@@ -599,6 +599,7 @@ impl EventLoop {
         for (&id, reading) in &mut self.connections {
             if reading.paused && reading.connection.unsent_bytes.load(Ordering::Relaxed) < OUTBOX_RESUME_BYTES {
                 reading.paused = false;
+                reading.reader.restart_clocks();
                 self.paused -= 1;
                 self.again.push_back(id);
             }
@@ -615,6 +616,11 @@ impl EventLoop {
             let stalled = reading.connection.outbox().stalled_since;
             if stalled.is_some_and(|since| now >= since + write_timeout) {
                 overdue.push((id, ConnError::Deadline));
+                continue;
+            }
+            if reading.paused {
+                // Not read by choice: the client's fault, if any, is the stalled write above,
+                // and a frame it could not finish sending is not slowloris.
                 continue;
             }
             match reading.reader.overdue(now, idle, frame_max) {
