@@ -320,6 +320,30 @@ impl SnapshotWriter {
         self.state.write(&mut state)?;
         write_snapshot(&self.head, &state, out)
     }
+
+    /// Appends the snapshot [`SnapshotWriter::write`] writes to `out`, serializing the state
+    /// machine's section straight into it: one buffer, not a copy per layer (at 15 MB of state a
+    /// snapshot touched 60-90 MB of fresh memory, and zeroing those pages was most of the
+    /// saver thread's CPU).
+    ///
+    /// # Errors
+    /// Any I/O error of the state machine's view; `out` is then truncated back to its length
+    /// before the call.
+    pub fn write_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let start = out.len();
+        out.extend_from_slice(&self.head);
+        let length_at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        if let Err(error) = self.state.write(out) {
+            out.truncate(start);
+            return Err(error);
+        }
+        let state_bytes = (out.len() - length_at - 8) as u64;
+        out[length_at..length_at + 8].copy_from_slice(&state_bytes.to_le_bytes());
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
 }
 
 /// The head, the state machine's section with its length, then the CRC32C of both.

@@ -125,14 +125,19 @@ fn a_snapshot_view_writes_the_state_it_was_taken_at_while_applying_goes_on() {
     for seq in 31..=60 {
         apply(&mut a, vec![put(seq % 5 + 1, seq, format!("key{}", seq % 40).as_bytes(), b"later")]);
     }
-    let written_on_another_thread = std::thread::spawn(move || {
+    let (written_on_another_thread, written_into) = std::thread::spawn(move || {
         let mut bytes = Vec::new();
         view.write(&mut bytes).unwrap();
-        bytes
+        // Appended to what the buffer already holds (the snapshot file's header, in the node).
+        let mut into = b"header".to_vec();
+        view.write_into(&mut into).unwrap();
+        (bytes, into)
     })
     .join()
     .unwrap();
     assert_eq!(written_on_another_thread, at_view, "the view writes the snapshot of its own time, byte for byte");
+    assert_eq!(&written_into[..6], b"header");
+    assert_eq!(&written_into[6..], &at_view[..], "written in place, the same bytes");
     let mut b = applier();
     b.restore(&mut written_on_another_thread.as_slice()).unwrap();
     assert_eq!(b.state_hash(), hash_at_view);

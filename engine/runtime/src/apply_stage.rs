@@ -492,10 +492,8 @@ impl<S: StateMachine> ApplyStage<S> {
         };
         let meta = SnapshotMeta { index: applied, term: self.applied_term, conf: self.conf.clone() };
         let (cluster_id, directory, file_meta) = (self.cluster_id, self.directory.clone(), meta.clone());
-        let write: WriteSnapshot = Box::new(move || {
-            let mut state = Vec::new();
-            writer.write(&mut state)?;
-            Ok(snapshot::encode(cluster_id, &file_meta, &directory, &state))
+        let write: WriteSnapshot = Box::new(move |bytes_hint| {
+            snapshot::encode_with(cluster_id, &file_meta, &directory, bytes_hint, |out| writer.write_into(out))
         });
         self.saver.save(meta, write, started.elapsed());
         self.hashed_last = false;

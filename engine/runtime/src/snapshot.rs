@@ -72,15 +72,35 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
 
 /// Builds the bytes of a snapshot file from its parts.
 pub fn encode(cluster_id: ClusterId, meta: &SnapshotMeta, directory: &Directory, state: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(FIXED_HEADER_BYTES + 1024 + state.len());
+    let written = encode_with(cluster_id, meta, directory, state.len(), |out| {
+        out.extend_from_slice(state);
+        Ok(())
+    });
+    written.expect("appending a slice cannot fail")
+}
+
+/// Builds the bytes of a snapshot file, `write_state` appending the state after the header in
+/// the same buffer (reserved for `state_bytes_hint` bytes of state), so that the state is
+/// serialized once and never copied.
+///
+/// # Errors
+/// Whatever `write_state` returns.
+pub fn encode_with(
+    cluster_id: ClusterId,
+    meta: &SnapshotMeta,
+    directory: &Directory,
+    state_bytes_hint: usize,
+    write_state: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<Bytes> {
+    let mut out = Vec::with_capacity(HEADER_BYTES_MAX + state_bytes_hint);
     out.extend_from_slice(MAGIC);
     put_u32(&mut out, VERSION);
     put_u32(&mut out, 0); // header bytes, patched below
     put_u64(&mut out, cluster_id);
     put_u64(&mut out, meta.index);
     put_u64(&mut out, meta.term);
-    put_u64(&mut out, state.len() as u64);
-    put_u32(&mut out, crc32c::crc32c(state));
+    put_u64(&mut out, 0); // state bytes, patched below
+    put_u32(&mut out, 0); // the state's CRC, patched below
     let conf = &meta.conf;
     let members: Vec<(u64, String)> = directory.iter().map(|(id, a)| (id, a.to_text())).collect();
     for n in [conf.voters.len(), conf.voters_outgoing.len(), conf.learners.len(), members.len()] {
@@ -98,11 +118,16 @@ pub fn encode(cluster_id: ClusterId, meta: &SnapshotMeta, directory: &Directory,
         out.extend_from_slice(text);
     }
     let header_bytes = out.len() + 4;
+    put_u32(&mut out, 0); // the header's CRC, patched below
+    write_state(&mut out)?;
+    let state = &out[header_bytes..];
+    let (state_bytes, state_crc) = (state.len() as u64, crc32c::crc32c(state));
     out[12..16].copy_from_slice(&(header_bytes as u32).to_le_bytes());
-    let crc = crc32c::crc32c(&out);
-    put_u32(&mut out, crc);
-    out.extend_from_slice(state);
-    Bytes::from(out)
+    out[40..48].copy_from_slice(&state_bytes.to_le_bytes());
+    out[48..52].copy_from_slice(&state_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[..header_bytes - 4]);
+    out[header_bytes - 4..header_bytes].copy_from_slice(&header_crc.to_le_bytes());
+    Ok(Bytes::from(out))
 }
 
 struct Cursor<'a> {
@@ -368,6 +393,20 @@ mod tests {
         assert_eq!(snapshot.meta, meta);
         assert_eq!(snapshot.directory, directory);
         assert_eq!(&snapshot.state[..], b"state bytes");
+    }
+
+    #[test]
+    fn a_state_written_in_place_gives_the_same_file_and_its_error_is_returned() {
+        let (meta, directory) = sample();
+        let in_pieces = encode_with(7, &meta, &directory, 0, |out| {
+            out.extend_from_slice(b"state ");
+            out.extend_from_slice(b"bytes");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(in_pieces, encode(7, &meta, &directory, b"state bytes"));
+        let refused = encode_with(7, &meta, &directory, 1 << 10, |_| Err(std::io::Error::other("view gone")));
+        assert_eq!(refused.unwrap_err().to_string(), "view gone");
     }
 
     #[test]

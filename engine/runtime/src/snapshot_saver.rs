@@ -32,8 +32,9 @@ use smr_raft::{Index, SnapshotMeta};
 use crate::handoff::{Shared, SnapshotTaken};
 use crate::snapshot::SnapshotStore;
 
-/// Writes a snapshot's bytes (the whole file's content) on the saver thread.
-pub(crate) type WriteSnapshot = Box<dyn FnOnce() -> std::io::Result<Bytes> + Send>;
+/// Writes a snapshot's bytes (the whole file's content) on the saver thread, given the size of
+/// the last one saved (0 at first) to reserve its buffer by.
+pub(crate) type WriteSnapshot = Box<dyn FnOnce(usize) -> std::io::Result<Bytes> + Send>;
 
 /// A snapshot to save, as taken by the apply stage.
 struct SaveJob {
@@ -114,9 +115,10 @@ impl SnapshotSaver {
             pin();
             // Serializing a large state is seconds of CPU that must not hold the pipeline back.
             smr_log::lower_thread_priority();
+            let mut last_bytes = 0;
             for job in job_rx {
                 let finished = match job {
-                    Job::Save(job) => Finished::Save(save(&store, job, &snapshots_out, &shared)),
+                    Job::Save(job) => Finished::Save(save(&store, job, &mut last_bytes, &snapshots_out, &shared)),
                     Job::HashForStatus { hash, statuses } => {
                         answer_statuses(hash(), statuses);
                         Finished::Hash
@@ -195,16 +197,25 @@ pub(crate) fn answer_statuses(hash: u64, statuses: StatusRequests) {
     }
 }
 
-fn save(store: &SnapshotStore, job: SaveJob, snapshots_out: &Sender<SnapshotTaken>, shared: &Shared) -> Saved {
+fn save(
+    store: &SnapshotStore,
+    job: SaveJob,
+    last_bytes: &mut usize,
+    snapshots_out: &Sender<SnapshotTaken>,
+    shared: &Shared,
+) -> Saved {
     let index = job.meta.index;
     let serializing = Instant::now();
-    let bytes = match (job.write)() {
+    // A little over the last one's size, so that a state that grew does not regrow the buffer.
+    let hint = *last_bytes + *last_bytes / 16;
+    let bytes = match (job.write)(hint) {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::warn!("writing the snapshot at {index} failed: {e}");
             return Saved::Failed { index };
         }
     };
+    *last_bytes = bytes.len();
     let saving = Instant::now();
     if let Err(e) = store.save(&job.meta, &bytes) {
         tracing::warn!("saving the snapshot at {index} failed: {e}");
@@ -241,7 +252,7 @@ mod tests {
     }
 
     fn written(bytes: Bytes) -> WriteSnapshot {
-        Box::new(move || Ok(bytes))
+        Box::new(move |_| Ok(bytes))
     }
 
     /// A saver started on a store in `dir`, with the core's ends of its channels.
@@ -359,7 +370,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut started = start_saver(dir.path());
         let (meta, _) = snapshot_at(42);
-        let failing: WriteSnapshot = Box::new(|| Err(std::io::Error::other("the state machine refused")));
+        let failing: WriteSnapshot = Box::new(|_| Err(std::io::Error::other("the state machine refused")));
         started.saver.save(meta, failing, Duration::ZERO);
         assert_eq!(wait_for_result(&mut started.saver), Saved::Failed { index: 42 });
         assert!(started.taken.try_recv().is_err());
