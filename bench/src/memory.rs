@@ -125,6 +125,9 @@ pub(crate) struct NodeMemory {
     pub(crate) anon_last_kib: Option<f64>,
     pub(crate) anon_growth_kib: Option<f64>,
     pub(crate) anon_slope_kib_per_min: Option<f64>,
+    /// The anonymous RSS's slope over the window's second half alone: a node's heap fills its
+    /// caches and allocator pools in the first minutes, so growth that goes on shows here.
+    pub(crate) anon_late_slope_kib_per_min: Option<f64>,
     /// The stretch averaged at each end, in seconds.
     pub(crate) stretch_secs: f64,
     /// Samples in the window.
@@ -162,6 +165,7 @@ pub(crate) fn summarize(samples: &[Sample], peaks: &[Option<u64>], from: Duratio
                 anon_last_kib: anon.last,
                 anon_growth_kib: anon.growth(),
                 anon_slope_kib_per_min: anon.slope_per_min(),
+                anon_late_slope_kib_per_min: anon.late_slope_per_min(),
                 stretch_secs: stretch.as_secs_f64(),
                 samples: rss.points.len(),
                 series: samples
@@ -217,6 +221,13 @@ impl Series {
 
     fn slope_per_min(&self) -> Option<f64> {
         slope(&self.points).map(|per_sec| per_sec * 60.0)
+    }
+
+    /// [`Series::slope_per_min`] of the points in the second half of the window.
+    fn late_slope_per_min(&self) -> Option<f64> {
+        let end = self.points.last()?.0;
+        let late: Vec<(f64, f64)> = self.points.iter().copied().filter(|p| p.0 >= end / 2.0).collect();
+        slope(&late).map(|per_sec| per_sec * 60.0)
     }
 }
 
@@ -277,6 +288,19 @@ mod tests {
         let anon = memory[1].anon_slope_kib_per_min.unwrap();
         assert!((anon - 512.0).abs() < 5.0, "{anon}");
         assert_eq!(memory[0].anon_growth_kib, Some(0.0));
+        let late = memory[1].anon_late_slope_kib_per_min.unwrap();
+        assert!((late - 512.0).abs() < 5.0, "{late}");
+    }
+
+    #[test]
+    fn a_heap_that_fills_then_levels_off_shows_a_flat_second_half() {
+        // RSS rises 1 MiB per minute for 2 minutes, then stays (the anonymous half of it too).
+        let all: Vec<(u64, [Option<u64>; 2])> =
+            (0..=300u64).map(|s| (s, [Some(102_400 + s.min(120) * 1024 / 60), None])).collect();
+        let memory = summarize(&samples(&all), &[Some(110_000), None], Duration::ZERO, Duration::from_secs(300));
+        let whole = memory[0].anon_slope_kib_per_min.unwrap();
+        assert!(whole > 150.0, "the whole window's slope counts the filling: {whole}");
+        assert_eq!(memory[0].anon_late_slope_kib_per_min, Some(0.0));
     }
 
     #[test]

@@ -440,6 +440,7 @@ mod tests {
                         anon_last_kib: Some(75_000.0),
                         anon_growth_kib: Some(25_000.0),
                         anon_slope_kib_per_min: Some(150_000.0),
+                        anon_late_slope_kib_per_min: Some(100_000.0),
                         stretch_secs: 3.0,
                         samples: 11,
                         series: (0..=10)

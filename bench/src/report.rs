@@ -236,6 +236,7 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
         "anon MiB",
         "anon growth",
         "anon MiB/min",
+        "2nd half",
         "samples",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
@@ -255,6 +256,7 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
                 cell(mib(node.anon_last_kib), 1),
                 cell(mib(node.anon_growth_kib), 2),
                 cell(mib(node.anon_slope_kib_per_min), 3),
+                cell(mib(node.anon_late_slope_kib_per_min), 3),
                 node.samples.to_string(),
             ]);
         }
@@ -267,7 +269,8 @@ fn write_memory_table(out: &mut dyn Write, report: &BenchReport) -> std::io::Res
         "Memory: each node's RSS (/proc/PID/status VmRSS) sampled every {} s in the window; peak = VmHWM at the \
          step's end (highest since the node started); growth = mean of the last {stretch:.0} s minus mean of the \
          first {stretch:.0} s; MiB/min = least-squares slope; anon = the anonymous part of RSS (RssAnon: heap, \
-         stacks), without the touched pages of the memory-mapped log.",
+         stacks), without the touched pages of the memory-mapped log; 2nd half = the anonymous RSS's slope over \
+         the window's second half, after the heap's caches and allocator pools have filled.",
         crate::memory::SAMPLE_INTERVAL.as_secs()
     )
 }
