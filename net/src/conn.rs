@@ -327,3 +327,43 @@ impl FrameReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn restarting_the_clocks_restarts_a_partly_received_frames_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (receiver, _) = listener.accept().unwrap();
+        let (idle, frame_max) = (Duration::from_secs(3600), Duration::from_secs(5));
+        let mut reader = FrameReader::new(4096, 1 << 20);
+        // Three bytes of a frame header: a frame begun and not finished.
+        sender.write_all(&[1, 2, 3]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reader.fill_available(&receiver).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the bytes never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let restarted = Instant::now();
+        // Just short of the frame's deadline counted from the restart, but past it counted from
+        // the first byte: a reader that did not restart the clock would close the connection.
+        let almost = restarted + frame_max - Duration::from_millis(1);
+        assert!(matches!(reader.overdue(almost, idle, frame_max), Some(ConnError::SlowFrame(_))));
+        reader.restart_clocks();
+        assert!(reader.overdue(almost, idle, frame_max).is_none());
+        assert!(matches!(reader.overdue(restarted + frame_max * 2, idle, frame_max), Some(ConnError::SlowFrame(_))));
+        // Only the idle clock: the frame's deadline stays where it was.
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        reader.note_alive();
+        let frame_at_most = before + frame_max;
+        assert!(matches!(reader.overdue(frame_at_most, idle, frame_max), Some(ConnError::SlowFrame(_))));
+    }
+}

@@ -767,8 +767,8 @@ fn read_loop(shared: &Shared, peer: NodeId, stream: &TcpStream, mut reader: Fram
             }
             shared.on_inbound.call();
             // Time spent waiting on a full queue, or in the hook (the runtime may run its
-            // rounds there), is not the peer's silence.
-            reader.note_alive();
+            // rounds there), is neither the peer's silence nor its slowness with a frame begun.
+            reader.restart_clocks();
         }
         if let Err(error) =
             reader.fill_with_deadlines(stream, config.peer_idle_timeout(), config.frame_receive_max(), None)
