@@ -13,7 +13,7 @@ use crate::config::{FORCE_FALLBACK_ENV, IoMode, LogConfig};
 use crate::error::LogError;
 use crate::fallback::FallbackIo;
 use crate::fault::{Faults, Journal, journal_name};
-use crate::housekeeping::Housekeeper;
+use crate::housekeeping::{Housekeeper, Retired};
 use crate::io::{Backend, Completion, LogWaker, StateWrite, SyncJob};
 use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
@@ -1277,7 +1277,9 @@ impl Log {
             std::mem::take(&mut self.segments).into_iter().partition(|l| l.view.sequence < sequence);
         self.segments = keep;
         self.publish();
-        self.housekeeper.remove(drop.into_iter().map(|live| live.path).collect());
+        self.housekeeper.remove(
+            drop.into_iter().map(|live| Retired { path: live.path, view: live.view, file: live.file }).collect(),
+        );
     }
 }
 
