@@ -35,6 +35,12 @@ pub const EXIT_CODE_BAD_ENTRY: i32 = 79;
 const APPLY_READ_BYTES_MAX: u64 = 4 << 20;
 /// Work items handled per round before applying.
 const WORK_PER_ROUND_MAX: usize = 4096;
+/// Time an inline round spends applying before it stops and leaves the rest to the stage's
+/// thread. A round is usually well under it, but a backlog (after a stall, or the writes just
+/// after a snapshot, which also merge the changes made while it was written) is not: a peer
+/// reader or the core's thread held up 70-170 ms in one apply round stopped hearing its
+/// leader or sending heartbeats, which cost pre-votes and leader changes at 256 outstanding.
+const INLINE_ROUND_APPLY_MAX: Duration = Duration::from_millis(2);
 /// Status requests waiting for the state hash (behind a snapshot save); more are answered
 /// `Busy`.
 const STATUSES_WAITING_MAX: usize = 64;
@@ -82,6 +88,8 @@ pub(crate) struct ApplyStage<S> {
     core_due: bool,
     /// Whether the stage's rounds run inline (`stage_runner.rs`); set before it starts.
     pub(crate) inline: bool,
+    /// The last round stopped at [`INLINE_ROUND_APPLY_MAX`] with committed entries left.
+    cut_short: bool,
 }
 
 impl<S> std::fmt::Debug for ApplyStage<S> {
@@ -141,6 +149,7 @@ impl<S: StateMachine> ApplyStage<S> {
             stopped: false,
             core_due: false,
             inline: false,
+            cut_short: false,
         }
     }
 
@@ -307,10 +316,16 @@ impl<S: StateMachine> ApplyStage<S> {
             commit,
             applied_term,
             responses,
+            inline,
+            cut_short,
             ..
         } = self;
         let mut bytes_applied = 0u64;
-        while applier.applied_index() < *commit {
+        let round_started = Instant::now();
+        let budget = inline.then_some(INLINE_ROUND_APPLY_MAX);
+        let mut applied_in_round = 0usize;
+        *cut_short = false;
+        while applier.applied_index() < *commit && !*cut_short {
             let next = applier.applied_index() + 1;
             let entries = match reader.entries(next, *commit, APPLY_READ_BYTES_MAX) {
                 Ok(entries) => entries,
@@ -323,9 +338,15 @@ impl<S: StateMachine> ApplyStage<S> {
                 }
             };
             let started = Instant::now();
-            let count = entries.len();
+            let mut count = 0usize;
             let mut bytes = 0usize;
             for entry in &entries {
+                if applied_in_round > 0 && budget.is_some_and(|budget| round_started.elapsed() > budget) {
+                    *cut_short = true;
+                    break;
+                }
+                count += 1;
+                applied_in_round += 1;
                 outcomes.clear();
                 applier.apply(entry.index, entry.term, entry.kind, entry.data, outcomes).map_err(|e| Stop {
                     exit_code: EXIT_CODE_BAD_ENTRY,
@@ -607,7 +628,11 @@ impl<S: StateMachine + Send> InlineStage for ApplyStage<S> {
     }
 
     fn has_work(&self) -> bool {
-        !self.work.is_empty()
+        self.cut_short || !self.work.is_empty()
+    }
+
+    fn cut_short(&self) -> bool {
+        self.cut_short
     }
 
     fn stopped(&self) -> bool {

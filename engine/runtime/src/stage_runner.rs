@@ -54,6 +54,11 @@ pub(crate) trait InlineStage: Send {
     fn inline_round(&mut self) -> bool;
     /// Whether work is queued for another round.
     fn has_work(&self) -> bool;
+    /// Whether the last round stopped at its time budget with work left, which the stage's
+    /// own thread then takes on.
+    fn cut_short(&self) -> bool {
+        false
+    }
     /// Whether the stage has nothing more to do: its input is closed, or it failed.
     fn stopped(&self) -> bool;
     /// Counts a round run inline (not by the stage's own thread).
@@ -199,6 +204,11 @@ impl<T: InlineStage> Arrived for StageRunner<T> {
                 let _ = self.ring.try_send(());
                 return After::Yield;
             }
+            if stage.cut_short() {
+                // The rest of a long catch-up goes to the stage's thread too.
+                let _ = self.ring.try_send(());
+                return After::Yield;
+            }
             (!stage.stopped() && stage.has_work()).into()
         });
         if ran.is_err() {
@@ -210,4 +220,60 @@ impl<T: InlineStage> Arrived for StageRunner<T> {
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use crossbeam_channel::bounded;
+
+    use super::*;
+    use crate::directory::Directory;
+
+    /// A stage with `left` units of work, one per round, each round reporting itself cut short
+    /// while work is left (as the apply stage's does at its time budget).
+    struct Budgeted {
+        left: usize,
+        rounds: Arc<AtomicUsize>,
+    }
+
+    impl InlineStage for Budgeted {
+        fn inline_round(&mut self) -> bool {
+            self.rounds.fetch_add(1, Ordering::Relaxed);
+            self.left = self.left.saturating_sub(1);
+            false
+        }
+        fn has_work(&self) -> bool {
+            self.left > 0
+        }
+        fn cut_short(&self) -> bool {
+            self.left > 0
+        }
+        fn stopped(&self) -> bool {
+            false
+        }
+        fn count_inline_round(&self) {}
+        fn count_slow_round(&self) {}
+        fn publish_now(&mut self) {}
+    }
+
+    #[test]
+    fn a_round_cut_short_leaves_the_rest_to_the_stages_thread() {
+        let (shared, _core_wakes) = Shared::new(Directory::default(), None);
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let stage = Budgeted { left: 10, rounds: Arc::clone(&rounds) };
+        let (ring, doorbell) = bounded(1);
+        let doorbell_probe = doorbell.clone();
+        let runner = StageRunner::new("test", stage, (ring, doorbell), Duration::from_secs(1), shared, |shared| {
+            &shared.apply_heavy
+        });
+        runner.arrived();
+        // One round here, then the thread that brought the work goes back to its own: the
+        // stage's thread is rung for the other nine.
+        assert_eq!(rounds.load(Ordering::Relaxed), 1);
+        assert!(doorbell_probe.try_recv().is_ok(), "the stage's thread was not rung");
+        runner.arrived();
+        assert_eq!(rounds.load(Ordering::Relaxed), 2);
+    }
 }
