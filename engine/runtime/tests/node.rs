@@ -1,15 +1,11 @@
 //! The node as a library (as `smr-capi` will embed it): start, serve, stop, restart in-process.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use smr_apply::{KvCommand, KvResult, KvStore};
+use smr_net::test_ports::free_port;
 use smr_net::{Client, ClientConfig, RequestBody, ResponseBody};
 use smr_runtime::{InitialState, Member, Node, NodeConfig, StartError, StartMode};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn single_node(dir: &std::path::Path) -> NodeConfig {
     let member = Member {
