@@ -47,6 +47,8 @@ const RETIRED_MAX: usize = 256;
 const RETIRED_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How often segments waiting for their readers are looked at.
 const RETIRED_POLL: Duration = Duration::from_millis(20);
+/// The thread's wait for work when no segment is waiting (the channels wake it sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 /// A compacted segment: its path, and the writer's references to its mapping and descriptor.
 #[derive(Debug)]
@@ -92,7 +94,9 @@ impl RetiredSegments {
         });
         // `retain` dropped the due segments' references: their mappings and descriptors are
         // closed, so the unlinks below free the blocks.
-        remove_segments(dir, &due);
+        if !due.is_empty() {
+            remove_segments(dir, &due);
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -124,7 +128,7 @@ impl Housekeeper {
                 crate::background::lower_thread_priority();
                 let mut retired = RetiredSegments::default();
                 loop {
-                    let poll = if retired.is_empty() { Duration::from_secs(3600) } else { RETIRED_POLL };
+                    let poll = if retired.is_empty() { IDLE_WAIT } else { RETIRED_POLL };
                     select! {
                         recv(request_rx) -> sequence => {
                             let Ok(sequence) = sequence else { break };
