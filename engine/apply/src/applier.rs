@@ -316,9 +316,9 @@ impl SnapshotWriter {
     /// # Errors
     /// Any I/O error of `out`, or of the state machine's view.
     pub fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut state = Vec::new();
-        self.state.write(&mut state)?;
-        write_snapshot(&self.head, &state, out)
+        let mut bytes = Vec::new();
+        self.write_into(&mut bytes)?;
+        out.write_all(&bytes)
     }
 
     /// Appends the snapshot [`SnapshotWriter::write`] writes to `out`, serializing the state
