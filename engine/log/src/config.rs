@@ -45,15 +45,20 @@ pub struct LogConfig {
     /// complete quickly, so without this bound a caller faster than `fdatasync` could queue
     /// without limit behind one sync.
     pub pending_submits_max: u32,
-    /// Empty segments kept preallocated and zero-filled ahead of the writer.
+    /// Empty segments kept preallocated ahead of the writer.
     pub spare_segments_max: u32,
+    /// Compacted segments kept to be reused as new ones (renamed, header rewritten) instead of
+    /// deleted; a new segment is zero-filled only when none is left. 0 zero-fills every segment.
+    /// Each takes `segment_bytes` of disk until reused.
+    pub recycled_segments_max: u32,
     /// Which I/O path to use.
     pub io_mode: IoMode,
 }
 
 impl LogConfig {
     /// Defaults for production: 64 MiB segments, 16 MiB entries, 64 MiB per submit, two spare
-    /// segments (one is always being consumed while the next is filled).
+    /// segments (one is always being consumed while the next is made), and up to four compacted
+    /// segments kept for reuse.
     pub fn new(cluster_id: ClusterId, node_id: NodeId, group_id: GroupId) -> LogConfig {
         LogConfig {
             cluster_id,
@@ -65,6 +70,7 @@ impl LogConfig {
             inflight_writes_max: 256,
             pending_submits_max: 4096,
             spare_segments_max: 2,
+            recycled_segments_max: 4,
             io_mode: IoMode::Auto,
         }
     }
@@ -116,6 +122,9 @@ impl LogConfig {
         }
         if self.spare_segments_max == 0 || self.spare_segments_max > 64 {
             return bad("spare_segments_max", format!("{} is not in 1..=64", self.spare_segments_max));
+        }
+        if self.recycled_segments_max > 64 {
+            return bad("recycled_segments_max", format!("{} is not in 0..=64", self.recycled_segments_max));
         }
         Ok(())
     }

@@ -23,19 +23,22 @@
 //! - `O slot0=<hex> slot1=<hex>`: the log opened and synced everything it recovered; every
 //!   write journaled before is durable. The hex is the state file's two slots as they are now
 //!   on disk (trailing zeros trimmed), the base that unsynced state writes revert to.
-//! - `W <seq> <file> <offset> <len> [<hex>]`: a write of `len` bytes at `offset` of `file` (a
-//!   segment file name or `state`, relative to the log directory), numbered `seq` from 0 since
-//!   the last `O`. State writes carry their bytes (trailing zeros trimmed): a state slot is
-//!   rewritten every other update, so a revert restores its previous durable content, not zeros.
+//! - `W <seq> <file> <offset> <len> [<hex> | was=<hex>]`: a write of `len` bytes at `offset` of
+//!   `file` (a segment file name or `state`, relative to the log directory), numbered `seq` from
+//!   0 since the last `O`. State writes carry their bytes (trailing zeros trimmed): a state slot
+//!   is rewritten every other update, so a revert restores its previous durable content, not
+//!   zeros. Segment writes carry what the range held before them (`was=`, trailing zeros
+//!   trimmed, so `-` in a zero-filled segment): a reused segment holds its earlier use's bytes
+//!   there, and that is what a lost write leaves on the disk. Without `was=`, zeros.
 //! - `S <job> <through> <file>,<file>...`: a sync completed that covers every write numbered up
 //!   to `through` to the listed files (`-` for `through` when no write preceded it).
 //!
 //! A line without its newline (the process died inside the `write(2)`) is ignored: its write
 //! was never issued.
 //!
-//! What a revert restores: segment bytes to zeros (segments are zero-filled and durable before
-//! use, and the log never rewrites a record in place; the torn-tail cut at open zero-fills too);
-//! a state slot to the content of the latest covered write to it, or the base of the `O` line.
+//! What a revert restores: segment bytes to what they held before the write (segments are
+//! durable before use, and the log never rewrites a record in place); a state slot to the
+//! content of the latest covered write to it, or the base of the `O` line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -144,15 +147,20 @@ impl Journal {
         self.line(&line)
     }
 
-    /// Journals a write about to be issued; returns its number. `data` is given for state writes.
-    pub(crate) fn write(&mut self, file: &str, offset: u64, len: usize, data: Option<&[u8]>) -> Result<u64, LogError> {
+    /// Journals a state write about to be issued, with its bytes; returns its number.
+    pub(crate) fn write_state(&mut self, file: &str, offset: u64, bytes: &[u8]) -> Result<u64, LogError> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let line = match data {
-            Some(bytes) => format!("W {seq} {file} {offset} {len} {}\n", hex_trimmed(bytes)),
-            None => format!("W {seq} {file} {offset} {len}\n"),
-        };
-        self.line(&line)?;
+        self.line(&format!("W {seq} {file} {offset} {} {}\n", bytes.len(), hex_trimmed(bytes)))?;
+        Ok(seq)
+    }
+
+    /// Journals a segment write about to be issued, with what its range holds now; returns its
+    /// number.
+    pub(crate) fn write_segment(&mut self, file: &str, offset: u64, was: &[u8]) -> Result<u64, LogError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.line(&format!("W {seq} {file} {offset} {} was={}\n", was.len(), hex_trimmed(was)))?;
         Ok(seq)
     }
 
@@ -287,6 +295,8 @@ mod power_loss {
         len: u64,
         /// The bytes of a state write (trailing zeros trimmed).
         data: Option<Vec<u8>>,
+        /// What a segment write's range held before it (trailing zeros trimmed; empty: zeros).
+        was: Vec<u8>,
         synced: bool,
     }
 
@@ -429,8 +439,12 @@ mod power_loss {
             }
             let ranges = subtract((start, end), protected.get(write.file.as_str()).map_or(&[][..], |v| &v[..]));
             for (from, to) in ranges {
-                file.write_all_at(&vec![0u8; (to - from) as usize], from)
-                    .map_err(|e| LogError::io("pwrite", &path, e))?;
+                // What the range held before the write: its `was` bytes, zeros past them.
+                let mut before = vec![0u8; (to - from) as usize];
+                let was_from = ((from - write.offset) as usize).min(write.was.len());
+                let was_to = ((to - write.offset) as usize).min(write.was.len());
+                before[..was_to - was_from].copy_from_slice(&write.was[was_from..was_to]);
+                file.write_all_at(&before, from).map_err(|e| LogError::io("pwrite", &path, e))?;
                 report.bytes_reverted += to - from;
             }
             report.writes_reverted += 1;
@@ -547,7 +561,7 @@ mod power_loss {
                         return Err(bad(format!("write of {len} bytes at {offset} is out of range")));
                     }
                     check_name(file).map_err(&bad)?;
-                    let data = match (file == STATE_NAME, data.first()) {
+                    let (data, was) = match (file == STATE_NAME, data.first()) {
                         (true, Some(hex)) => {
                             if offset % STATE_SLOT_BYTES + len > STATE_SLOT_BYTES {
                                 return Err(bad(format!("state write at {offset} of {len} bytes crosses a slot")));
@@ -555,15 +569,19 @@ mod power_loss {
                             if offset / STATE_SLOT_BYTES > 1 {
                                 return Err(bad(format!("state write at {offset} is past the second slot")));
                             }
-                            Some(unhex(hex, len).map_err(&bad)?)
+                            (Some(unhex(hex, len).map_err(&bad)?), Vec::new())
                         }
-                        (false, None) => None,
-                        _ => return Err(bad(format!("only state writes carry their bytes: {line}"))),
+                        (false, None) => (None, Vec::new()),
+                        (false, Some(field)) => match field.strip_prefix("was=") {
+                            Some(hex) => (None, unhex(hex, len).map_err(&bad)?),
+                            None => return Err(bad(format!("a segment write carries only was=<hex>: {line}"))),
+                        },
+                        (true, None) => return Err(bad(format!("a state write carries its bytes: {line}"))),
                     };
                     if writes.last().is_some_and(|w| w.seq >= seq) {
                         return Err(bad(format!("write numbers do not increase at {seq}")));
                     }
-                    writes.push(Write { seq, file: file.to_owned(), offset, len, data, synced: false });
+                    writes.push(Write { seq, file: file.to_owned(), offset, len, data, was, synced: false });
                 }
                 ["S", _job, through, files] => {
                     let through = match through {
@@ -639,6 +657,8 @@ mod power_loss {
                 "O slot0=- slot1=-\nW 0 ../etc/passwd 0 10\n",
                 "O slot0=- slot1=-\nW 0 state 0 10\n",
                 "O slot0=- slot1=-\nW x 00000000000000000001.seg 0 10\n",
+                "O slot0=- slot1=-\nW 0 00000000000000000001.seg 0 10 0102\n",
+                "O slot0=- slot1=-\nW 0 00000000000000000001.seg 0 1 was=0102\n",
                 "O slot0=zz slot1=-\n",
                 "hello\n",
             ] {

@@ -1,9 +1,14 @@
 //! The segment files' housekeeping, on a background thread off the append path: preallocation
-//! of segments ahead of need, and deletion of the segments a compaction dropped.
+//! of segments ahead of need, and reuse or deletion of the segments a compaction dropped.
 //!
 //! Creating a 64 MiB segment means writing 64 MiB of zeroes and three fsyncs: hundreds of
 //! milliseconds that must never stall an append. The writer asks for segments by sequence number
 //! and takes finished ones in the same order; both channels are bounded by `spare_segments_max`.
+//!
+//! A compacted segment no one maps any more is kept for reuse, up to `recycled_segments_max` of
+//! them, and the next segment asked for is made from one (`segment::recycle_segment`: a rename
+//! and a header) rather than written afresh: at full load the zeroes were half of what the disk
+//! wrote. The rest are deleted.
 //!
 //! Deleting compacted segments (an unlink each, then a directory fsync, a journal commit that on
 //! a file system mounted with `discard` also trims the freed blocks) took the log writer 7-26 ms
@@ -24,6 +29,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,9 +38,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded, s
 use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::reader::SegmentView;
-use crate::segment::{create_segment, sync_dir};
+use crate::segment::{Fill, create_segment, recycle_segment, sync_dir};
 
-type Made = (u64, Result<PathBuf, LogError>);
+/// A segment asked for: its sequence, and its path and how it was made (zero-filled or reused).
+type Made = (u64, Result<(PathBuf, Fill), LogError>);
 
 /// Compactions whose segments may wait for deletion at once; beyond it the writer deletes them
 /// itself (a compaction comes once per snapshot, so this is only reached if the disk stalls).
@@ -67,31 +74,53 @@ impl Retired {
     }
 }
 
-/// Segments handed over for deletion, in the order they came.
+/// Segments handed over, in the order they came, and those kept for reuse.
 #[derive(Debug, Default)]
 struct RetiredSegments {
     waiting: Vec<(Instant, Retired)>,
+    /// Paths of compacted segments no one maps, kept to be reused (at most `reuse_max`).
+    reusable: Vec<PathBuf>,
+    reuse_max: usize,
+    /// `reusable.len()`, for the writer's thread to read.
+    reusable_count: Arc<AtomicUsize>,
 }
 
 impl RetiredSegments {
+    fn new(reuse_max: usize, reusable_count: Arc<AtomicUsize>) -> RetiredSegments {
+        RetiredSegments { reuse_max, reusable_count, ..RetiredSegments::default() }
+    }
+
+    fn publish(&self) {
+        self.reusable_count.store(self.reusable.len(), Ordering::Relaxed);
+    }
+
     fn add(&mut self, segments: Vec<Retired>, now: Instant) {
         self.waiting.extend(segments.into_iter().map(|segment| (now, segment)));
     }
 
-    /// Deletes the segments held here only, those that waited [`RETIRED_WAIT_MAX`], and the
-    /// oldest beyond [`RETIRED_MAX`]; with `all`, every one.
+    /// Keeps for reuse (while there is room) or deletes the segments held here only; deletes
+    /// those that waited [`RETIRED_WAIT_MAX`] and the oldest beyond [`RETIRED_MAX`]. With `all`,
+    /// deletes every one, the reusable ones too. A segment a reader may still map is never kept
+    /// for reuse: its bytes are about to change.
     fn delete_due(&mut self, dir: &Path, now: Instant, all: bool) {
         let excess = self.waiting.len().saturating_sub(RETIRED_MAX);
-        let mut due = Vec::new();
+        let mut due = if all { std::mem::take(&mut self.reusable) } else { Vec::new() };
         let mut index = 0;
+        let (reusable, reuse_max) = (&mut self.reusable, self.reuse_max);
         self.waiting.retain(|(since, segment)| {
             index += 1;
-            let go = all || index <= excess || segment.held_here_only() || now >= *since + RETIRED_WAIT_MAX;
+            let free = segment.held_here_only();
+            if free && !all && reusable.len() < reuse_max {
+                reusable.push(segment.path.clone());
+                return false;
+            }
+            let go = all || index <= excess || free || now >= *since + RETIRED_WAIT_MAX;
             if go {
                 due.push(segment.path.clone());
             }
             !go
         });
+        self.publish();
         // `retain` dropped the due segments' references: their mappings and descriptors are
         // closed, so the unlinks below free the blocks.
         if !due.is_empty() {
@@ -99,6 +128,24 @@ impl RetiredSegments {
         }
     }
 
+    /// Segment `sequence`, from a reusable segment if there is one (one that cannot be reused is
+    /// deleted, and the next tried), else created afresh.
+    fn make(&mut self, dir: &Path, config: &LogConfig, sequence: u64) -> Result<(PathBuf, Fill), LogError> {
+        while let Some(old) = self.reusable.pop() {
+            self.publish();
+            match recycle_segment(dir, config, sequence, &old) {
+                Ok(path) => return Ok((path, Fill::Recycled)),
+                Err(error @ LogError::SyncFailed { .. }) => return Err(error),
+                Err(error) => {
+                    tracing::warn!("reusing {} failed, deleting it instead: {error}", old.display());
+                    remove_segments(dir, &[old]);
+                }
+            }
+        }
+        create_segment(dir, config, sequence).map(|path| (path, Fill::Zeros))
+    }
+
+    /// Whether segments wait for their readers (then they are looked at every [`RETIRED_POLL`]).
     fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
@@ -113,6 +160,8 @@ pub(crate) struct Housekeeper {
     thread: Option<JoinHandle<()>>,
     /// Requested and not yet taken.
     outstanding: usize,
+    /// Compacted segments kept for reuse now.
+    reusable: Arc<AtomicUsize>,
 }
 
 impl Housekeeper {
@@ -122,17 +171,19 @@ impl Housekeeper {
         let (removals, removal_rx) = bounded::<Vec<Retired>>(REMOVALS_QUEUED_MAX);
         let (made_tx, made) = bounded::<Made>(depth);
         let (thread_dir, config) = (dir.to_path_buf(), config.clone());
+        let reusable = Arc::new(AtomicUsize::new(0));
+        let reusable_count = Arc::clone(&reusable);
         let thread = std::thread::Builder::new()
             .name("smr-log-keeper".into())
             .spawn(move || {
                 crate::background::lower_thread_priority();
-                let mut retired = RetiredSegments::default();
+                let mut retired = RetiredSegments::new(config.recycled_segments_max as usize, reusable_count);
                 loop {
                     let poll = if retired.is_empty() { IDLE_WAIT } else { RETIRED_POLL };
                     select! {
                         recv(request_rx) -> sequence => {
                             let Ok(sequence) = sequence else { break };
-                            let result = create_segment(&thread_dir, &config, sequence);
+                            let result = retired.make(&thread_dir, &config, sequence);
                             if made_tx.send((sequence, result)).is_err() {
                                 break;
                             }
@@ -161,11 +212,17 @@ impl Housekeeper {
             made,
             thread: Some(thread),
             outstanding: 0,
+            reusable,
         })
     }
 
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Compacted segments kept for reuse now.
+    pub(crate) fn reusable(&self) -> usize {
+        self.reusable.load(Ordering::Relaxed)
     }
 
     /// Asks for segment `sequence`. The caller keeps `outstanding()` below `spare_segments_max`,
@@ -248,7 +305,8 @@ mod tests {
     use super::*;
     use crate::segment::SEGMENT_HEADER_BYTES;
 
-    /// A file at `path`, mapped, as the writer hands it over.
+    /// A file at `path` of 8192 bytes (`reuse_config`'s segments), mapped, as the writer hands it
+    /// over.
     fn retired(path: &Path) -> Retired {
         std::fs::write(path, vec![0u8; SEGMENT_HEADER_BYTES as usize + 4096]).unwrap();
         let file = File::open(path).unwrap();
@@ -281,7 +339,8 @@ mod tests {
     #[test]
     fn a_segment_still_mapped_by_a_reader_is_deleted_once_the_reader_lets_go() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig::new(1, 1, 0);
+        let mut config = LogConfig::new(1, 1, 0);
+        config.recycled_segments_max = 0;
         let mut keeper = Housekeeper::start(dir.path(), &config).unwrap();
         let (held, free) = (dir.path().join("held.seg"), dir.path().join("free.seg"));
         let (held_segment, free_segment) = (retired(&held), retired(&free));
@@ -302,5 +361,84 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(keeper);
+    }
+
+    fn reuse_config(reuse_max: u32) -> LogConfig {
+        let mut config = LogConfig::new(1, 1, 0);
+        config.segment_bytes = SEGMENT_HEADER_BYTES + 4096;
+        config.entry_bytes_max = 1024;
+        config.submit_bytes_max = 4096;
+        config.recycled_segments_max = reuse_max;
+        config
+    }
+
+    /// Waits until `done`, at most 10 s.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn compacted_segments_no_one_maps_are_reused_up_to_the_limit_and_the_rest_deleted() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = reuse_config(2);
+        let mut keeper = Housekeeper::start(dir.path(), &config).unwrap();
+        let paths: Vec<PathBuf> = (1..=4).map(|s| crate::segment::segment_path(dir.path(), s)).collect();
+        let segments: Vec<Retired> = paths.iter().map(|path| retired(path)).collect();
+        let inodes: Vec<u64> = paths.iter().map(|p| std::fs::metadata(p).unwrap().ino()).collect();
+        // A reader still maps segment 4: it may be deleted later, never reused.
+        let reader = Arc::clone(&segments[3].view.map);
+        keeper.remove(segments);
+        // Two are kept for reuse, the third free one is deleted.
+        eventually("the free segment beyond the limit was not deleted", || {
+            paths[..3].iter().filter(|p| p.exists()).count() == 2
+        });
+        assert_eq!(keeper.reusable(), 2);
+        assert!(paths[3].exists());
+        // The next two segments asked for are the kept files, renamed and marked reused; the
+        // third is a new file, zero-filled.
+        let mut made = Vec::new();
+        for sequence in 10..13 {
+            keeper.request(sequence).unwrap();
+            let (got, result) = keeper.take(true).unwrap().expect("made");
+            let (path, fill) = result.expect("segment made");
+            assert_eq!(got, sequence);
+            let segment = crate::segment::SegmentFile::open(&path, sequence, &config).expect("a valid segment");
+            assert_eq!(segment.fill, fill);
+            made.push((fill, std::fs::metadata(&path).unwrap().ino()));
+        }
+        assert_eq!(made.iter().filter(|(fill, _)| *fill == Fill::Recycled).count(), 2, "{made:?}");
+        assert_eq!(made[2].0, Fill::Zeros, "none left to reuse: {made:?}");
+        for (_, inode) in &made[..2] {
+            assert!(inodes[..3].contains(inode), "a reused segment is one of the compacted files");
+        }
+        assert!(paths[..3].iter().all(|p| !p.exists()), "the reused files were renamed");
+        assert!(paths[3].exists(), "the mapped one was neither reused nor deleted");
+        // Once its reader lets go, it is free, and there is room to keep it: the next segment
+        // is made from it.
+        let inode = std::fs::metadata(&paths[3]).unwrap().ino();
+        drop(reader);
+        eventually("the segment its reader let go of was not kept", || keeper.reusable() == 1);
+        keeper.request(13).unwrap();
+        let (_, result) = keeper.take(true).unwrap().expect("made");
+        let (path, fill) = result.expect("segment made");
+        assert_eq!((fill, std::fs::metadata(&path).unwrap().ino()), (Fill::Recycled, inode));
+        drop(keeper);
+    }
+
+    #[test]
+    fn segments_kept_for_reuse_are_deleted_when_the_log_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keeper = Housekeeper::start(dir.path(), &reuse_config(4)).unwrap();
+        let paths: Vec<PathBuf> = (1..=3).map(|s| crate::segment::segment_path(dir.path(), s)).collect();
+        keeper.remove(paths.iter().map(|path| retired(path)).collect());
+        eventually("not kept for reuse", || keeper.reusable() == 3);
+        assert!(paths.iter().all(|p| p.exists()), "kept for reuse");
+        drop(keeper);
+        assert!(paths.iter().all(|p| !p.exists()), "deleted at close");
     }
 }

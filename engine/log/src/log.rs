@@ -19,7 +19,7 @@ use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
 use crate::record::{Position, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
 use crate::segment::{
-    SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files, segment_path, sync_dir,
+    Fill, SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files, segment_path, sync_dir,
 };
 use crate::state::{DurableState, StateFile};
 use crate::uring::UringIo;
@@ -60,6 +60,12 @@ pub struct LogStats {
     pub bytes_written: u64,
     /// Sync jobs (group commits) completed.
     pub syncs_completed: u64,
+    /// Segments made by zero-filling a new file since open.
+    pub segments_zero_filled: u64,
+    /// Segments made by reusing a compacted one since open.
+    pub segments_reused: u64,
+    /// Compacted segments kept for reuse now (`recycled_segments_max` at most).
+    pub segments_kept_for_reuse: u64,
 }
 
 /// What the log held when it was opened.
@@ -335,8 +341,10 @@ impl Log {
         for (sequence, path) in &found {
             files.push(SegmentFile::open(path, *sequence, &config)?);
         }
-        let images: Vec<SegmentImage<'_>> =
-            files.iter().map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..] }).collect();
+        let images: Vec<SegmentImage<'_>> = files
+            .iter()
+            .map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..], fill: f.fill })
+            .collect();
         let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
         drop(images);
 
@@ -507,7 +515,7 @@ impl Log {
 
     /// Counters since open.
     pub fn stats(&self) -> LogStats {
-        self.stats
+        LogStats { segments_kept_for_reuse: self.housekeeper.reusable() as u64, ..self.stats }
     }
 
     /// Hands each sync job's duration (issue to durable, in nanoseconds) completed since the
@@ -800,9 +808,13 @@ impl Log {
         Ok(())
     }
 
-    fn took_spare(&mut self, sequence: u64, made: Result<PathBuf, LogError>) -> Result<(), LogError> {
+    fn took_spare(&mut self, sequence: u64, made: Result<(PathBuf, Fill), LogError>) -> Result<(), LogError> {
         match made {
-            Ok(_) => {
+            Ok((_, fill)) => {
+                match fill {
+                    Fill::Zeros => self.stats.segments_zero_filled += 1,
+                    Fill::Recycled => self.stats.segments_reused += 1,
+                }
                 self.spares.push_back(sequence);
                 Ok(())
             }
@@ -953,7 +965,14 @@ impl Log {
         let Some(journal) = self.journal.as_mut() else {
             return Ok(());
         };
-        match journal.write(journal_name(path), offset, len, data) {
+        let name = journal_name(path);
+        let written = match data {
+            Some(bytes) => journal.write_state(name, offset, &bytes[..len]),
+            // What a lost write leaves on the disk: the range as it is before the write (the log
+            // never writes a range twice, so no earlier write to it is still in flight).
+            None => read_range(path, offset, len).and_then(|was| journal.write_segment(name, offset, &was)),
+        };
+        match written {
             Ok(_) => Ok(()),
             Err(error) => Err(self.fail(error)),
         }
@@ -1314,6 +1333,15 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
         return Err(LogError::io("flock", &path, error));
     }
     Ok(file)
+}
+
+/// `len` bytes of the file at `path` from `offset` (fault injection's journal only).
+fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, LogError> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; len];
+    let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
+    file.read_exact_at(&mut bytes, offset).map_err(|e| LogError::io("pread", path, e))?;
+    Ok(bytes)
 }
 
 fn push_term(runs: &mut VecDeque<(Index, Term)>, index: Index, term: Term) {

@@ -106,13 +106,13 @@ impl ReadOnlyLog {
         for (sequence, path) in list_segments(dir)? {
             // Segments below the minimum were discarded durably; `Log::open` deletes them.
             if sequence >= state.segment_sequence_min {
-                let map = map_read_only(&path, sequence, config)?;
-                files.push((sequence, path, map));
+                let (map, fill) = map_read_only(&path, sequence, config)?;
+                files.push((sequence, path, map, fill));
             }
         }
         let images: Vec<SegmentImage<'_>> = files
             .iter()
-            .map(|(sequence, path, map)| SegmentImage { sequence: *sequence, path, bytes: &map[..] })
+            .map(|(sequence, path, map, fill)| SegmentImage { sequence: *sequence, path, bytes: &map[..], fill: *fill })
             .collect();
         let plan = recover(&state, &images, config.entry_bytes_max)?;
         let verification = Verification {
@@ -137,7 +137,7 @@ impl ReadOnlyLog {
             if chain.records.is_empty() {
                 continue;
             }
-            let (_, _, map) = files.iter().find(|(sequence, _, _)| *sequence == chain.sequence).expect("planned");
+            let (_, _, map, _) = files.iter().find(|(sequence, _, _, _)| *sequence == chain.sequence).expect("planned");
             segments.push(OfflineSegment { map: Arc::clone(map), records: chain.records });
         }
         Ok(ReadOnlyLog { verification, segments, _lock: lock })

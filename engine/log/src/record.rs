@@ -21,6 +21,12 @@
 //! misdirected write) or carries the wrong index is caught by the index check that follows the CRC
 //! check, never accepted as the entry that should be there.
 //!
+//! The CRC is **seeded with the sequence of the segment** the record is written to (its 8 bytes,
+//! little-endian, go into the CRC before the header). A segment file is reused under a new
+//! sequence once a compaction drops it (`segment.rs`), keeping the records of its earlier use:
+//! those fail their CRC under the new sequence, so they never read as records of this one. A
+//! record written to the wrong segment file fails it too.
+//!
 //! The **durable-frontier claim** is how recovery tells a torn tail from corruption. Every record
 //! states the position (segment, offset) up to which all earlier writes had been fsynced when it
 //! was written. After a crash the unsynced writes may have reached the disk in any subset, so a
@@ -158,14 +164,16 @@ pub(crate) fn encode_record(
     out.extend_from_slice(payload);
     let padding = payload.len().next_multiple_of(RECORD_ALIGN_BYTES) - payload.len();
     out.extend_from_slice(&[0u8; RECORD_ALIGN_BYTES][..padding]);
-    let crc = record_crc(&out[start + 4..start + RECORD_HEADER_BYTES], payload);
+    let crc = record_crc(own.sequence, &out[start + 4..start + RECORD_HEADER_BYTES], payload);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// CRC32C of the header after its CRC field, then of the payload (padding excluded).
+/// CRC32C of the segment's sequence, then of the header after its CRC field, then of the
+/// payload (padding excluded).
 #[inline]
-pub(crate) fn record_crc(header_tail: &[u8], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(header_tail), payload)
+pub(crate) fn record_crc(sequence: u64, header_tail: &[u8], payload: &[u8]) -> u32 {
+    let seed = crc32c::crc32c(&sequence.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, header_tail), payload)
 }
 
 /// Why the bytes at a position are not a valid record.
@@ -177,7 +185,8 @@ pub(crate) enum RecordFault {
     NoRoom,
     /// A length, kind or reserved field that no writer produces.
     Implausible,
-    /// The CRC does not match.
+    /// The CRC does not match (a torn or corrupt record, or one of the segment file's earlier
+    /// use).
     Crc,
 }
 
@@ -200,9 +209,15 @@ impl ValidRecord {
     }
 }
 
-/// Checks the record at `offset` of `segment` (the whole segment's bytes). Lengths are checked
-/// against `entry_bytes_max` and the segment's end before anything is read past the header.
-pub(crate) fn check_record(segment: &[u8], offset: u64, entry_bytes_max: u64) -> Result<ValidRecord, RecordFault> {
+/// Checks the record at `offset` of `segment` (the whole segment's bytes; `sequence` is the
+/// segment's). Lengths are checked against `entry_bytes_max` and the segment's end before anything
+/// is read past the header.
+pub(crate) fn check_record(
+    segment: &[u8],
+    sequence: u64,
+    offset: u64,
+    entry_bytes_max: u64,
+) -> Result<ValidRecord, RecordFault> {
     let start = offset as usize;
     let Some(header_bytes) = segment.get(start..start + RECORD_HEADER_BYTES) else {
         return Err(RecordFault::NoRoom);
@@ -222,7 +237,7 @@ pub(crate) fn check_record(segment: &[u8], offset: u64, entry_bytes_max: u64) ->
         return Err(RecordFault::Implausible);
     };
     let payload = &record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.length as usize];
-    if record_crc(&header_bytes[4..], payload) != header.crc {
+    if record_crc(sequence, &header_bytes[4..], payload) != header.crc {
         return Err(RecordFault::Crc);
     }
     Ok(ValidRecord { header, kind, offset, end: offset + total as u64 })
@@ -246,7 +261,7 @@ mod tests {
             let bytes = one(&payload, 9);
             assert_eq!(bytes.len(), record_bytes(len));
             assert_eq!(bytes.len() % RECORD_ALIGN_BYTES, 0);
-            let record = check_record(&bytes, 0, 1 << 20).expect("valid");
+            let record = check_record(&bytes, 3, 0, 1 << 20).expect("valid");
             assert_eq!(record.header.index, 9);
             assert_eq!(record.header.term, 7);
             assert_eq!(&bytes[record.payload_range()], &payload[..]);
@@ -261,7 +276,18 @@ mod tests {
         for (at, flip) in [(4usize, 1u8), (8, 1), (16, 1), (24, 1), (25, 1), (28, 1), (32, 1)] {
             let mut bad = bytes.clone();
             bad[at] ^= flip;
-            assert!(check_record(&bad, 0, 1 << 20).is_err(), "a flip at byte {at} must be caught");
+            assert!(check_record(&bad, 3, 0, 1 << 20).is_err(), "a flip at byte {at} must be caught");
+        }
+    }
+
+    #[test]
+    fn a_record_fails_its_crc_in_any_other_segment() {
+        // Written to segment 3: the same bytes read in segment 4 (the file reused under a new
+        // sequence) or 2 (a misdirected write) are not a record.
+        let bytes = one(b"hello", 9);
+        assert!(check_record(&bytes, 3, 0, 1 << 20).is_ok());
+        for other in [2, 4, 3 + (1 << 32)] {
+            assert_eq!(check_record(&bytes, other, 0, 1 << 20), Err(RecordFault::Crc), "sequence {other}");
         }
     }
 
@@ -269,12 +295,12 @@ mod tests {
     fn oversized_length_is_refused_before_reading_the_payload() {
         let mut bytes = one(b"hello", 9);
         bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(check_record(&bytes, 0, 1 << 20), Err(RecordFault::Implausible));
+        assert_eq!(check_record(&bytes, 3, 0, 1 << 20), Err(RecordFault::Implausible));
     }
 
     #[test]
     fn zero_header_reads_as_unwritten() {
-        assert_eq!(check_record(&[0u8; 64], 0, 1024), Err(RecordFault::Zero));
-        assert_eq!(check_record(&[0u8; 16], 0, 1024), Err(RecordFault::NoRoom));
+        assert_eq!(check_record(&[0u8; 64], 3, 0, 1024), Err(RecordFault::Zero));
+        assert_eq!(check_record(&[0u8; 16], 3, 0, 1024), Err(RecordFault::NoRoom));
     }
 }

@@ -32,6 +32,18 @@
 //! The one case this cannot tell apart: a record corrupted after its sync completed, with no
 //! record written after that sync (the crash came first). It is cut off as a torn tail and
 //! logged; no later record exists that could have depended on it.
+//!
+//! # Reused segments
+//!
+//! A reused segment ([`Fill::Recycled`]) holds its earlier use's bytes where nothing has been
+//! written since, not zeroes, and a record of that use fails its CRC under the new sequence. So
+//! in such a segment a record that fails its checks is where its chain stops cleanly: the bytes
+//! may be the earlier use's or a torn write of this one, and either way nothing written in this
+//! use lies there. What tells a torn tail (or corruption) from a clean end is then whether any
+//! valid record of this use lies after the stop: every 16-byte aligned position after it is
+//! checked, and those found are orphans as in a zero-filled segment, with their claims. A
+//! segment whose chain stopped early in the middle of the log is still caught: the next
+//! segment's first record does not continue it (a gap).
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +51,7 @@ use smr_raft::{Index, Term};
 
 use crate::error::LogError;
 use crate::record::{Position, RECORD_ALIGN_BYTES, RecordFault, ValidRecord, check_record};
-use crate::segment::SEGMENT_HEADER_BYTES;
+use crate::segment::{Fill, SEGMENT_HEADER_BYTES};
 use crate::state::DurableState;
 
 /// One segment's bytes, header already checked.
@@ -48,6 +60,7 @@ pub(crate) struct SegmentImage<'a> {
     pub(crate) sequence: u64,
     pub(crate) path: &'a Path,
     pub(crate) bytes: &'a [u8],
+    pub(crate) fill: Fill,
 }
 
 /// What one segment holds.
@@ -61,15 +74,18 @@ struct SegmentScan {
     stop_clean: bool,
     /// Valid records found after `stop` (none in a healthy segment).
     orphans: Vec<ValidRecord>,
-    /// Offset just past the last non-zero 16-byte block of the record area.
+    /// Offset just past the bytes after the chain that this use of the segment may have
+    /// written: the last non-zero 16-byte block of a zero-filled segment, the last orphan of a
+    /// reused one.
     nonzero_end: u64,
 }
 
-fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
+fn scan_segment(segment: &SegmentImage<'_>, entry_bytes_max: u64) -> SegmentScan {
+    let (bytes, sequence) = (segment.bytes, segment.sequence);
     let mut chain: Vec<ValidRecord> = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let stop_clean = loop {
-        match check_record(bytes, offset, entry_bytes_max) {
+        match check_record(bytes, sequence, offset, entry_bytes_max) {
             Ok(record) => {
                 let continues = chain.last().is_none_or(|last| {
                     record.header.index == last.header.index + 1 && record.header.term >= last.header.term
@@ -81,18 +97,21 @@ fn scan_segment(bytes: &[u8], entry_bytes_max: u64) -> SegmentScan {
                 chain.push(record);
             }
             Err(RecordFault::Zero | RecordFault::NoRoom) => break true,
-            Err(RecordFault::Implausible | RecordFault::Crc) => break false,
+            // The earlier use's bytes, or a torn write of this one: the orphans tell.
+            Err(RecordFault::Implausible | RecordFault::Crc) => break segment.fill == Fill::Recycled,
         }
     };
     let stop = offset;
-    // Everything after the chain: valid records (they carry claims) and the extent of non-zero
-    // bytes (they must be zeroed before the space is written again).
+    // Everything after the chain: valid records (they carry claims) and the extent of the bytes
+    // this use may have written there (they must be zeroed before the space is written again).
     let mut orphans = Vec::new();
     let mut nonzero_end = stop;
     let mut at = stop;
     while let Some(block) = next_nonzero_block(bytes, at) {
-        nonzero_end = block + RECORD_ALIGN_BYTES as u64;
-        if let Ok(record) = check_record(bytes, block, entry_bytes_max) {
+        if segment.fill == Fill::Zeros {
+            nonzero_end = block + RECORD_ALIGN_BYTES as u64;
+        }
+        if let Ok(record) = check_record(bytes, sequence, block, entry_bytes_max) {
             nonzero_end = record.end;
             orphans.push(record);
             at = record.end;
@@ -161,7 +180,7 @@ pub(crate) fn recover(
     segments: &[SegmentImage<'_>],
     entry_bytes_max: u64,
 ) -> Result<RecoveryPlan, LogError> {
-    let scans: Vec<SegmentScan> = segments.iter().map(|s| scan_segment(s.bytes, entry_bytes_max)).collect();
+    let scans: Vec<SegmentScan> = segments.iter().map(|s| scan_segment(s, entry_bytes_max)).collect();
 
     let mut chains: Vec<ChainPlan> = Vec::new();
     let (mut last_index, mut last_term) = (state.snapshot_index, state.snapshot_term);

@@ -20,10 +20,12 @@ use smr_raft::{HardState, Index, Term};
 
 use crate::config::LogConfig;
 use crate::error::LogError;
-use crate::segment::{FORMAT_VERSION, sync_dir, sync_error};
+use crate::segment::{sync_dir, sync_error};
 
 pub(crate) const STATE_FILE_NAME: &str = "state";
 const STATE_MAGIC: [u8; 8] = *b"SMRLOGST";
+/// Version of the state file's layout (the segments' is `segment::FORMAT_VERSION`).
+const STATE_FORMAT_VERSION: u32 = 1;
 pub(crate) const STATE_SLOT_BYTES: u64 = 4096;
 
 /// The slot as laid out on disk (little-endian), layout-checked here, encoded through offsets.
@@ -63,7 +65,7 @@ pub(crate) struct DurableState {
 fn encode_slot(config: &LogConfig, state: &DurableState, generation: u64) -> Vec<u8> {
     let mut block = vec![0u8; STATE_SLOT_BYTES as usize];
     block[0..8].copy_from_slice(&STATE_MAGIC);
-    block[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    block[8..12].copy_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
     let fields = [
         generation,
         config.cluster_id,
@@ -96,7 +98,7 @@ fn field(block: &[u8], i: usize) -> u64 {
 fn decode_slot(path: &Path, block: &[u8], config: &LogConfig) -> Result<Option<(u64, DurableState)>, LogError> {
     if block[0..8] != STATE_MAGIC
         || u32::from_le_bytes(block[12..16].try_into().expect("4 bytes")) != slot_crc(block)
-        || u32::from_le_bytes(block[8..12].try_into().expect("4 bytes")) != FORMAT_VERSION
+        || u32::from_le_bytes(block[8..12].try_into().expect("4 bytes")) != STATE_FORMAT_VERSION
     {
         return Ok(None);
     }

@@ -420,6 +420,7 @@ part_table!(LogFile for LogConfig {
     inflight_writes_max: Int<u32>,
     pending_submits_max: Int<u32>,
     spare_segments_max: Int<u32>,
+    recycled_segments_max: Int<u32>,
     io_mode: IoModeFile,
 } not_in_file { cluster_id, node_id, group_id });
 
@@ -763,6 +764,7 @@ mod tests {
             inflight_writes_max: 33,
             pending_submits_max: 77,
             spare_segments_max: 3,
+            recycled_segments_max: 0,
             io_mode: IoMode::Fallback,
             ..config.log
         };

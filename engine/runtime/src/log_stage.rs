@@ -58,6 +58,8 @@ pub(crate) struct LogStage {
     /// The log's sync and entry counts at the last report (for entries per fsync).
     pub(crate) syncs_seen: u64,
     pub(crate) entries_seen: u64,
+    /// The log's segments zero-filled and reused at the last report (for the counters).
+    pub(crate) segments_seen: (u64, u64),
     /// Set once the stage has nothing more to do (inline rounds only; see `stage_runner.rs`).
     pub(crate) stopped: bool,
 }
@@ -146,6 +148,13 @@ impl LogStage {
             }
             self.syncs_seen = stats.syncs_completed;
             self.entries_seen = stats.entries_submitted;
+        }
+        let segments = (stats.segments_zero_filled, stats.segments_reused);
+        if segments != self.segments_seen {
+            let counters = self.metrics.counters();
+            counters.segments_zero_filled.add(segments.0 - self.segments_seen.0);
+            counters.segments_reused.add(segments.1 - self.segments_seen.1);
+            self.segments_seen = segments;
         }
         tracing::trace!(token = durable.token, index = durable.index, "log durable");
         let mut core_waits = false;

@@ -622,6 +622,11 @@ counters! {
     /// Apply rounds run by the thread whose core round committed the entries
     /// (`status.inline_apply`), not by the apply stage's own thread.
     apply_rounds_inline,
+    /// Log segments made by zero-filling a new file (`log.recycled_segments_max`: when no
+    /// compacted segment was free to reuse).
+    segments_zero_filled,
+    /// Log segments made by reusing a compacted one (a rename and a header).
+    segments_reused,
     /// Inline log or apply rounds that took so long (over 10 ms) that the stage's rounds went
     /// back to its own thread for a second.
     inline_rounds_slow,
@@ -1018,7 +1023,7 @@ mod tests {
             thread.join().expect("counting thread");
         }
         let fields = hub.counters().fields();
-        assert_eq!(fields.len(), 20);
+        assert_eq!(fields.len(), 22);
         assert_eq!(fields[0], ("client_busy", 4000));
         assert!(fields.contains(&("commands_applied", 40)));
         assert!(fields.contains(&("reads_served", 0)));

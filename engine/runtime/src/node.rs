@@ -291,6 +291,7 @@ impl Node {
             reported: 0,
             syncs_seen: log_stats.syncs_completed,
             entries_seen: log_stats.entries_submitted,
+            segments_seen: (0, 0),
             stopped: false,
         };
         // So do the apply stage's, unless the state machine must stay on its thread.

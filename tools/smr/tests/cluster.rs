@@ -340,7 +340,10 @@ fn stats_report_the_stage_histograms_and_counters_of_a_pinned_node() {
     }
     let log_inline = stats.counters.log_rounds_inline;
     if inline_log {
-        assert!(log_inline >= 10, "node {leader} wrote {log_inline} times inline for 20 puts: {text}");
+        // An inline round slower than 10 ms (an `fdatasync` on a busy disk) sends the stage's
+        // rounds back to its own thread for a second: then only some of the 20 ran inline.
+        let wanted = if stats.counters.inline_rounds_slow > 0 { 1 } else { 10 };
+        assert!(log_inline >= wanted, "node {leader} wrote {log_inline} times inline for 20 puts: {text}");
     } else {
         assert_eq!(log_inline, 0, "node {leader} writes on its log thread: {text}");
     }

@@ -11,8 +11,9 @@ use smr_raft::{Entry, HardState, Index, Term};
 
 use super::trace::{FileId, TraceOp};
 use super::{entry, small_config};
+use crate::record::{Position, encode_record};
 use crate::recovery::{RecoveryPlan, SegmentImage, recover};
-use crate::segment::{check_header, encode_header};
+use crate::segment::{Fill, SEGMENT_HEADER_BYTES, check_header, encode_header};
 use crate::state::{STATE_FILE_NAME, read_state_image};
 use crate::{IoMode, Log, LogConfig};
 
@@ -170,18 +171,45 @@ struct Image {
     segments: BTreeMap<u64, Vec<u8>>,
 }
 
-fn base_image(recorded: &Recorded, config: &LogConfig) -> Image {
+/// The disk before the trace's writes: every segment it wrote, zero-filled, or (`Recycled`)
+/// holding an earlier use's records, as a compacted segment reused under a new sequence does.
+fn base_image(recorded: &Recorded, config: &LogConfig, fill: Fill) -> Image {
     let mut segments = BTreeMap::new();
     for op in &recorded.trace {
         if let TraceOp::Write { file: FileId::Segment(sequence), .. } = op {
             segments.entry(*sequence).or_insert_with(|| {
-                let mut bytes = encode_header(config, *sequence);
+                let mut bytes = encode_header(config, *sequence, fill);
                 bytes.resize(config.segment_bytes as usize, 0);
+                if fill == Fill::Recycled {
+                    earlier_use(&mut bytes, *sequence + 1000);
+                }
                 bytes
             });
         }
     }
     Image { state: recorded.state_initial.clone(), segments }
+}
+
+/// Fills a segment's record area with the records an earlier use (as segment `sequence`) wrote:
+/// the same entries this workload writes, from index 1, so that their indexes, terms, payloads
+/// and often their offsets are those the recovery walk expects; only their CRC's sequence
+/// differs. The last stops at a random point, cut short, as a use ends part way.
+fn earlier_use(bytes: &mut [u8], sequence: u64) {
+    let mut at = SEGMENT_HEADER_BYTES as usize;
+    let mut record = Vec::new();
+    for index in 1.. {
+        let term = 1 + index / 7;
+        let entry = entry_for(index, term);
+        record.clear();
+        let own = Position { sequence, offset: at as u64 };
+        encode_record(&mut record, index, term, entry.kind, &entry.data, own, Some(own));
+        let end = (at + record.len()).min(bytes.len());
+        bytes[at..end].copy_from_slice(&record[..end - at]);
+        at = end;
+        if at == bytes.len() {
+            break;
+        }
+    }
 }
 
 fn apply(image: &mut Image, file: FileId, offset: u64, bytes: &[u8], fate: Fate) {
@@ -253,8 +281,8 @@ fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &
         .iter()
         .zip(&paths)
         .map(|((sequence, bytes), path)| {
-            check_header(Path::new(path), bytes, config, *sequence).expect("headers are durable before use");
-            SegmentImage { sequence: *sequence, path: Path::new(path), bytes }
+            let fill = check_header(Path::new(path), bytes, config, *sequence).expect("headers are durable before use");
+            SegmentImage { sequence: *sequence, path: Path::new(path), bytes, fill }
         })
         .collect();
     let plan = match recover(&state, &images, config.entry_bytes_max) {
@@ -277,7 +305,8 @@ fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &
         for &(index, term, offset) in &chain.records {
             assert_eq!(index, next, "{what}: recovered indexes are consecutive");
             next += 1;
-            let record = crate::record::check_record(bytes, offset, config.entry_bytes_max).expect("valid");
+            let record =
+                crate::record::check_record(bytes, chain.sequence, offset, config.entry_bytes_max).expect("valid");
             let want = entry_for(index, term);
             assert_eq!(&bytes[record.payload_range()], &want.data[..], "{what}: payload of {index}");
             if index <= expect.acked_index {
@@ -292,9 +321,17 @@ fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &
     plan
 }
 
-/// Walks every crash point of a trace; returns the number of states checked.
-fn explore(recorded: &Recorded, config: &LogConfig, rng: &mut Rng, samples_max: usize, label: &str) -> usize {
-    let base = base_image(recorded, config);
+/// Walks every crash point of a trace over a base disk of `fill` segments; returns the number
+/// of states checked.
+fn explore(
+    recorded: &Recorded,
+    config: &LogConfig,
+    fill: Fill,
+    rng: &mut Rng,
+    samples_max: usize,
+    label: &str,
+) -> usize {
+    let base = base_image(recorded, config, fill);
     let mut states = 0;
     for crash in 0..=recorded.trace.len() {
         let durable = durable_writes(&recorded.trace, crash);
@@ -357,8 +394,10 @@ fn no_acknowledged_entry_is_lost_in_any_crash_state() {
         for seed in 0..48u64 {
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 40, false);
-            let mut rng = Rng::new(seed ^ 0xC0FFEE);
-            total += explore(&recorded, &config, &mut rng, 24, &format!("{mode:?} seed {seed}"));
+            for fill in [Fill::Zeros, Fill::Recycled] {
+                let mut rng = Rng::new(seed ^ 0xC0FFEE);
+                total += explore(&recorded, &config, fill, &mut rng, 24, &format!("{mode:?} {fill:?} seed {seed}"));
+            }
         }
     }
     eprintln!("crash states checked: {total}");
@@ -373,8 +412,11 @@ fn crash_during_a_suffix_truncation_never_resurrects_or_loses_acknowledged_entri
         for seed in 0..48u64 {
             let dir = tempfile::tempdir().expect("tempdir");
             let recorded = record_workload(dir.path(), &config, seed, 30, true);
-            let mut rng = Rng::new(seed ^ 0xBEEF);
-            total += explore(&recorded, &config, &mut rng, 16, &format!("{mode:?} truncation seed {seed}"));
+            for fill in [Fill::Zeros, Fill::Recycled] {
+                let mut rng = Rng::new(seed ^ 0xBEEF);
+                let label = format!("{mode:?} {fill:?} truncation seed {seed}");
+                total += explore(&recorded, &config, fill, &mut rng, 16, &label);
+            }
         }
     }
     eprintln!("crash states checked (truncation): {total}");
@@ -388,11 +430,20 @@ fn smallest_workload_is_exhaustive_down_to_sectors() {
     let config = crash_config(IoMode::Fallback);
     let dir = tempfile::tempdir().expect("tempdir");
     let recorded = record_workload(dir.path(), &config, 7, 6, false);
-    let base = base_image(&recorded, &config);
+    let mut states = 0;
+    for fill in [Fill::Zeros, Fill::Recycled] {
+        states += every_sector_subset(&recorded, &config, fill);
+    }
+    eprintln!("exhaustive sector-level crash states: {states}");
+    assert!(states > 200);
+}
+
+fn every_sector_subset(recorded: &Recorded, config: &LogConfig, fill: Fill) -> usize {
+    let base = base_image(recorded, config, fill);
     let mut states = 0;
     for crash in 0..=recorded.trace.len() {
         let durable = durable_writes(&recorded.trace, crash);
-        let expect = expectation(&recorded, crash);
+        let expect = expectation(recorded, crash);
         // Every sector of every unsynced write is an independent bit.
         let mut sectors: Vec<(usize, usize)> = Vec::new(); // (write position, sector index in file)
         for (at, op) in recorded.trace[..crash].iter().enumerate() {
@@ -424,12 +475,11 @@ fn smallest_workload_is_exhaustive_down_to_sectors() {
                 };
                 apply(&mut image, *file, *offset, bytes, fate);
             }
-            check_image(&image, &config, &recorded, &expect, &format!("crash {crash} sector mask {mask:b}"));
+            check_image(&image, config, recorded, &expect, &format!("{fill:?}: crash {crash} sector mask {mask:b}"));
             states += 1;
         }
     }
-    eprintln!("exhaustive sector-level crash states: {states}");
-    assert!(states > 100);
+    states
 }
 
 /// A sample of crash images written to real files: `Log::open` must recover them, make the cut
@@ -439,10 +489,11 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
     let config = crash_config(IoMode::Auto);
     let mut opened = 0;
     let mut torn = 0;
-    for seed in 0..6u64 {
+    for seed in 0..12u64 {
         let source = tempfile::tempdir().expect("tempdir");
         let recorded = record_workload(source.path(), &config, seed, 30, seed % 2 == 1);
-        let base = base_image(&recorded, &config);
+        let fill = if seed % 4 < 2 { Fill::Zeros } else { Fill::Recycled };
+        let base = base_image(&recorded, &config, fill);
         let mut rng = Rng::new(seed);
         for crash in (0..=recorded.trace.len()).step_by(3) {
             let durable = durable_writes(&recorded.trace, crash);
@@ -463,7 +514,7 @@ fn torn_tail_is_cut_durably_and_new_appends_never_resurrect_it() {
                 };
                 apply(&mut image, *file, *offset, bytes, fate);
             }
-            let plan = check_image(&image, &config, &recorded, &expect, "disk sample");
+            let plan = check_image(&image, &config, &recorded, &expect, &format!("{fill:?} disk sample"));
             let dir = tempfile::tempdir().expect("tempdir");
             write_image(dir.path(), &image);
             let (mut log, recovered) = Log::open(dir.path(), config.clone()).expect("open a crash image");

@@ -9,7 +9,7 @@ use smr_raft::EntryKind;
 use crate::IoMode;
 use crate::record::{Position, check_record, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
-use crate::segment::{SEGMENT_HEADER_BYTES, encode_header};
+use crate::segment::{Fill, SEGMENT_HEADER_BYTES, encode_header};
 use crate::state::DurableState;
 use crate::tests::crash::crash_config;
 
@@ -22,28 +22,31 @@ proptest! {
         let own = Position { sequence: 9, offset: 4096 };
         encode_record(&mut out, index, term, EntryKind::ConfChange, &payload, own, Some(Position { sequence: 9, offset: 4096 }));
         prop_assert_eq!(out.len(), record_bytes(payload.len()));
-        let record = check_record(&out, 0, 1024).expect("valid");
+        let record = check_record(&out, 9, 0, 1024).expect("valid");
         prop_assert_eq!((record.header.index, record.header.term, record.kind), (index, term, EntryKind::ConfChange));
         prop_assert_eq!(&out[record.payload_range()], &payload[..]);
     }
 
     #[test]
     fn garbage_records_are_rejected_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200), at in 0u64..256) {
-        let _ = check_record(&bytes, at, 1024);
+        let _ = check_record(&bytes, 9, at, 1024);
     }
 
-    /// Segments of random bytes, random zero runs and real records in random places: recovery
-    /// returns a plan or an error, and a plan only ever holds checked, consecutive records.
+    /// Segments (zero-filled or reused) of random bytes, random zero runs, real records and
+    /// records of a segment file's earlier use in random places: recovery returns a plan or an
+    /// error, and a plan only ever holds checked, consecutive records of this use.
     #[test]
     fn recovery_never_panics_on_arbitrary_segment_bytes(
-        chunks in proptest::collection::vec((0u8..4, any::<u64>(), 1usize..400), 1..24),
+        chunks in proptest::collection::vec((0u8..5, any::<u64>(), 1usize..400), 1..24),
         segments in 1usize..4,
+        reused in proptest::collection::vec(any::<bool>(), 4),
     ) {
         let config = crash_config(IoMode::Fallback);
         let mut images: Vec<Vec<u8>> = Vec::new();
         let mut index = 1;
-        for s in 0..segments {
-            let mut bytes = encode_header(&config, s as u64 + 1);
+        for (s, &reused) in reused.iter().enumerate().take(segments) {
+            let fill = if reused { Fill::Recycled } else { Fill::Zeros };
+            let mut bytes = encode_header(&config, s as u64 + 1, fill);
             bytes.resize(config.segment_bytes as usize, 0);
             let mut at = SEGMENT_HEADER_BYTES as usize;
             for &(kind, seed, len) in &chunks {
@@ -57,10 +60,12 @@ proptest! {
                         at = at.next_multiple_of(16);
                     }
                     _ => {
-                        // A real record, continuing or not.
+                        // A real record, continuing or not; or (kind 4) one of the file's
+                        // earlier use, as segment 100 + s.
                         let mut record = Vec::new();
-                        let own = Position { sequence: s as u64 + 1, offset: at as u64 };
-                        let claim = Position { sequence: s as u64 + 1, offset: (next() % (at as u64 + 1)) & !15 };
+                        let sequence = if kind == 4 { 100 + s as u64 } else { s as u64 + 1 };
+                        let own = Position { sequence, offset: at as u64 };
+                        let claim = Position { sequence, offset: (next() % (at as u64 + 1)) & !15 };
                         let payload: Vec<u8> = (0..len % 300).map(|_| next() as u8).collect();
                         encode_record(&mut record, index, 1, EntryKind::Normal, &payload, own, Some(claim));
                         index += 1 + next() % 2;
@@ -77,7 +82,10 @@ proptest! {
             .iter()
             .zip(&paths)
             .enumerate()
-            .map(|(i, (bytes, path))| SegmentImage { sequence: i as u64 + 1, path: Path::new(path), bytes })
+            .map(|(i, (bytes, path))| {
+                let fill = if reused[i] { Fill::Recycled } else { Fill::Zeros };
+                SegmentImage { sequence: i as u64 + 1, path: Path::new(path), bytes, fill }
+            })
             .collect();
         let state = DurableState { segment_sequence_min: 1, ..DurableState::default() };
         if let Ok(plan) = recover(&state, &segment_images, config.entry_bytes_max) {
@@ -87,7 +95,7 @@ proptest! {
                 for &(index, _, offset) in &chain.records {
                     prop_assert_eq!(index, expected);
                     expected += 1;
-                    prop_assert!(check_record(bytes, offset, config.entry_bytes_max).is_ok());
+                    prop_assert!(check_record(bytes, chain.sequence, offset, config.entry_bytes_max).is_ok());
                 }
             }
             prop_assert_eq!(plan.last_index, expected - 1);
