@@ -1,7 +1,8 @@
 //! # smr-log: the durable log
 //!
 //! The log of one Raft group on one node, on its own disk directory. It **owns** the segment
-//! files (preallocated and zero-filled ahead of need by a background thread), the state file
+//! files (made ahead of need by a background thread, from compacted segments reused or new
+//! zero-filled files), the state file
 //! (term, vote, commit hint, and the snapshot the log starts after), the write path (io_uring
 //! writes with group-commit `fdatasync`, or the `pwrite` + `fdatasync` fallback), recovery, and
 //! zero-copy reads from read-only mappings of the segments.

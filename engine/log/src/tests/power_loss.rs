@@ -7,7 +7,7 @@ use smr_raft::{Entry, HardState, Index};
 
 use super::{assert_holds, entry, io_modes, small_config};
 use crate::fault::{ACK_BEFORE_FSYNC_ENV, DropReport, Faults, PowerLoss, SYNC_JOURNAL_ENV, drop_unsynced};
-use crate::{IoMode, Log, LogConfig, LogError, Recovered};
+use crate::{Durable, IoMode, Log, LogConfig, LogError, Recovered};
 
 /// Entry `index` of these tests: 600-byte payloads (longer than a sector), term from the index.
 fn test_entry(index: Index) -> Entry {
@@ -57,6 +57,16 @@ fn assert_all_written(log: &Log, recovered: &Recovered) {
     if recovered.last_index >= 1 {
         assert_holds(log, &entries(1, recovered.last_index));
     }
+}
+
+/// The reopened log holds at least the entries reported durable before the power loss.
+fn assert_reported_kept(recovered: &Recovered, reported: Durable, what: &str) {
+    assert!(
+        recovered.last_index >= reported.index,
+        "{what}: entries through {} were reported durable, {} recovered",
+        reported.index,
+        recovered.last_index
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -163,12 +173,7 @@ fn random_subsets_and_torn_writes_never_lose_what_was_reported_durable() {
                 }
 
                 let (mut log, recovered) = setup.reopen_plain();
-                assert!(
-                    recovered.last_index >= reported.index,
-                    "{what}: entries through {} were reported durable, {} recovered",
-                    reported.index,
-                    recovered.last_index
-                );
+                assert_reported_kept(&recovered, reported, &what);
                 assert_eq!(recovered.hard_state.term, 1, "{what}");
                 assert_all_written(&log, &recovered);
                 // The log goes on after the power loss.
@@ -221,12 +226,7 @@ fn power_loss_in_reused_segments_never_loses_what_was_reported_durable() {
                 let report = setup.power_loss(how, seed);
                 let what = format!("{mode:?} {how:?} seed {seed}: {report}");
                 let (mut log, recovered) = setup.reopen_plain();
-                assert!(
-                    recovered.last_index >= reported.index,
-                    "{what}: entries through {} were reported durable, {} recovered",
-                    reported.index,
-                    recovered.last_index
-                );
+                assert_reported_kept(&recovered, reported, &what);
                 assert_holds(&log, &entries(recovered.first_index, recovered.last_index));
                 let last = recovered.last_index;
                 log.submit(1, &entries(last + 1, last + 3), None).expect("append after recovery");
