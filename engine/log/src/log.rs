@@ -16,7 +16,7 @@ use crate::fault::{Faults, Journal, journal_name};
 use crate::housekeeping::{Housekeeper, Retired};
 use crate::io::{Backend, Completion, LogWaker, StateWrite, SyncJob};
 use crate::reader::{EntryRef, LogReader, SegmentView, Shared, collect};
-use crate::record::{Position, encode_record, record_bytes};
+use crate::record::{Position, SegmentKey, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
 use crate::segment::{
     Fill, SEGMENT_HEADER_BYTES, SegmentFile, create_segment, list_segments, remove_temp_files, segment_path, sync_dir,
@@ -92,6 +92,8 @@ struct Live {
     view: Arc<SegmentView>,
     file: Arc<File>,
     path: PathBuf,
+    /// Its sequence and salt, which its records' CRCs are seeded with.
+    key: SegmentKey,
 }
 
 /// One write in flight.
@@ -343,7 +345,13 @@ impl Log {
         }
         let images: Vec<SegmentImage<'_>> = files
             .iter()
-            .map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..], fill: f.fill })
+            .map(|f| SegmentImage {
+                sequence: f.sequence,
+                salt: f.key.salt,
+                path: &f.path,
+                bytes: &f.map[..],
+                fill: f.fill,
+            })
             .collect();
         let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
         drop(images);
@@ -401,7 +409,7 @@ impl Log {
                 view.push(index, offset);
                 push_term(&mut term_runs, index, term);
             }
-            segments.push(Live { view, file: Arc::new(file.file), path: file.path });
+            segments.push(Live { view, file: Arc::new(file.file), path: file.path, key: file.key });
         }
         let highest =
             found.iter().map(|(s, _)| *s).max().unwrap_or(0).max(durable_state.segment_sequence_min.saturating_sub(1));
@@ -679,16 +687,9 @@ impl Log {
                 self.activate_next()?;
                 buffer_start = self.tail;
             }
-            encode_record(
-                &mut buffer,
-                entry.index,
-                entry.term,
-                entry.kind,
-                &entry.data,
-                self.tail,
-                Some(self.frontier),
-            );
-            self.segments.last().expect("a tail segment").view.push(entry.index, self.tail.offset);
+            let tail = self.segments.last().expect("a tail segment");
+            encode_record(&mut buffer, entry, tail.key, self.tail.offset, Some(self.frontier));
+            tail.view.push(entry.index, self.tail.offset);
             self.tail.offset += size;
             push_term(&mut self.term_runs, entry.index, entry.term);
             self.stats.entries_submitted += 1;
@@ -844,7 +845,7 @@ impl Log {
         let path = segment_path(&self.dir, sequence);
         let file = SegmentFile::open(&path, sequence, &self.config).map_err(|e| self.fail(e))?;
         let view = Arc::new(SegmentView::new(sequence, Arc::clone(&file.map)));
-        self.segments.push(Live { view, file: Arc::new(file.file), path });
+        self.segments.push(Live { view, file: Arc::new(file.file), path, key: file.key });
         self.tail = Position { sequence, offset: SEGMENT_HEADER_BYTES };
         self.publish();
         // Best effort: a full disk shows up when a segment is actually needed.

@@ -106,13 +106,19 @@ impl ReadOnlyLog {
         for (sequence, path) in list_segments(dir)? {
             // Segments below the minimum were discarded durably; `Log::open` deletes them.
             if sequence >= state.segment_sequence_min {
-                let (map, fill) = map_read_only(&path, sequence, config)?;
-                files.push((sequence, path, map, fill));
+                let (map, key, fill) = map_read_only(&path, sequence, config)?;
+                files.push((key, path, map, fill));
             }
         }
         let images: Vec<SegmentImage<'_>> = files
             .iter()
-            .map(|(sequence, path, map, fill)| SegmentImage { sequence: *sequence, path, bytes: &map[..], fill: *fill })
+            .map(|(key, path, map, fill)| SegmentImage {
+                sequence: key.sequence,
+                salt: key.salt,
+                path,
+                bytes: &map[..],
+                fill: *fill,
+            })
             .collect();
         let plan = recover(&state, &images, config.entry_bytes_max)?;
         let verification = Verification {
@@ -137,7 +143,7 @@ impl ReadOnlyLog {
             if chain.records.is_empty() {
                 continue;
             }
-            let (_, _, map, _) = files.iter().find(|(sequence, _, _, _)| *sequence == chain.sequence).expect("planned");
+            let (_, _, map, _) = files.iter().find(|(key, _, _, _)| key.sequence == chain.sequence).expect("planned");
             segments.push(OfflineSegment { map: Arc::clone(map), records: chain.records });
         }
         Ok(ReadOnlyLog { verification, segments, _lock: lock })

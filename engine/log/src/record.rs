@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  crc                CRC32C of bytes 4..32 of the header, then of the payload
+//!      0     4  crc                CRC32C seeded with the segment's key, of bytes 4..32 of the
+//!                                  header, then of the payload
 //!      4     4  length             payload bytes, without padding
 //!      8     8  index
 //!     16     8  term
 //!     24     1  kind               EntryKind as u8
 //!     25     1  claim_segment_back how many segments before this one the durable frontier lies;
 //!                                  0xFF = no claim
-//!     26     2  reserved           zero
+//!     26     2  tag                the top 16 bits of the salt of the segment's current use
 //!     28     4  claim_offset_units offset of the durable frontier in that segment, in 16-byte units
 //! ```
 //!
@@ -21,11 +22,14 @@
 //! misdirected write) or carries the wrong index is caught by the index check that follows the CRC
 //! check, never accepted as the entry that should be there.
 //!
-//! The CRC is **seeded with the sequence of the segment** the record is written to (its 8 bytes,
-//! little-endian, go into the CRC before the header). A segment file is reused under a new
-//! sequence once a compaction drops it (`segment.rs`), keeping the records of its earlier use:
-//! those fail their CRC under the new sequence, so they never read as records of this one. A
-//! record written to the wrong segment file fails it too.
+//! The CRC is **seeded with the segment's key** ([`SegmentKey`]): its sequence and a random salt
+//! drawn for each use of the file, both in the segment's header. A segment file is reused under a
+//! new sequence once a compaction drops it (`segment.rs`), keeping the bytes of its earlier use:
+//! its records, and client payloads, which anyone may fill with record images. Neither can carry
+//! a CRC under a salt that was drawn after they were written, so they never read as records of
+//! this use (by accident: one chance in 2^48, the tag and then the CRC). The tag is checked
+//! before the CRC, so the bytes of an earlier use cost recovery no CRC over their payloads. A
+//! record written to the wrong segment file fails its CRC too.
 //!
 //! The **durable-frontier claim** is how recovery tells a torn tail from corruption. Every record
 //! states the position (segment, offset) up to which all earlier writes had been fsynced when it
@@ -33,7 +37,7 @@
 //! hole followed by valid records is normal in the unsynced tail. But if any valid record after a
 //! bad position claims a frontier beyond it, the bad bytes had been fsynced: that is corruption.
 
-use smr_raft::{EntryKind, Index, Term};
+use smr_raft::{Entry, EntryKind, Index, Term};
 
 /// Size of a record header in bytes.
 pub(crate) const RECORD_HEADER_BYTES: usize = 32;
@@ -54,12 +58,32 @@ struct RecordHeaderLayout {
     term: u64,
     kind: u8,
     claim_segment_back: u8,
-    reserved: u16,
+    tag: u16,
     claim_offset_units: u32,
 }
 
 const _: () = assert!(size_of::<RecordHeaderLayout>() == RECORD_HEADER_BYTES);
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+
+/// What ties a record to one use of one segment file: the segment's sequence, and the salt drawn
+/// at random when the file was made or reused for it (both in the segment's header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentKey {
+    pub(crate) sequence: u64,
+    pub(crate) salt: u64,
+}
+
+impl SegmentKey {
+    /// The CRC state every record CRC of this segment starts from.
+    fn crc_seed(self) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(&self.sequence.to_le_bytes()), &self.salt.to_le_bytes())
+    }
+
+    /// The `tag` every record header of this segment carries.
+    pub(crate) fn tag(self) -> u16 {
+        (self.salt >> 48) as u16
+    }
+}
 
 /// A position in the global write order: segments are written in sequence order, and inside a
 /// segment at increasing offsets.
@@ -78,7 +102,7 @@ pub(crate) struct RecordHeader {
     pub(crate) term: Term,
     pub(crate) kind: u8,
     pub(crate) claim_segment_back: u8,
-    pub(crate) reserved: u16,
+    pub(crate) tag: u16,
     pub(crate) claim_offset_units: u32,
 }
 
@@ -119,7 +143,7 @@ impl RecordHeader {
             term: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             kind: b[24],
             claim_segment_back: b[25],
-            reserved: u16::from_le_bytes(b[26..28].try_into().expect("2 bytes")),
+            tag: u16::from_le_bytes(b[26..28].try_into().expect("2 bytes")),
             claim_offset_units: u32::from_le_bytes(b[28..32].try_into().expect("4 bytes")),
         }
     }
@@ -137,43 +161,42 @@ impl RecordHeader {
     }
 }
 
-/// Appends one encoded record (header, payload, zero padding) to `out`.
+/// Appends `entry` encoded (header, payload, zero padding) to `out`.
 ///
-/// `own` is the position the record will be written at, `frontier` the durable frontier to claim.
+/// It will be written at `offset` of the segment `key` names; `frontier` is the durable frontier
+/// to claim.
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
-    index: Index,
-    term: Term,
-    kind: EntryKind,
-    payload: &[u8],
-    own: Position,
+    entry: &Entry,
+    key: SegmentKey,
+    offset: u64,
     frontier: Option<Position>,
 ) {
-    debug_assert_eq!(own.offset % RECORD_ALIGN_BYTES as u64, 0);
+    debug_assert_eq!(offset % RECORD_ALIGN_BYTES as u64, 0);
+    let payload = &entry.data[..];
     let length = u32::try_from(payload.len()).expect("payload length checked against entry_bytes_max");
-    let (back, units) = encode_claim(own, frontier);
+    let (back, units) = encode_claim(Position { sequence: key.sequence, offset }, frontier);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&index.to_le_bytes());
-    out.extend_from_slice(&term.to_le_bytes());
-    out.push(kind as u8);
+    out.extend_from_slice(&entry.index.to_le_bytes());
+    out.extend_from_slice(&entry.term.to_le_bytes());
+    out.push(entry.kind as u8);
     out.push(back);
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&key.tag().to_le_bytes());
     out.extend_from_slice(&units.to_le_bytes());
     out.extend_from_slice(payload);
     let padding = payload.len().next_multiple_of(RECORD_ALIGN_BYTES) - payload.len();
     out.extend_from_slice(&[0u8; RECORD_ALIGN_BYTES][..padding]);
-    let crc = record_crc(own.sequence, &out[start + 4..start + RECORD_HEADER_BYTES], payload);
+    let crc = record_crc(key, &out[start + 4..start + RECORD_HEADER_BYTES], payload);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// CRC32C of the segment's sequence, then of the header after its CRC field, then of the
-/// payload (padding excluded).
+/// CRC32C from the segment key's seed, of the header after its CRC field, then of the payload
+/// (padding excluded).
 #[inline]
-pub(crate) fn record_crc(sequence: u64, header_tail: &[u8], payload: &[u8]) -> u32 {
-    let seed = crc32c::crc32c(&sequence.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c_append(seed, header_tail), payload)
+fn record_crc(key: SegmentKey, header_tail: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(key.crc_seed(), header_tail), payload)
 }
 
 /// Why the bytes at a position are not a valid record.
@@ -183,7 +206,7 @@ pub(crate) enum RecordFault {
     Zero,
     /// The header does not fit before the end of the segment.
     NoRoom,
-    /// A length, kind or reserved field that no writer produces.
+    /// A length or kind that no writer produces, or another segment use's tag.
     Implausible,
     /// The CRC does not match (a torn or corrupt record, or one of the segment file's earlier
     /// use).
@@ -209,12 +232,12 @@ impl ValidRecord {
     }
 }
 
-/// Checks the record at `offset` of `segment` (the whole segment's bytes; `sequence` is the
-/// segment's). Lengths are checked against `entry_bytes_max` and the segment's end before anything
-/// is read past the header.
+/// Checks the record at `offset` of `segment` (the whole segment's bytes; `key` is the
+/// segment's). Lengths are checked against `entry_bytes_max` and the segment's end, and the tag
+/// against the key, before anything is read past the header.
 pub(crate) fn check_record(
     segment: &[u8],
-    sequence: u64,
+    key: SegmentKey,
     offset: u64,
     entry_bytes_max: u64,
 ) -> Result<ValidRecord, RecordFault> {
@@ -229,7 +252,7 @@ pub(crate) fn check_record(
     let Ok(kind) = EntryKind::from_u8(header.kind) else {
         return Err(RecordFault::Implausible);
     };
-    if header.reserved != 0 || header.index == 0 || u64::from(header.length) > entry_bytes_max {
+    if header.tag != key.tag() || header.index == 0 || u64::from(header.length) > entry_bytes_max {
         return Err(RecordFault::Implausible);
     }
     let total = record_bytes(header.length as usize);
@@ -237,7 +260,7 @@ pub(crate) fn check_record(
         return Err(RecordFault::Implausible);
     };
     let payload = &record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.length as usize];
-    if record_crc(sequence, &header_bytes[4..], payload) != header.crc {
+    if record_crc(key, &header_bytes[4..], payload) != header.crc {
         return Err(RecordFault::Crc);
     }
     Ok(ValidRecord { header, kind, offset, end: offset + total as u64 })
@@ -247,10 +270,12 @@ pub(crate) fn check_record(
 mod tests {
     use super::*;
 
+    const KEY: SegmentKey = SegmentKey { sequence: 3, salt: 0x1234_5678_9abc_def0 };
+
     fn one(payload: &[u8], index: Index) -> Vec<u8> {
         let mut out = Vec::new();
-        let own = Position { sequence: 3, offset: 4096 };
-        encode_record(&mut out, index, 7, EntryKind::Normal, payload, own, Some(Position { sequence: 2, offset: 96 }));
+        let entry = Entry { index, term: 7, kind: EntryKind::Normal, data: bytes::Bytes::copy_from_slice(payload) };
+        encode_record(&mut out, &entry, KEY, 4096, Some(Position { sequence: 2, offset: 96 }));
         out
     }
 
@@ -261,7 +286,7 @@ mod tests {
             let bytes = one(&payload, 9);
             assert_eq!(bytes.len(), record_bytes(len));
             assert_eq!(bytes.len() % RECORD_ALIGN_BYTES, 0);
-            let record = check_record(&bytes, 3, 0, 1 << 20).expect("valid");
+            let record = check_record(&bytes, KEY, 0, 1 << 20).expect("valid");
             assert_eq!(record.header.index, 9);
             assert_eq!(record.header.term, 7);
             assert_eq!(&bytes[record.payload_range()], &payload[..]);
@@ -271,36 +296,42 @@ mod tests {
     }
 
     #[test]
-    fn crc_covers_index_term_kind_and_length() {
+    fn crc_and_tag_cover_index_term_kind_and_length() {
         let bytes = one(b"hello", 9);
-        for (at, flip) in [(4usize, 1u8), (8, 1), (16, 1), (24, 1), (25, 1), (28, 1), (32, 1)] {
+        for (at, flip) in [(4usize, 1u8), (8, 1), (16, 1), (24, 1), (25, 1), (26, 1), (28, 1), (32, 1)] {
             let mut bad = bytes.clone();
             bad[at] ^= flip;
-            assert!(check_record(&bad, 3, 0, 1 << 20).is_err(), "a flip at byte {at} must be caught");
+            assert!(check_record(&bad, KEY, 0, 1 << 20).is_err(), "a flip at byte {at} must be caught");
         }
     }
 
     #[test]
-    fn a_record_fails_its_crc_in_any_other_segment() {
-        // Written to segment 3: the same bytes read in segment 4 (the file reused under a new
-        // sequence) or 2 (a misdirected write) are not a record.
+    fn a_record_is_no_record_in_any_other_segment_or_use_of_its_file() {
+        // Written to segment 3 in the use KEY: read in segment 4 (the file reused under a new
+        // sequence) or 2 (a misdirected write), or in segment 3 with another salt, it is not a
+        // record. A salt with other top bits fails the tag, before any CRC is computed.
         let bytes = one(b"hello", 9);
-        assert!(check_record(&bytes, 3, 0, 1 << 20).is_ok());
-        for other in [2, 4, 3 + (1 << 32)] {
-            assert_eq!(check_record(&bytes, other, 0, 1 << 20), Err(RecordFault::Crc), "sequence {other}");
+        assert!(check_record(&bytes, KEY, 0, 1 << 20).is_ok());
+        for sequence in [2, 4, 3 + (1 << 32)] {
+            let other = SegmentKey { sequence, ..KEY };
+            assert_eq!(check_record(&bytes, other, 0, 1 << 20), Err(RecordFault::Crc), "sequence {sequence}");
         }
+        let low_bits = SegmentKey { salt: KEY.salt ^ 1, ..KEY };
+        assert_eq!(check_record(&bytes, low_bits, 0, 1 << 20), Err(RecordFault::Crc));
+        let top_bits = SegmentKey { salt: KEY.salt ^ (1 << 63), ..KEY };
+        assert_eq!(check_record(&bytes, top_bits, 0, 1 << 20), Err(RecordFault::Implausible));
     }
 
     #[test]
     fn oversized_length_is_refused_before_reading_the_payload() {
         let mut bytes = one(b"hello", 9);
         bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(check_record(&bytes, 3, 0, 1 << 20), Err(RecordFault::Implausible));
+        assert_eq!(check_record(&bytes, KEY, 0, 1 << 20), Err(RecordFault::Implausible));
     }
 
     #[test]
     fn zero_header_reads_as_unwritten() {
-        assert_eq!(check_record(&[0u8; 64], 3, 0, 1024), Err(RecordFault::Zero));
-        assert_eq!(check_record(&[0u8; 16], 3, 0, 1024), Err(RecordFault::NoRoom));
+        assert_eq!(check_record(&[0u8; 64], KEY, 0, 1024), Err(RecordFault::Zero));
+        assert_eq!(check_record(&[0u8; 16], KEY, 0, 1024), Err(RecordFault::NoRoom));
     }
 }

@@ -36,7 +36,8 @@
 //! # Reused segments
 //!
 //! A reused segment ([`Fill::Recycled`]) holds its earlier use's bytes where nothing has been
-//! written since, not zeroes, and a record of that use fails its CRC under the new sequence. So
+//! written since, not zeroes, and nothing written there before this use's salt was drawn reads
+//! as a record of this use (`record.rs`). So
 //! in such a segment a record that fails its checks is where its chain stops cleanly: the bytes
 //! may be the earlier use's or a torn write of this one, and either way nothing written in this
 //! use lies there. What tells a torn tail (or corruption) from a clean end is then whether any
@@ -50,7 +51,7 @@ use std::path::{Path, PathBuf};
 use smr_raft::{Index, Term};
 
 use crate::error::LogError;
-use crate::record::{Position, RECORD_ALIGN_BYTES, RecordFault, ValidRecord, check_record};
+use crate::record::{Position, RECORD_ALIGN_BYTES, RecordFault, SegmentKey, ValidRecord, check_record};
 use crate::segment::{Fill, SEGMENT_HEADER_BYTES};
 use crate::state::DurableState;
 
@@ -58,6 +59,8 @@ use crate::state::DurableState;
 #[derive(Debug)]
 pub(crate) struct SegmentImage<'a> {
     pub(crate) sequence: u64,
+    /// The salt of the segment's current use (its header's).
+    pub(crate) salt: u64,
     pub(crate) path: &'a Path,
     pub(crate) bytes: &'a [u8],
     pub(crate) fill: Fill,
@@ -81,11 +84,11 @@ struct SegmentScan {
 }
 
 fn scan_segment(segment: &SegmentImage<'_>, entry_bytes_max: u64) -> SegmentScan {
-    let (bytes, sequence) = (segment.bytes, segment.sequence);
+    let (bytes, key) = (segment.bytes, SegmentKey { sequence: segment.sequence, salt: segment.salt });
     let mut chain: Vec<ValidRecord> = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let stop_clean = loop {
-        match check_record(bytes, sequence, offset, entry_bytes_max) {
+        match check_record(bytes, key, offset, entry_bytes_max) {
             Ok(record) => {
                 let continues = chain.last().is_none_or(|last| {
                     record.header.index == last.header.index + 1 && record.header.term >= last.header.term
@@ -111,7 +114,7 @@ fn scan_segment(segment: &SegmentImage<'_>, entry_bytes_max: u64) -> SegmentScan
         if segment.fill == Fill::Zeros {
             nonzero_end = block + RECORD_ALIGN_BYTES as u64;
         }
-        if let Ok(record) = check_record(bytes, sequence, block, entry_bytes_max) {
+        if let Ok(record) = check_record(bytes, key, block, entry_bytes_max) {
             nonzero_end = record.end;
             orphans.push(record);
             at = record.end;

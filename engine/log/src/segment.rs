@@ -14,8 +14,10 @@
 //! fsynced, renamed and the directory fsynced, as a new one. Its blocks are written already, so
 //! appends stay free of metadata, and the 64 MiB of zeroes (half the bytes the disk writes at
 //! full load, and 4-8 % of the machine's CPU) are never written. What follows the last record is
-//! then the earlier use's bytes, not zeroes: their records fail their CRC under the new sequence
-//! (`record.rs`), and recovery reads such a segment accordingly (`recovery.rs`).
+//! then the earlier use's bytes, not zeroes. Every use of a file gets a new random **salt** in
+//! its header, which seeds its records' CRCs and tags them (`record.rs`): nothing written before
+//! the salt was drawn, records or client payloads, reads as a record of this use, and recovery
+//! reads such a segment accordingly (`recovery.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -28,12 +30,13 @@ use memmap2::Mmap;
 use crate::background::write_zeros_paced;
 use crate::config::LogConfig;
 use crate::error::LogError;
+use crate::record::SegmentKey;
 
 /// Bytes reserved for the segment header at the start of every segment.
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 4096;
 const SEGMENT_MAGIC: [u8; 8] = *b"SMRLOGSG";
-/// Version of the segment and record format. Bump on any layout change. 2: record CRCs seeded
-/// with the segment's sequence, and the header's `flags`.
+/// Version of the segment and record format. Bump on any layout change. 2: the header's `flags`
+/// and `salt`, record CRCs seeded with the segment's sequence and salt, and records' `tag`.
 pub(crate) const FORMAT_VERSION: u32 = 2;
 const SEGMENT_SUFFIX: &str = ".seg";
 const TEMP_SUFFIX: &str = ".seg.tmp";
@@ -52,8 +55,9 @@ struct SegmentHeaderLayout {
     sequence: u64,
     segment_bytes: u64,
     flags: u64,
+    salt: u64,
 }
-const SEGMENT_HEADER_USED_BYTES: usize = 64;
+const SEGMENT_HEADER_USED_BYTES: usize = 72;
 const _: () = assert!(size_of::<SegmentHeaderLayout>() == SEGMENT_HEADER_USED_BYTES);
 /// Bit of `flags`: the file is a reused segment ([`Fill::Recycled`]).
 const FLAG_RECYCLED: u64 = 1;
@@ -76,8 +80,9 @@ pub(crate) fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(segment_file_name(sequence))
 }
 
-/// The header bytes of segment `sequence` (the full 4096-byte block).
-pub(crate) fn encode_header(config: &LogConfig, sequence: u64, fill: Fill) -> Vec<u8> {
+/// The header bytes of the segment `key` names (the full 4096-byte block).
+pub(crate) fn encode_header(config: &LogConfig, key: SegmentKey, fill: Fill) -> Vec<u8> {
+    let sequence = key.sequence;
     let mut block = vec![0u8; SEGMENT_HEADER_BYTES as usize];
     block[0..8].copy_from_slice(&SEGMENT_MAGIC);
     block[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -91,6 +96,7 @@ pub(crate) fn encode_header(config: &LogConfig, sequence: u64, fill: Fill) -> Ve
         Fill::Recycled => FLAG_RECYCLED,
     };
     block[56..64].copy_from_slice(&flags.to_le_bytes());
+    block[64..72].copy_from_slice(&key.salt.to_le_bytes());
     let crc = header_crc(&block);
     block[12..16].copy_from_slice(&crc.to_le_bytes());
     block
@@ -104,13 +110,26 @@ fn read_u64(block: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(block[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Checks a segment's header against the config and the sequence its name claims; returns what
-/// the segment holds past its records.
+/// Why a segment of another format version is refused.
+fn version_refused(version: u32) -> String {
+    format!(
+        "segment format version {version}, this build reads only {FORMAT_VERSION}: the log was written by another \
+         smr version (there is no in-place upgrade; start this node empty and let it catch up from the others)"
+    )
+}
+
+/// Checks a segment's header against the config and the sequence its name claims; returns its
+/// key and what it holds past its records.
 ///
 /// # Errors
 /// [`LogError::Foreign`] for a segment of another cluster, node or group (refused by name);
 /// [`LogError::Corruption`] for a bad magic, version, CRC, size, sequence or flags.
-pub(crate) fn check_header(path: &Path, bytes: &[u8], config: &LogConfig, sequence: u64) -> Result<Fill, LogError> {
+pub(crate) fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    config: &LogConfig,
+    sequence: u64,
+) -> Result<(SegmentKey, Fill), LogError> {
     let corrupt = |detail: String| LogError::Corruption { path: path.to_path_buf(), offset: 0, index: 0, detail };
     if (bytes.len() as u64) < SEGMENT_HEADER_BYTES {
         return Err(corrupt(format!("segment is {} bytes, shorter than its header", bytes.len())));
@@ -125,7 +144,7 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], config: &LogConfig, sequen
     }
     let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(corrupt(format!("segment format version {version}, this build reads {FORMAT_VERSION}")));
+        return Err(corrupt(version_refused(version)));
     }
     let (cluster_id, node_id, group_id) = (read_u64(block, 16), read_u64(block, 24), read_u64(block, 32));
     if (cluster_id, node_id, group_id) != (config.cluster_id, config.node_id, config.group_id) {
@@ -150,11 +169,12 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8], config: &LogConfig, sequen
             bytes.len()
         )));
     }
-    match read_u64(block, 56) {
-        0 => Ok(Fill::Zeros),
-        FLAG_RECYCLED => Ok(Fill::Recycled),
-        flags => Err(corrupt(format!("unknown header flags {flags:#x}"))),
-    }
+    let fill = match read_u64(block, 56) {
+        0 => Fill::Zeros,
+        FLAG_RECYCLED => Fill::Recycled,
+        flags => return Err(corrupt(format!("unknown header flags {flags:#x}"))),
+    };
+    Ok((SegmentKey { sequence, salt: read_u64(block, 64) }, fill))
 }
 
 /// The `segment_bytes` recorded in the header of the segment at `path`, after checking the
@@ -181,7 +201,7 @@ pub(crate) fn recorded_segment_bytes(path: &Path) -> Result<u64, LogError> {
     }
     let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(corrupt(format!("segment format version {version}, this build reads {FORMAT_VERSION}")));
+        return Err(corrupt(version_refused(version)));
     }
     Ok(read_u64(&block, 48))
 }
@@ -191,7 +211,11 @@ pub(crate) fn recorded_segment_bytes(path: &Path) -> Result<u64, LogError> {
 ///
 /// # Errors
 /// As [`SegmentFile::open`].
-pub(crate) fn map_read_only(path: &Path, sequence: u64, config: &LogConfig) -> Result<(Arc<Mmap>, Fill), LogError> {
+pub(crate) fn map_read_only(
+    path: &Path,
+    sequence: u64,
+    config: &LogConfig,
+) -> Result<(Arc<Mmap>, SegmentKey, Fill), LogError> {
     let file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
     let length = file.metadata().map_err(|e| LogError::io("stat", path, e))?.len();
     if length != config.segment_bytes {
@@ -206,8 +230,8 @@ pub(crate) fn map_read_only(path: &Path, sequence: u64, config: &LogConfig) -> R
     // which excludes the log writer (the only process that writes segment files), and the log
     // never shrinks a segment file, so the bytes neither change nor disappear under the mapping.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("mmap", path, e))?;
-    let fill = check_header(path, &map, config, sequence)?;
-    Ok((Arc::new(map), fill))
+    let (key, fill) = check_header(path, &map, config, sequence)?;
+    Ok((Arc::new(map), key, fill))
 }
 
 /// Deletes the `.tmp` files of interrupted preallocations: never renamed, so they never held a
@@ -271,7 +295,8 @@ fn fill_segment(temp: &Path, config: &LogConfig, sequence: u64) -> Result<(), Lo
         .truncate(true)
         .open(temp)
         .map_err(|e| LogError::io("create", temp, e))?;
-    file.write_all(&encode_header(config, sequence, Fill::Zeros)).map_err(|e| LogError::io("write", temp, e))?;
+    let key = SegmentKey { sequence, salt: fresh_salt()? };
+    file.write_all(&encode_header(config, key, Fill::Zeros)).map_err(|e| LogError::io("write", temp, e))?;
     // Paced: the log's group commits on the same disk must not wait behind 64 MiB of zeroes.
     write_zeros_paced(&mut file, SEGMENT_HEADER_BYTES, config.segment_bytes - SEGMENT_HEADER_BYTES)
         .map_err(|e| LogError::io("write", temp, e))?;
@@ -299,7 +324,8 @@ pub(crate) fn recycle_segment(dir: &Path, config: &LogConfig, sequence: u64, old
     fs::rename(old, &temp).map_err(|e| LogError::io("rename", &temp, e))?;
     let rewrite = || -> Result<(), LogError> {
         let file = OpenOptions::new().write(true).open(&temp).map_err(|e| LogError::io("open", &temp, e))?;
-        file.write_all_at(&encode_header(config, sequence, Fill::Recycled), 0)
+        let key = SegmentKey { sequence, salt: fresh_salt()? };
+        file.write_all_at(&encode_header(config, key, Fill::Recycled), 0)
             .map_err(|e| LogError::io("write", &temp, e))?;
         file.sync_data().map_err(|e| sync_error(&temp, e))
     };
@@ -310,6 +336,23 @@ pub(crate) fn recycle_segment(dir: &Path, config: &LogConfig, sequence: u64, old
     fs::rename(&temp, &path).map_err(|e| LogError::io("rename", &path, e))?;
     sync_dir(dir)?;
     Ok(path)
+}
+
+/// A new random salt for a segment's use: unknown to anyone who wrote to the file before.
+fn fresh_salt() -> Result<u64, LogError> {
+    let mut salt = [0u8; 8];
+    loop {
+        // SAFETY: `salt` is a valid, writable buffer of the length passed.
+        let got = unsafe { libc::getrandom(salt.as_mut_ptr().cast(), salt.len(), 0) };
+        if got == salt.len() as isize {
+            return Ok(u64::from_le_bytes(salt));
+        }
+        let error = std::io::Error::last_os_error();
+        if got < 0 && error.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(LogError::io("getrandom", Path::new("segment salt"), error));
+    }
 }
 
 /// Maps an fsync error: ENOSPC stays a refusal (some file systems report it at sync time for
@@ -334,6 +377,7 @@ pub(crate) struct SegmentFile {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     pub(crate) map: Arc<Mmap>,
+    pub(crate) key: SegmentKey,
     pub(crate) fill: Fill,
 }
 
@@ -357,8 +401,8 @@ impl SegmentFile {
         // recovery zeroes only bytes past the recovered end before any reader exists). The file
         // is never shrunk while mapped, so no access can fault with SIGBUS.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("mmap", path, e))?;
-        let fill = check_header(path, &map, config, sequence)?;
-        Ok(SegmentFile { sequence, path: path.to_path_buf(), file, map: Arc::new(map), fill })
+        let (key, fill) = check_header(path, &map, config, sequence)?;
+        Ok(SegmentFile { sequence, path: path.to_path_buf(), file, map: Arc::new(map), key, fill })
     }
 
     /// Writes `bytes` at `offset` synchronously (used off the hot path: recovery's zeroing).
@@ -412,12 +456,14 @@ mod tests {
         let old = create_segment(dir.path(), &config(), 1).expect("create");
         File::options().write(true).open(&old).expect("open").write_all_at(b"records", 4096).expect("write");
         let inode = fs::metadata(&old).expect("stat").ino();
+        let old_salt = SegmentFile::open(&old, 1, &config()).expect("open").key.salt;
         let path = recycle_segment(dir.path(), &config(), 9, &old).expect("reuse");
         assert!(!old.exists());
         assert_eq!(path, segment_path(dir.path(), 9));
         assert_eq!(fs::metadata(&path).expect("stat").ino(), inode, "the same file, renamed");
         let segment = SegmentFile::open(&path, 9, &config()).expect("open");
         assert_eq!(segment.fill, Fill::Recycled);
+        assert_ne!(segment.key.salt, old_salt, "a new use draws a new salt");
         assert_eq!(&segment.map[4096..4103], b"records", "the earlier use's bytes stay");
         let fresh = create_segment(dir.path(), &config(), 10).expect("create");
         assert_eq!(SegmentFile::open(&fresh, 10, &config()).expect("open").fill, Fill::Zeros);
@@ -432,7 +478,7 @@ mod tests {
     fn unknown_header_flags_are_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = create_segment(dir.path(), &config(), 1).expect("create");
-        let mut block = encode_header(&config(), 1, Fill::Zeros);
+        let mut block = encode_header(&config(), SegmentKey { sequence: 1, salt: 5 }, Fill::Zeros);
         block[56] = 2;
         let crc = header_crc(&block);
         block[12..16].copy_from_slice(&crc.to_le_bytes());

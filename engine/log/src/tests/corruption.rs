@@ -46,7 +46,13 @@ fn build(dir: &Path) -> Vec<(u64, Index, u64)> {
         found.iter().map(|(s, p)| SegmentFile::open(p, *s, &config()).expect("open")).collect();
     let images: Vec<SegmentImage<'_>> = files
         .iter()
-        .map(|f| SegmentImage { sequence: f.sequence, path: &f.path, bytes: &f.map[..], fill: f.fill })
+        .map(|f| SegmentImage {
+            sequence: f.sequence,
+            salt: f.key.salt,
+            path: &f.path,
+            bytes: &f.map[..],
+            fill: f.fill,
+        })
         .collect();
     let state = StateFile::open(dir, &config()).expect("state").expect("exists").current();
     let plan = recover(&state, &images, config().entry_bytes_max).expect("healthy log recovers");

@@ -11,9 +11,9 @@ use smr_raft::{Entry, HardState, Index, Term};
 
 use super::trace::{FileId, TraceOp};
 use super::{entry, small_config};
-use crate::record::{Position, encode_record};
+use crate::record::{Position, RECORD_HEADER_BYTES, SegmentKey, encode_record};
 use crate::recovery::{RecoveryPlan, SegmentImage, recover};
-use crate::segment::{Fill, SEGMENT_HEADER_BYTES, check_header, encode_header};
+use crate::segment::{Fill, SEGMENT_HEADER_BYTES, SegmentFile, check_header, encode_header, list_segments};
 use crate::state::{STATE_FILE_NAME, read_state_image};
 use crate::{IoMode, Log, LogConfig};
 
@@ -64,6 +64,8 @@ pub(crate) struct Recorded {
     /// The log's entries before and after the truncation.
     pub(crate) timeline_before: BTreeMap<Index, Term>,
     pub(crate) timeline_after: BTreeMap<Index, Term>,
+    /// The key (sequence and salt) of every segment the workload's log made.
+    pub(crate) keys: BTreeMap<u64, SegmentKey>,
 }
 
 /// Runs a seeded workload of `steps` submits; with `truncate`, one submit in the middle replaces
@@ -127,7 +129,13 @@ pub(crate) fn record_workload(dir: &Path, config: &LogConfig, seed: u64, steps: 
     }
     log.sync_all().expect("sync");
     let trace = log.seams.trace.take().expect("tracing");
-    Recorded { trace, state_initial, hard_states, truncation_at, timeline_before, timeline_after: timeline }
+    drop(log);
+    let keys = list_segments(dir)
+        .expect("list")
+        .into_iter()
+        .map(|(sequence, path)| (sequence, SegmentFile::open(&path, sequence, config).expect("segment").key))
+        .collect();
+    Recorded { trace, state_initial, hard_states, truncation_at, timeline_before, timeline_after: timeline, keys }
 }
 
 /// For each write of the trace: whether a sync completed at or before `crash` covers it.
@@ -178,10 +186,11 @@ fn base_image(recorded: &Recorded, config: &LogConfig, fill: Fill) -> Image {
     for op in &recorded.trace {
         if let TraceOp::Write { file: FileId::Segment(sequence), .. } = op {
             segments.entry(*sequence).or_insert_with(|| {
-                let mut bytes = encode_header(config, *sequence, fill);
+                let key = recorded.keys[sequence];
+                let mut bytes = encode_header(config, key, fill);
                 bytes.resize(config.segment_bytes as usize, 0);
                 if fill == Fill::Recycled {
-                    earlier_use(&mut bytes, *sequence + 1000);
+                    earlier_use(&mut bytes, key);
                 }
                 bytes
             });
@@ -190,19 +199,30 @@ fn base_image(recorded: &Recorded, config: &LogConfig, fill: Fill) -> Image {
     Image { state: recorded.state_initial.clone(), segments }
 }
 
-/// Fills a segment's record area with the records an earlier use (as segment `sequence`) wrote:
-/// the same entries this workload writes, from index 1, so that their indexes, terms, payloads
-/// and often their offsets are those the recovery walk expects; only their CRC's sequence
-/// differs. The last stops at a random point, cut short, as a use ends part way.
-fn earlier_use(bytes: &mut [u8], sequence: u64) {
+/// Fills the record area of the segment `current` names with what an earlier use of its file
+/// wrote: the same entries this workload writes, from index 1, so that their indexes, terms,
+/// payloads and often their offsets are those the recovery walk expects, under another sequence
+/// and salt. Every third one's payload is a client's forgery instead: the image of a record of
+/// `current`'s sequence, of an index the workload writes, claiming itself durable, under a
+/// guessed salt. The last record is cut short by the end of the segment.
+fn earlier_use(bytes: &mut [u8], current: SegmentKey) {
+    let earlier = SegmentKey { sequence: current.sequence + 1000, salt: current.salt.rotate_left(17) ^ 0x5a5a };
     let mut at = SEGMENT_HEADER_BYTES as usize;
     let mut record = Vec::new();
     for index in 1.. {
         let term = 1 + index / 7;
-        let entry = entry_for(index, term);
+        let mut entry = entry_for(index, term);
+        if index % 3 == 0 {
+            let forged_at = (at + RECORD_HEADER_BYTES + 16) as u64;
+            let guess = SegmentKey { sequence: current.sequence, salt: earlier.salt };
+            let mut forgery = vec![0xEE; 16];
+            let claim = Position { sequence: current.sequence, offset: forged_at };
+            encode_record(&mut forgery, &entry_for(index / 3, term), guess, forged_at, Some(claim));
+            entry.data = forgery.into();
+        }
         record.clear();
-        let own = Position { sequence, offset: at as u64 };
-        encode_record(&mut record, index, term, entry.kind, &entry.data, own, Some(own));
+        let own = Position { sequence: earlier.sequence, offset: at as u64 };
+        encode_record(&mut record, &entry, earlier, at as u64, Some(own));
         let end = (at + record.len()).min(bytes.len());
         bytes[at..end].copy_from_slice(&record[..end - at]);
         at = end;
@@ -281,8 +301,9 @@ fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &
         .iter()
         .zip(&paths)
         .map(|((sequence, bytes), path)| {
-            let fill = check_header(Path::new(path), bytes, config, *sequence).expect("headers are durable before use");
-            SegmentImage { sequence: *sequence, path: Path::new(path), bytes, fill }
+            let (key, fill) =
+                check_header(Path::new(path), bytes, config, *sequence).expect("headers are durable before use");
+            SegmentImage { sequence: *sequence, salt: key.salt, path: Path::new(path), bytes, fill }
         })
         .collect();
     let plan = match recover(&state, &images, config.entry_bytes_max) {
@@ -305,8 +326,8 @@ fn check_image(image: &Image, config: &LogConfig, recorded: &Recorded, expect: &
         for &(index, term, offset) in &chain.records {
             assert_eq!(index, next, "{what}: recovered indexes are consecutive");
             next += 1;
-            let record =
-                crate::record::check_record(bytes, chain.sequence, offset, config.entry_bytes_max).expect("valid");
+            let key = recorded.keys[&chain.sequence];
+            let record = crate::record::check_record(bytes, key, offset, config.entry_bytes_max).expect("valid");
             let want = entry_for(index, term);
             assert_eq!(&bytes[record.payload_range()], &want.data[..], "{what}: payload of {index}");
             if index <= expect.acked_index {

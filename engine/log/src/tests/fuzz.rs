@@ -4,14 +4,19 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use smr_raft::EntryKind;
+use smr_raft::{Entry, EntryKind};
 
 use crate::IoMode;
-use crate::record::{Position, check_record, encode_record, record_bytes};
+use crate::record::{Position, SegmentKey, check_record, encode_record, record_bytes};
 use crate::recovery::{SegmentImage, recover};
 use crate::segment::{Fill, SEGMENT_HEADER_BYTES, encode_header};
 use crate::state::DurableState;
 use crate::tests::crash::crash_config;
+
+/// The key of segment `sequence` in these tests.
+fn key(sequence: u64) -> SegmentKey {
+    SegmentKey { sequence, salt: 0x0123_4567_89ab_cdef ^ sequence.rotate_right(7) }
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -19,17 +24,17 @@ proptest! {
     #[test]
     fn records_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..600), index in 1u64..u64::MAX, term in any::<u64>()) {
         let mut out = Vec::new();
-        let own = Position { sequence: 9, offset: 4096 };
-        encode_record(&mut out, index, term, EntryKind::ConfChange, &payload, own, Some(Position { sequence: 9, offset: 4096 }));
+        let entry = Entry { index, term, kind: EntryKind::ConfChange, data: payload.clone().into() };
+        encode_record(&mut out, &entry, key(9), 4096, Some(Position { sequence: 9, offset: 4096 }));
         prop_assert_eq!(out.len(), record_bytes(payload.len()));
-        let record = check_record(&out, 9, 0, 1024).expect("valid");
+        let record = check_record(&out, key(9), 0, 1024).expect("valid");
         prop_assert_eq!((record.header.index, record.header.term, record.kind), (index, term, EntryKind::ConfChange));
         prop_assert_eq!(&out[record.payload_range()], &payload[..]);
     }
 
     #[test]
     fn garbage_records_are_rejected_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200), at in 0u64..256) {
-        let _ = check_record(&bytes, 9, at, 1024);
+        let _ = check_record(&bytes, key(9), at, 1024);
     }
 
     /// Segments (zero-filled or reused) of random bytes, random zero runs, real records and
@@ -46,7 +51,7 @@ proptest! {
         let mut index = 1;
         for (s, &reused) in reused.iter().enumerate().take(segments) {
             let fill = if reused { Fill::Recycled } else { Fill::Zeros };
-            let mut bytes = encode_header(&config, s as u64 + 1, fill);
+            let mut bytes = encode_header(&config, key(s as u64 + 1), fill);
             bytes.resize(config.segment_bytes as usize, 0);
             let mut at = SEGMENT_HEADER_BYTES as usize;
             for &(kind, seed, len) in &chunks {
@@ -61,13 +66,14 @@ proptest! {
                     }
                     _ => {
                         // A real record, continuing or not; or (kind 4) one of the file's
-                        // earlier use, as segment 100 + s.
+                        // earlier use under the same sequence, or a forgery of one: another salt.
                         let mut record = Vec::new();
-                        let sequence = if kind == 4 { 100 + s as u64 } else { s as u64 + 1 };
-                        let own = Position { sequence, offset: at as u64 };
+                        let sequence = s as u64 + 1;
+                        let segment = if kind == 4 { SegmentKey { sequence, salt: next() } } else { key(sequence) };
                         let claim = Position { sequence, offset: (next() % (at as u64 + 1)) & !15 };
                         let payload: Vec<u8> = (0..len % 300).map(|_| next() as u8).collect();
-                        encode_record(&mut record, index, 1, EntryKind::Normal, &payload, own, Some(claim));
+                        let entry = Entry { index, term: 1, kind: EntryKind::Normal, data: payload.into() };
+                        encode_record(&mut record, &entry, segment, at as u64, Some(claim));
                         index += 1 + next() % 2;
                         if at + record.len() <= bytes.len() { bytes[at..at + record.len()].copy_from_slice(&record); }
                         at += record.len();
@@ -84,7 +90,8 @@ proptest! {
             .enumerate()
             .map(|(i, (bytes, path))| {
                 let fill = if reused[i] { Fill::Recycled } else { Fill::Zeros };
-                SegmentImage { sequence: i as u64 + 1, path: Path::new(path), bytes, fill }
+                let key = key(i as u64 + 1);
+                SegmentImage { sequence: key.sequence, salt: key.salt, path: Path::new(path), bytes, fill }
             })
             .collect();
         let state = DurableState { segment_sequence_min: 1, ..DurableState::default() };
@@ -95,7 +102,7 @@ proptest! {
                 for &(index, _, offset) in &chain.records {
                     prop_assert_eq!(index, expected);
                     expected += 1;
-                    prop_assert!(check_record(bytes, chain.sequence, offset, config.entry_bytes_max).is_ok());
+                    prop_assert!(check_record(bytes, key(chain.sequence), offset, config.entry_bytes_max).is_ok());
                 }
             }
             prop_assert_eq!(plan.last_index, expected - 1);

@@ -62,3 +62,55 @@ fn snapshot_install_interrupted_before_segment_deletion_never_resurrects_the_old
     log.sync_all().expect("sync");
     assert_holds(&log, &[entry(41, 3, 10)]);
 }
+
+/// A crash part way through reusing a compacted segment (`segment::recycle_segment`: rename to
+/// the new `.tmp`, rewrite and sync the header, rename to the final name, sync the directory)
+/// leaves one of three states, whichever of its steps reached the disk. Open must take each in
+/// its stride: the `.tmp` and a file under its old name (below the log's base) are deleted, and
+/// a final-named one is a spare that appends go into.
+#[test]
+fn a_crash_part_way_through_reusing_a_segment_is_harmless() {
+    use std::os::unix::fs::FileExt;
+
+    use crate::record::SegmentKey;
+    use crate::segment::{Fill, encode_header, segment_file_name};
+
+    let config = small_config(IoMode::Auto);
+    let entries: Vec<_> = (1..=300).map(|i| entry(i, 1, 2000)).collect();
+    for state in ["tmp", "old name", "final name"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = Log::open(dir.path(), config.clone()).expect("open");
+            for (token, chunk) in entries[..200].chunks(50).enumerate() {
+                log.submit(token as u64 + 1, chunk, None).expect("submit");
+            }
+            log.sync_all().expect("sync");
+            copy_segments(dir.path(), backup.path());
+            log.compact(150).expect("compact");
+        }
+        // The compacted segment 1, part way to becoming the segment after the last one.
+        let next = list_segments(dir.path()).expect("list").last().expect("segments").0 + 1;
+        let (_, old) = list_segments(backup.path()).expect("list").into_iter().next().expect("segment 1");
+        let header = encode_header(&config, SegmentKey { sequence: next, salt: 77 }, Fill::Recycled);
+        let target = match state {
+            "tmp" => dir.path().join(format!("{next:020}.seg.tmp")),
+            "old name" => dir.path().join(old.file_name().expect("name")),
+            _ => dir.path().join(segment_file_name(next)),
+        };
+        std::fs::copy(&old, &target).expect("copy");
+        std::fs::File::options().write(true).open(&target).expect("open").write_all_at(&header, 0).expect("write");
+
+        let (mut log, recovered) = Log::open(dir.path(), config.clone()).unwrap_or_else(|e| panic!("{state}: {e}"));
+        assert_eq!((recovered.first_index, recovered.last_index, recovered.torn_tail), (151, 200, None), "{state}");
+        assert_eq!(target.exists(), state == "final name", "{state}: only a final-named segment is kept");
+        for (token, chunk) in entries[200..].chunks(50).enumerate() {
+            log.submit(token as u64 + 10, chunk, None).expect("submit");
+        }
+        log.sync_all().expect("sync");
+        drop(log);
+        let (log, reopened) = Log::open(dir.path(), config.clone()).expect("reopen");
+        assert_eq!((reopened.first_index, reopened.last_index, reopened.torn_tail), (151, 300, None), "{state}");
+        assert_holds(&log, &entries[150..]);
+    }
+}

@@ -225,17 +225,42 @@ fn power_loss_in_reused_segments_never_loses_what_was_reported_durable() {
                 old_bytes_restored |= journal.lines().any(|line| line.contains(" was=") && !line.ends_with(" was=-"));
                 let report = setup.power_loss(how, seed);
                 let what = format!("{mode:?} {how:?} seed {seed}: {report}");
-                let (mut log, recovered) = setup.reopen_plain();
+                let (mut log, recovered) = setup.open(false);
                 assert_reported_kept(&recovered, reported, &what);
                 assert_holds(&log, &entries(recovered.first_index, recovered.last_index));
+
+                // A second power loss right after the first one's cut: entries of other sizes
+                // over the cut tail (the bytes the first loss left there), partly durable.
                 let last = recovered.last_index;
-                log.submit(1, &entries(last + 1, last + 3), None).expect("append after recovery");
+                let mut written: Vec<Entry> = entries(recovered.first_index, last);
+                let mut reported = log.durable();
+                for step in 0..24u64 {
+                    let from = written.last().map_or(1, |e| e.index + 1);
+                    let batch: Vec<Entry> = (from..from + 1 + step % 3)
+                        .map(|i| entry(i, 2, 40 + (i * 211 + seed) as usize % 1400))
+                        .collect();
+                    log.submit(100 + step, &batch, None).expect("submit over the cut");
+                    written.extend(batch);
+                    if (step + seed).is_multiple_of(4) {
+                        reported = log.poll().expect("poll");
+                    }
+                }
+                drop(log);
+                let report = setup.power_loss(how, seed + 1);
+                let what = format!("{what}; second loss: {report}");
+                let (mut log, recovered) = setup.reopen_plain();
+                assert_reported_kept(&recovered, reported, &what);
+                let first = written.iter().position(|e| e.index == recovered.first_index).expect("first");
+                let last = recovered.last_index;
+                assert_holds(&log, &written[first..=written.iter().position(|e| e.index == last).expect("last")]);
+                let after: Vec<Entry> = (last + 1..=last + 3).map(|i| entry(i, 3, 100)).collect();
+                log.submit(1, &after, None).expect("append after recovery");
                 assert_eq!(log.sync_all().expect("sync").index, last + 3, "{what}");
                 drop(log);
                 let (log, reopened) = setup.reopen_plain();
                 assert_eq!(reopened.last_index, last + 3, "{what}");
                 assert_eq!(reopened.torn_tail, None, "{what}: a clean reopen in a reused segment is not a torn tail");
-                assert_holds(&log, &entries(reopened.first_index, reopened.last_index));
+                assert_holds(&log, &after);
             }
         }
     }
