@@ -303,6 +303,7 @@ mod tests {
     use memmap2::Mmap;
 
     use super::*;
+    use crate::record::SegmentKey;
     use crate::segment::SEGMENT_HEADER_BYTES;
 
     /// A file at `path` of 8192 bytes (`reuse_config`'s segments), mapped, as the writer hands it
@@ -312,7 +313,11 @@ mod tests {
         let file = File::open(path).unwrap();
         // SAFETY: the test's own file, not changed while mapped.
         let map = unsafe { Mmap::map(&file) }.unwrap();
-        Retired { path: path.to_path_buf(), view: Arc::new(SegmentView::new(1, Arc::new(map))), file: Arc::new(file) }
+        Retired {
+            path: path.to_path_buf(),
+            view: Arc::new(SegmentView::new(SegmentKey { sequence: 1, salt: 0 }, Arc::new(map))),
+            file: Arc::new(file),
+        }
     }
 
     #[test]

@@ -404,7 +404,7 @@ impl Log {
         let mut term_runs: VecDeque<(Index, Term)> = VecDeque::new();
         for chain in &plan.chains {
             let file = by_sequence.remove(&chain.sequence).expect("the plan names open segments");
-            let view = Arc::new(SegmentView::new(file.sequence, Arc::clone(&file.map)));
+            let view = Arc::new(SegmentView::new(file.key, Arc::clone(&file.map)));
             for &(index, term, offset) in &chain.records {
                 view.push(index, offset);
                 push_term(&mut term_runs, index, term);
@@ -844,7 +844,7 @@ impl Log {
         let sequence = self.spares.pop_front().expect("ensure_spares ran first");
         let path = segment_path(&self.dir, sequence);
         let file = SegmentFile::open(&path, sequence, &self.config).map_err(|e| self.fail(e))?;
-        let view = Arc::new(SegmentView::new(sequence, Arc::clone(&file.map)));
+        let view = Arc::new(SegmentView::new(file.key, Arc::clone(&file.map)));
         self.segments.push(Live { view, file: Arc::new(file.file), path, key: file.key });
         self.tail = Position { sequence, offset: SEGMENT_HEADER_BYTES };
         self.publish();

@@ -71,6 +71,8 @@ pub fn recorded_segment_bytes(dir: &Path) -> Result<Option<u64>, LogError> {
 #[derive(Debug)]
 struct OfflineSegment {
     map: Arc<Mmap>,
+    /// The tag of its current use's records.
+    tag: u16,
     /// (index, term, offset) of each record, consecutive indexes.
     records: Vec<(Index, Term, u64)>,
 }
@@ -143,8 +145,8 @@ impl ReadOnlyLog {
             if chain.records.is_empty() {
                 continue;
             }
-            let (_, _, map, _) = files.iter().find(|(key, _, _, _)| key.sequence == chain.sequence).expect("planned");
-            segments.push(OfflineSegment { map: Arc::clone(map), records: chain.records });
+            let (key, _, map, _) = files.iter().find(|(key, _, _, _)| key.sequence == chain.sequence).expect("planned");
+            segments.push(OfflineSegment { map: Arc::clone(map), tag: key.tag(), records: chain.records });
         }
         Ok(ReadOnlyLog { verification, segments, _lock: lock })
     }
@@ -165,7 +167,9 @@ impl ReadOnlyLog {
             let from = index_min.saturating_sub(first).min(count) as usize;
             let to = (index_max.saturating_sub(first).saturating_add(1)).min(count) as usize;
             let records = if index_max < first { &[][..] } else { &segment.records[from..to.max(from)] };
-            records.iter().filter_map(move |&(index, _, offset)| entry_at(&segment.map, offset as usize, index))
+            records
+                .iter()
+                .filter_map(move |&(index, _, offset)| entry_at(&segment.map, offset as usize, index, segment.tag))
         })
     }
 }

@@ -19,7 +19,7 @@ use memmap2::Mmap;
 use smr_raft::{Entry, EntryKind, Index, Term};
 
 use crate::error::LogError;
-use crate::record::{RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordHeader, record_bytes};
+use crate::record::{RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordHeader, SegmentKey, record_bytes};
 use crate::segment::SEGMENT_HEADER_BYTES;
 
 /// Record start offsets of one segment, in 16-byte units, written by the writer and read by any
@@ -50,6 +50,8 @@ impl OffsetTable {
 /// One mapped segment as readers see it.
 pub(crate) struct SegmentView {
     pub(crate) sequence: u64,
+    /// The tag of the records of the segment's current use (`SegmentKey::tag`).
+    tag: u16,
     pub(crate) map: Arc<Mmap>,
     /// First index held here (meaningful while `count > 0`).
     base: AtomicU64,
@@ -69,10 +71,11 @@ impl std::fmt::Debug for SegmentView {
 }
 
 impl SegmentView {
-    pub(crate) fn new(sequence: u64, map: Arc<Mmap>) -> SegmentView {
+    pub(crate) fn new(key: SegmentKey, map: Arc<Mmap>) -> SegmentView {
         let capacity = (map.len() - SEGMENT_HEADER_BYTES as usize) / RECORD_HEADER_BYTES;
         SegmentView {
-            sequence,
+            sequence: key.sequence,
+            tag: key.tag(),
             map,
             base: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -125,17 +128,18 @@ impl SegmentView {
     /// The entry at `index`, which this segment holds, or `None` when the record there is not
     /// (yet) the one indexed: only possible for a reader that asks beyond the durable watermark
     /// it loaded while a truncation replaces the tail, which then gets fewer entries, never
-    /// wrong ones.
+    /// wrong ones (bytes not yet written there in a reused segment are the earlier use's, whose
+    /// tag is not this use's, bar one chance in 65,536 per record asked for that way).
     fn entry(&self, index: Index) -> Option<EntryRef<'_>> {
-        entry_at(&self.map, self.offset_of(index) as usize, index)
+        entry_at(&self.map, self.offset_of(index) as usize, index, self.tag)
     }
 }
 
-/// The entry whose record starts at `offset` of `map`, if that record carries `index` (its CRC
-/// was checked when the record was written or recovered).
-pub(crate) fn entry_at(map: &Arc<Mmap>, offset: usize, index: Index) -> Option<EntryRef<'_>> {
+/// The entry whose record starts at `offset` of `map`, if that record carries `index` and the
+/// segment use's `tag` (its CRC was checked when the record was written or recovered).
+pub(crate) fn entry_at(map: &Arc<Mmap>, offset: usize, index: Index, tag: u16) -> Option<EntryRef<'_>> {
     let header = RecordHeader::decode(map.get(offset..offset + RECORD_HEADER_BYTES)?);
-    if header.index != index {
+    if header.index != index || header.tag != tag {
         return None;
     }
     let kind = EntryKind::from_u8(header.kind).ok()?;
@@ -326,5 +330,39 @@ impl LogReader {
         let mut out = Vec::new();
         collect(&self.cache, index_min, index_max.min(durable), bytes_max, &mut out);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::record::encode_record;
+
+    /// A reader that asks for an index at an offset not yet written (a truncation racing it) in
+    /// a reused segment finds the earlier use's bytes there: with the right index, even, they
+    /// are not this use's record.
+    #[test]
+    fn a_record_of_another_use_of_the_file_is_never_read_as_this_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).expect("create");
+        file.set_len(2 * SEGMENT_HEADER_BYTES).expect("size");
+        let earlier = SegmentKey { sequence: 4, salt: 0xAAAA_0000_0000_0001 };
+        let mut record = Vec::new();
+        let entry = Entry { index: 7, term: 2, kind: EntryKind::Normal, data: bytes::Bytes::from_static(b"old") };
+        encode_record(&mut record, &entry, earlier, SEGMENT_HEADER_BYTES, None);
+        file.write_all_at(&record, SEGMENT_HEADER_BYTES).expect("write");
+        // SAFETY: the test's own file, not changed while mapped.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.expect("map"));
+        let now = SegmentKey { sequence: 9, salt: 0x5555_0000_0000_0002 };
+        let view = SegmentView::new(now, Arc::clone(&map));
+        view.push(7, SEGMENT_HEADER_BYTES);
+        assert!(view.entry(7).is_none(), "the earlier use's record read as this use's");
+        let same_use = SegmentView::new(earlier, map);
+        same_use.push(7, SEGMENT_HEADER_BYTES);
+        assert_eq!(same_use.entry(7).expect("its own use's record").data, b"old");
     }
 }

@@ -29,7 +29,10 @@
 //! a CRC under a salt that was drawn after they were written, so they never read as records of
 //! this use (by accident: one chance in 2^48, the tag and then the CRC). The tag is checked
 //! before the CRC, so the bytes of an earlier use cost recovery no CRC over their payloads. A
-//! record written to the wrong segment file fails its CRC too.
+//! record written to the wrong segment file fails its CRC too. A CRC with a secret seed is not a
+//! MAC: whoever can read the raw bytes of one record of a use (the disk, a copy of the data
+//! directory) can work the seed out and forge records of that use. The salt keeps out what a
+//! client can send, not what a reader of the disk can write.
 //!
 //! The **durable-frontier claim** is how recovery tells a torn tail from corruption. Every record
 //! states the position (segment, offset) up to which all earlier writes had been fsynced when it

@@ -44,7 +44,10 @@
 //! valid record of this use lies after the stop: every 16-byte aligned position after it is
 //! checked, and those found are orphans as in a zero-filled segment, with their claims. A
 //! segment whose chain stopped early in the middle of the log is still caught: the next
-//! segment's first record does not continue it (a gap).
+//! segment's first record does not continue it (a gap). What this gives up: a torn last record
+//! with no valid record after it ends the chain silently there, where a zero-filled segment
+//! reports a torn tail; it is cut all the same (writing resumes at it), and the torn bytes past
+//! the new records can never pass their CRC.
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Segment files: naming, the header, preallocation, reuse, and the read-only mapping.
 //!
 //! A segment is a file of exactly `segment_bytes`, named `{sequence:020}.seg`. Its first 4096
-//! bytes hold the header (64 bytes used, the rest zero), so records start page aligned. A
+//! bytes hold the header (72 bytes used, the rest zero), so records start page aligned. A
 //! segment is created as `{sequence:020}.seg.tmp`, its header written and the rest zero-filled
 //! with real writes (not `fallocate`, whose unwritten extents would turn the first append into a
 //! metadata change), fsynced, renamed to its final name and the directory fsynced. So a file with
@@ -35,9 +35,11 @@ use crate::record::SegmentKey;
 /// Bytes reserved for the segment header at the start of every segment.
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 4096;
 const SEGMENT_MAGIC: [u8; 8] = *b"SMRLOGSG";
-/// Version of the segment and record format. Bump on any layout change. 2: the header's `flags`
-/// and `salt`, record CRCs seeded with the segment's sequence and salt, and records' `tag`.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Version of the segment and record format. Bump on any layout change. 2: the header's `flags`,
+/// record CRCs seeded with the segment's sequence. 3: the header's `salt`, record CRCs seeded
+/// with the sequence and the salt, and records' `tag`. The version is checked before the
+/// header's CRC, whose extent may differ between versions.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 const SEGMENT_SUFFIX: &str = ".seg";
 const TEMP_SUFFIX: &str = ".seg.tmp";
 
@@ -138,13 +140,14 @@ pub(crate) fn check_header(
     if block[0..8] != SEGMENT_MAGIC {
         return Err(corrupt("segment header magic is wrong".into()));
     }
-    let crc = u32::from_le_bytes(block[12..16].try_into().expect("4 bytes"));
-    if crc != header_crc(block) {
-        return Err(corrupt("segment header CRC mismatch".into()));
-    }
+    // The version first: another version's header may have another CRC extent.
     let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
         return Err(corrupt(version_refused(version)));
+    }
+    let crc = u32::from_le_bytes(block[12..16].try_into().expect("4 bytes"));
+    if crc != header_crc(block) {
+        return Err(corrupt("segment header CRC mismatch".into()));
     }
     let (cluster_id, node_id, group_id) = (read_u64(block, 16), read_u64(block, 24), read_u64(block, 32));
     if (cluster_id, node_id, group_id) != (config.cluster_id, config.node_id, config.group_id) {
@@ -195,13 +198,14 @@ pub(crate) fn recorded_segment_bytes(path: &Path) -> Result<u64, LogError> {
     if block[0..8] != SEGMENT_MAGIC {
         return Err(corrupt("segment header magic is wrong".into()));
     }
-    let crc = u32::from_le_bytes(block[12..16].try_into().expect("4 bytes"));
-    if crc != header_crc(&block) {
-        return Err(corrupt("segment header CRC mismatch".into()));
-    }
+    // The version first: another version's header may have another CRC extent.
     let version = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
         return Err(corrupt(version_refused(version)));
+    }
+    let crc = u32::from_le_bytes(block[12..16].try_into().expect("4 bytes"));
+    if crc != header_crc(&block) {
+        return Err(corrupt("segment header CRC mismatch".into()));
     }
     Ok(read_u64(&block, 48))
 }
@@ -295,7 +299,7 @@ fn fill_segment(temp: &Path, config: &LogConfig, sequence: u64) -> Result<(), Lo
         .truncate(true)
         .open(temp)
         .map_err(|e| LogError::io("create", temp, e))?;
-    let key = SegmentKey { sequence, salt: fresh_salt()? };
+    let key = SegmentKey { sequence, salt: fresh_salt(temp)? };
     file.write_all(&encode_header(config, key, Fill::Zeros)).map_err(|e| LogError::io("write", temp, e))?;
     // Paced: the log's group commits on the same disk must not wait behind 64 MiB of zeroes.
     write_zeros_paced(&mut file, SEGMENT_HEADER_BYTES, config.segment_bytes - SEGMENT_HEADER_BYTES)
@@ -324,7 +328,7 @@ pub(crate) fn recycle_segment(dir: &Path, config: &LogConfig, sequence: u64, old
     fs::rename(old, &temp).map_err(|e| LogError::io("rename", &temp, e))?;
     let rewrite = || -> Result<(), LogError> {
         let file = OpenOptions::new().write(true).open(&temp).map_err(|e| LogError::io("open", &temp, e))?;
-        let key = SegmentKey { sequence, salt: fresh_salt()? };
+        let key = SegmentKey { sequence, salt: fresh_salt(&temp)? };
         file.write_all_at(&encode_header(config, key, Fill::Recycled), 0)
             .map_err(|e| LogError::io("write", &temp, e))?;
         file.sync_data().map_err(|e| sync_error(&temp, e))
@@ -338,21 +342,24 @@ pub(crate) fn recycle_segment(dir: &Path, config: &LogConfig, sequence: u64, old
     Ok(path)
 }
 
-/// A new random salt for a segment's use: unknown to anyone who wrote to the file before.
-fn fresh_salt() -> Result<u64, LogError> {
+/// A new random salt for the use of the segment file at `path`: unknown to anyone who wrote to
+/// the file before. (`getrandom` blocks only until the kernel's pool is first ready, at boot.)
+fn fresh_salt(path: &Path) -> Result<u64, LogError> {
     let mut salt = [0u8; 8];
-    loop {
-        // SAFETY: `salt` is a valid, writable buffer of the length passed.
-        let got = unsafe { libc::getrandom(salt.as_mut_ptr().cast(), salt.len(), 0) };
-        if got == salt.len() as isize {
-            return Ok(u64::from_le_bytes(salt));
-        }
-        let error = std::io::Error::last_os_error();
-        if got < 0 && error.kind() == std::io::ErrorKind::Interrupted {
+    let mut filled = 0;
+    while filled < salt.len() {
+        // SAFETY: the pointer and length name the unfilled, writable rest of `salt`.
+        let got = unsafe { libc::getrandom(salt[filled..].as_mut_ptr().cast(), salt.len() - filled, 0) };
+        if got >= 0 {
+            filled += got as usize;
             continue;
         }
-        return Err(LogError::io("getrandom", Path::new("segment salt"), error));
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(LogError::io("getrandom (a segment's salt)", path, error));
+        }
     }
+    Ok(u64::from_le_bytes(salt))
 }
 
 /// Maps an fsync error: ENOSPC stays a refusal (some file systems report it at sync time for
@@ -472,6 +479,25 @@ mod tests {
         fs::write(&short, vec![0u8; 8192]).expect("write");
         recycle_segment(dir.path(), &config(), 11, &short).expect_err("wrong size");
         assert!(short.exists() && !segment_path(dir.path(), 11).exists());
+    }
+
+    #[test]
+    fn a_segment_of_another_format_version_is_refused_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = create_segment(dir.path(), &config(), 1).expect("create");
+        // A version-2 header: 64 bytes under its CRC, no salt.
+        let mut block = encode_header(&config(), SegmentKey { sequence: 1, salt: 0 }, Fill::Zeros);
+        block[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&block[0..12]), &block[16..64]);
+        block[12..16].copy_from_slice(&crc.to_le_bytes());
+        File::options().write(true).open(&path).expect("open").write_all_at(&block, 0).expect("write");
+        let error = SegmentFile::open(&path, 1, &config()).unwrap_err().to_string();
+        assert!(
+            error.contains("format version 2, this build reads only 3") && error.contains("no in-place upgrade"),
+            "{error}"
+        );
+        let error = recorded_segment_bytes(&path).unwrap_err().to_string();
+        assert!(error.contains("format version 2"), "{error}");
     }
 
     #[test]

@@ -204,7 +204,8 @@ fn base_image(recorded: &Recorded, config: &LogConfig, fill: Fill) -> Image {
 /// payloads and often their offsets are those the recovery walk expects, under another sequence
 /// and salt. Every third one's payload is a client's forgery instead: the image of a record of
 /// `current`'s sequence, of an index the workload writes, claiming itself durable, under a
-/// guessed salt. The last record is cut short by the end of the segment.
+/// guessed salt whose tag is right (one guess in 65,536 is), so that only the salted CRC can
+/// tell it from a record of this use. The last record is cut short by the end of the segment.
 fn earlier_use(bytes: &mut [u8], current: SegmentKey) {
     let earlier = SegmentKey { sequence: current.sequence + 1000, salt: current.salt.rotate_left(17) ^ 0x5a5a };
     let mut at = SEGMENT_HEADER_BYTES as usize;
@@ -214,7 +215,10 @@ fn earlier_use(bytes: &mut [u8], current: SegmentKey) {
         let mut entry = entry_for(index, term);
         if index % 3 == 0 {
             let forged_at = (at + RECORD_HEADER_BYTES + 16) as u64;
-            let guess = SegmentKey { sequence: current.sequence, salt: earlier.salt };
+            const TAG_BITS: u64 = 0xFFFF << 48;
+            let salt = (current.salt & TAG_BITS) | (earlier.salt & !TAG_BITS);
+            let guess = SegmentKey { sequence: current.sequence, salt };
+            assert_eq!(guess.tag(), current.tag());
             let mut forgery = vec![0xEE; 16];
             let claim = Position { sequence: current.sequence, offset: forged_at };
             encode_record(&mut forgery, &entry_for(index / 3, term), guess, forged_at, Some(claim));

@@ -66,10 +66,13 @@ proptest! {
                     }
                     _ => {
                         // A real record, continuing or not; or (kind 4) one of the file's
-                        // earlier use under the same sequence, or a forgery of one: another salt.
+                        // earlier use under the same sequence, or a forgery of one: another salt
+                        // with the right tag.
                         let mut record = Vec::new();
                         let sequence = s as u64 + 1;
-                        let segment = if kind == 4 { SegmentKey { sequence, salt: next() } } else { key(sequence) };
+                        let tag_bits = 0xFFFFu64 << 48;
+                        let forged = (key(sequence).salt & tag_bits) | (next() & !tag_bits);
+                        let segment = if kind == 4 { SegmentKey { sequence, salt: forged } } else { key(sequence) };
                         let claim = Position { sequence, offset: (next() % (at as u64 + 1)) & !15 };
                         let payload: Vec<u8> = (0..len % 300).map(|_| next() as u8).collect();
                         let entry = Entry { index, term: 1, kind: EntryKind::Normal, data: payload.into() };
