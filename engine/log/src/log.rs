@@ -343,16 +343,7 @@ impl Log {
         for (sequence, path) in &found {
             files.push(SegmentFile::open(path, *sequence, &config)?);
         }
-        let images: Vec<SegmentImage<'_>> = files
-            .iter()
-            .map(|f| SegmentImage {
-                sequence: f.sequence,
-                salt: f.key.salt,
-                path: &f.path,
-                bytes: &f.map[..],
-                fill: f.fill,
-            })
-            .collect();
+        let images: Vec<SegmentImage<'_>> = files.iter().map(SegmentFile::image).collect();
         let plan = recover(&durable_state, &images, config.entry_bytes_max)?;
         drop(images);
 

@@ -31,6 +31,7 @@ use crate::background::write_zeros_paced;
 use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::record::SegmentKey;
+use crate::recovery::SegmentImage;
 
 /// Bytes reserved for the segment header at the start of every segment.
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 4096;
@@ -410,6 +411,17 @@ impl SegmentFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("mmap", path, e))?;
         let (key, fill) = check_header(path, &map, config, sequence)?;
         Ok(SegmentFile { sequence, path: path.to_path_buf(), file, map: Arc::new(map), key, fill })
+    }
+
+    /// Its bytes, as recovery reads them.
+    pub(crate) fn image(&self) -> SegmentImage<'_> {
+        SegmentImage {
+            sequence: self.sequence,
+            salt: self.key.salt,
+            path: &self.path,
+            bytes: &self.map[..],
+            fill: self.fill,
+        }
     }
 
     /// Writes `bytes` at `offset` synchronously (used off the hot path: recovery's zeroing).

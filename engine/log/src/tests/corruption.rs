@@ -44,16 +44,7 @@ fn build(dir: &Path) -> Vec<(u64, Index, u64)> {
     let found = list_segments(dir).expect("list");
     let files: Vec<SegmentFile> =
         found.iter().map(|(s, p)| SegmentFile::open(p, *s, &config()).expect("open")).collect();
-    let images: Vec<SegmentImage<'_>> = files
-        .iter()
-        .map(|f| SegmentImage {
-            sequence: f.sequence,
-            salt: f.key.salt,
-            path: &f.path,
-            bytes: &f.map[..],
-            fill: f.fill,
-        })
-        .collect();
+    let images: Vec<SegmentImage<'_>> = files.iter().map(SegmentFile::image).collect();
     let state = StateFile::open(dir, &config()).expect("state").expect("exists").current();
     let plan = recover(&state, &images, config().entry_bytes_max).expect("healthy log recovers");
     plan.chains.iter().flat_map(|c| c.records.iter().map(move |&(i, _, o)| (c.sequence, i, o))).collect()
