@@ -37,10 +37,9 @@
 //!
 //! A reused segment ([`Fill::Recycled`]) holds its earlier use's bytes where nothing has been
 //! written since, not zeroes, and nothing written there before this use's salt was drawn reads
-//! as a record of this use (`record.rs`). So
-//! in such a segment a record that fails its checks is where its chain stops cleanly: the bytes
-//! may be the earlier use's or a torn write of this one, and either way nothing written in this
-//! use lies there. What tells a torn tail (or corruption) from a clean end is then whether any
+//! as a record of this use (`record.rs`). So in such a segment a record that fails its checks is
+//! where its chain stops cleanly: the bytes may be the earlier use's or a torn write of this
+//! one, and either way no record of this use lies there. What tells a torn tail (or corruption) from a clean end is then whether any
 //! valid record of this use lies after the stop: every 16-byte aligned position after it is
 //! checked, and those found are orphans as in a zero-filled segment, with their claims. A
 //! segment whose chain stopped early in the middle of the log is still caught: the next
