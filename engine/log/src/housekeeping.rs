@@ -351,20 +351,13 @@ mod tests {
         let (held_segment, free_segment) = (retired(&held), retired(&free));
         let reader = Arc::clone(&held_segment.view.map);
         keeper.remove(vec![held_segment, free_segment]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while free.exists() {
-            assert!(Instant::now() < deadline, "a segment held by no one else was not deleted");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("a segment held by no one else was not deleted", || !free.exists());
         // Several polls later, the one a reader maps is still there: its unlink waits for the
         // reader, so that freeing its blocks is done on the housekeeping thread.
         std::thread::sleep(RETIRED_POLL * 5);
         assert!(held.exists(), "deleted while a reader still mapped it");
         drop(reader);
-        while held.exists() {
-            assert!(Instant::now() < deadline, "not deleted after its reader let go");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("not deleted after its reader let go", || !held.exists());
         drop(keeper);
     }
 
